@@ -1,0 +1,184 @@
+"""Step clock, batch layout, the controller interface and the processor that consults it.
+
+The sampling loop owns a :class:`StepClock` and sets it before every UNet call; controllers read
+the step from it and never count layer calls (counting drifts as soon as a loop adds UNet calls,
+as null-text inversion and latent guidance do). The loop also declares a :class:`BatchLayout`,
+naming what each batch row is, so a controller never guesses "the second half is conditional".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .sites import Site, SiteSelector, unet_sites
+
+
+@dataclass
+class StepClock:
+    """Where the loop is: step index ``i`` of ``num_steps`` (0 = noisiest) at ``timestep``."""
+
+    num_steps: int = 1
+    step: int = 0
+    timestep: int = 0
+    phase: str = "sample"  # "sample" | "invert" | "guide": which loop set it
+
+    def set(self, step: int, timestep: int, phase: str = "sample") -> None:
+        self.step, self.timestep, self.phase = int(step), int(timestep), phase
+
+    def fraction_before(self, fraction: float) -> bool:
+        """True while ``step < int(fraction * num_steps)`` (P2P's replace windows)."""
+        return self.step < int(fraction * self.num_steps)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """What each batch row is: a (branch, condition) pair such as ("target", "cond")."""
+
+    rows: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def cfg(cls, branches: tuple[str, ...]) -> "BatchLayout":
+        """[uncond rows of every branch, then cond rows of every branch] (the CFG batch)."""
+        return cls(tuple((b, "uncond") for b in branches) + tuple((b, "cond") for b in branches))
+
+    @classmethod
+    def single(cls, branches: tuple[str, ...], cond: str = "cond") -> "BatchLayout":
+        return cls(tuple((b, cond) for b in branches))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def index(self, branch: str, cond: str) -> int | None:
+        try:
+            return self.rows.index((branch, cond))
+        except ValueError:
+            return None
+
+    def pairs(self, source: str = "source", target: str = "target") -> list[tuple[int, int]]:
+        """(source row, target row) for every condition present in both branches."""
+        out = []
+        for cond in dict.fromkeys(c for _, c in self.rows):
+            s, t = self.index(source, cond), self.index(target, cond)
+            if s is not None and t is not None:
+                out.append((s, t))
+        return out
+
+
+class AttentionController:
+    """Base controller: changes nothing and asks for nothing.
+
+    Subclasses override :meth:`wants` (which sites need explicit probabilities at the current
+    step) and the hooks. Probabilities arrive as (batch, heads, queries, keys) with the batch
+    ordered as :attr:`layout` says.
+    """
+
+    def __init__(self, clock: StepClock | None = None, layout: BatchLayout | None = None):
+        self.clock = clock or StepClock()
+        self.layout = layout
+
+    def wants(self, site: Site) -> bool:
+        return False
+
+    def edit_scores(self, scores: torch.Tensor, site: Site) -> torch.Tensor:
+        """Pre-softmax logits (B, H, Q, K) -> logits."""
+        return scores
+
+    def edit_probs(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
+        """Attention probabilities (B, H, Q, K) -> probabilities."""
+        return probs
+
+    def after_step(self, latents: torch.Tensor) -> torch.Tensor:
+        """Called by the loop with the new latents (one row per branch) after each step."""
+        return latents
+
+
+class ControlledAttnProcessor:
+    """diffusers attention processor that exposes probabilities to a controller.
+
+    When the controller does not want this site at the current step, the original (fast, fused)
+    processor runs unchanged. Otherwise attention is computed explicitly, with the same operations
+    as diffusers' ``AttnProcessor``, and the controller may rewrite logits and probabilities.
+    """
+
+    def __init__(self, site: Site, controller: AttentionController, fallback):
+        self.site = site
+        self.controller = controller
+        self.fallback = fallback
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if not self.controller.wants(self.site):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        query = attn.head_to_batch_dim(query)
+
+        probs = self._probs(attn, query, key, attention_mask, batch)  # (B*heads, Q, K)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _probs(self, attn, query, key, attention_mask, batch):
+        ctrl = self.controller
+        edits_scores = type(ctrl).edit_scores is not AttentionController.edit_scores
+        if not edits_scores:
+            probs = attn.get_attention_scores(query, key, attention_mask)
+        else:
+            dtype = query.dtype
+            if attn.upcast_attention:
+                query, key = query.float(), key.float()
+            scores = torch.bmm(query, key.transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            bh, q, k = scores.shape
+            scores = ctrl.edit_scores(scores.view(batch, bh // batch, q, k), self.site).reshape(bh, q, k)
+            if attn.upcast_softmax:
+                scores = scores.float()
+            probs = scores.softmax(dim=-1).to(dtype)
+        bh, q, k = probs.shape
+        if ctrl.layout is not None and len(ctrl.layout) != batch:
+            raise RuntimeError(f"controller layout has {len(ctrl.layout)} rows but the UNet batch has {batch}")
+        out = ctrl.edit_probs(probs.view(batch, bh // batch, q, k), self.site)
+        return out.reshape(bh, q, k)
+
+
+@contextlib.contextmanager
+def controlled_attention(unet, controller: AttentionController, selector: SiteSelector | None = None):
+    """Install :class:`ControlledAttnProcessor` at the selected sites; restore in ``finally``.
+
+    Unselected sites keep their processor object untouched. Yields the list of controlled sites.
+    """
+    original = dict(unet.attn_processors)
+    sites = [s for s in unet_sites(unet) if selector is None or selector(s)]
+    chosen = {s.name: s for s in sites}
+    new = {
+        name: ControlledAttnProcessor(chosen[name], controller, proc) if name in chosen else proc
+        for name, proc in original.items()
+    }
+    unet.set_attn_processor(new)
+    try:
+        yield sites
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,363 @@
+"""Command line: ``locedit edit`` and ``locedit invert``.
+
+The edge of the package: files, PIL images, flags, progress bars and exit codes live here.
+Errors the user can fix exit with code 2 and one ``error: ...`` line on stderr; no output file is
+left behind (outputs are written to a temporary name and renamed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line, exit 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return v
+
+
+def _reweight(text: str) -> tuple[str, float]:
+    word, sep, scale = text.rpartition("=")
+    if not sep or not word:
+        raise argparse.ArgumentTypeError(f"expected WORD=SCALE, got {text!r}")
+    return word, float(scale)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .diffusion.loading import BUILTIN_MODELS, DTYPES
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="tiny-random",
+                   help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local diffusers folder, or a hub id "
+                        "(safetensors only). Default: tiny-random, a random model for trying the pipeline; "
+                        "its output is noise")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    g.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="network precision; step math stays fp32")
+    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--fit", default="pad", choices=["pad", "resize"],
+                   help="how an image that is not the model's square size is fitted: pad the short side by "
+                        "edge replication (default) or stretch; the result is returned at the input size")
+
+
+def _add_inversion_args(p: argparse.ArgumentParser, default: str) -> None:
+    from .inversion import INVERSIONS, SPDOptions
+
+    g = p.add_argument_group("inversion")
+    g.add_argument("--inversion", default=default, choices=list(INVERSIONS),
+                   help=f"how the image is inverted (default {default})")
+    g.add_argument("--nti-steps", type=int, default=10, help="null-text: inner Adam steps per step (default 10)")
+    g.add_argument("--nti-lr", type=float, default=1e-2, help="null-text: Adam learning rate at step 0 (default 1e-2)")
+    d = SPDOptions()
+    g.add_argument("--spd-steps", type=int, default=d.max_steps, help=f"spd: max steps K per step (default {d.max_steps})")
+    g.add_argument("--spd-lr", type=float, default=d.lr, help=f"spd: learning rate (default {d.lr})")
+    g.add_argument("--spd-threshold", type=float, default=d.threshold, help=f"spd: stop below this residual (default {d.threshold})")
+    g.add_argument("--spd-optimizer", default=d.optimizer, choices=["adamw", "sgd"],
+                   help="spd: adamw on MSE reproduces the authors' code (default); sgd with --spd-objective l2 is the paper's")
+    g.add_argument("--spd-objective", default=d.objective, choices=["mse", "l2"], help="spd: residual measure (default mse)")
+
+
+def _inversion_options(args):
+    from .inversion import INVERSIONS, NullTextOptions, SPDOptions
+
+    if args.inversion == "null-text":
+        return NullTextOptions(inner_steps=args.nti_steps, lr=args.nti_lr)
+    if args.inversion == "spd":
+        return SPDOptions(max_steps=args.spd_steps, threshold=args.spd_threshold, lr=args.spd_lr,
+                          optimizer=args.spd_optimizer, objective=args.spd_objective)
+    return INVERSIONS[args.inversion][0]()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .control import ENGINES, P2P_MODES
+
+    parser = _Parser(prog="locedit", description="Localized text-guided editing of real images with diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("edit", help="invert an image and edit it with a target prompt",
+                       description="Invert IMAGE under --source and edit it towards --target.",
+                       epilog="example: locedit edit cat.png --source 'a cat on the grass' --target 'a dog on the grass' "
+                              "--inversion null-text --p2p refine --blend-words cat dog --out dog.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("image", nargs="?", help="input image (PNG/JPEG); optional with --from-inversion")
+    e.add_argument("--source", help="prompt describing the input image (default with --from-inversion: its prompt)")
+    e.add_argument("--target", required=True, help="prompt describing the wanted edit")
+    e.add_argument("--from-inversion", metavar="DIR", help="reuse a trajectory saved by 'locedit invert'")
+    _add_model_args(e)
+    _add_inversion_args(e, "null-text")
+    g = e.add_argument_group("engine (Prompt-to-Prompt)")
+    g.add_argument("--engine", default="p2p", choices=list(ENGINES), help="editing engine (default p2p)")
+    g.add_argument("--p2p", default="refine", choices=list(P2P_MODES),
+                   help="replace: word swap (equal token counts); refine: aligned tokens keep the source maps "
+                        "(default); reweight: refine plus --reweight scales")
+    g.add_argument("--cross-replace", type=_fraction, default=0.8, help="fraction of steps with cross-attention injection (default 0.8)")
+    g.add_argument("--self-replace", type=_fraction, default=0.4, help="fraction of steps with self-attention injection (default 0.4)")
+    g.add_argument("--reweight", type=_reweight, action="append", default=[], metavar="WORD=SCALE",
+                   help="scale a target word's attention (repeatable)")
+    g.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
+                   help="local blend: keep everything outside the attention of SRC (source) and TGT (target)")
+    g.add_argument("--blend-threshold", type=_fraction, default=0.3, help="local blend threshold (default 0.3)")
+    g.add_argument("--mask", help="PNG mask of the region to edit (white = edit), the image's size; "
+                                  "replaces the attention mask of the local blend")
+    x = e.add_argument_group("SPDInv editing-side extras (off by default)")
+    x.add_argument("--npi-null", action="store_true", help="use the source prompt as the null embedding")
+    x.add_argument("--proximal", type=float, nargs="?", const=0.7, default=None, metavar="Q",
+                   help="soft-threshold the guidance difference at its Q-quantile (0.7 when no Q)")
+    x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
+                   help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
+    o = e.add_argument_group("output")
+    o.add_argument("--out", default="edit.png", help="output PNG (default edit.png)")
+    o.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    v = sub.add_parser("invert", help="invert an image and save the trajectory for later edits",
+                       description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
+                       epilog="example: locedit invert cat.png --prompt 'a cat on the grass' --inversion spd --out cat_inv/ && "
+                              "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("image", help="input image (PNG/JPEG)")
+    v.add_argument("--prompt", required=True, help="prompt describing the image")
+    _add_model_args(v)
+    _add_inversion_args(v, "null-text")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+# ---- file edges -------------------------------------------------------------------------------------
+def load_image(path: str):
+    """PNG/JPEG -> (1, 3, H, W) float in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import LoceditError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise LoceditError(f"image {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise LoceditError(f"image {path!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def load_mask(path: str):
+    """PNG -> (1, 1, H, W) binary float (pixels > 127 of the grayscale image are in)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import MaskError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise MaskError(f"mask {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError):
+        raise MaskError(f"mask {path!r} cannot be read as an image") from None
+    return torch.from_numpy((arr > 127).astype(np.float32))[None, None]
+
+
+def save_png(image, path: str, metadata: dict) -> None:
+    """(1, 3, H, W) in [0, 1] -> PNG with ``metadata`` as text chunks; atomic (temp file + rename)."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    arr = (image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    info = PngInfo()
+    for k, v in metadata.items():
+        info.add_text(f"locedit:{k}", v if isinstance(v, str) else json.dumps(v))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".locedit-", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _progress(args):
+    from .progress import tqdm_progress
+
+    return None if args.quiet else tqdm_progress
+
+
+def _load(args):
+    import torch
+
+    from .diffusion import load_model
+
+    if args.steps < 1:
+        from .errors import LoceditError
+
+        raise LoceditError(f"--steps must be >= 1, got {args.steps}")
+    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+    _quiet_libraries()
+    return load_model(args.model, args.device, args.dtype)
+
+
+def _quiet_libraries() -> None:
+    """Silence diffusers'/transformers' own load bars and warnings: our stderr is ours."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+def _fit_image(bundle, image, mode):
+    from .imaging import Fit
+
+    fit = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, mode)
+    return fit, fit.to_model(image)
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+def cmd_invert(args) -> dict:
+    from . import pipeline
+
+    image = load_image(args.image)
+    bundle = _load(args)
+    fit, fitted = _fit_image(bundle, image, args.fit)
+    traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance,
+                           _inversion_options(args), _progress(args))
+    out = Path(args.out)
+    tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent if out.parent.exists() else None))
+    try:
+        traj.save(tmp, extra={"image": {"height": fit.height, "width": fit.width, "fit": fit.mode, "source": str(args.image)},
+                              "options": asdict(_inversion_options(args))})
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out": str(out), "method": traj.method, "unet_calls": traj.stats["unet_calls"],
+            "seconds": round(traj.stats["seconds"], 3)}
+
+
+def cmd_edit(args) -> dict:
+    import torch
+
+    from . import pipeline
+    from .control import P2POptions
+    from .errors import LoceditError, MaskError
+    from .imaging import Fit
+    from .inversion import Trajectory
+
+    trajectory, manifest = None, None
+    if args.from_inversion:
+        try:
+            trajectory, manifest = Trajectory.load(args.from_inversion)
+        except (OSError, ValueError, KeyError) as exc:
+            raise LoceditError(f"--from-inversion {args.from_inversion!r} is not a saved trajectory ({exc})") from None
+        source = args.source or trajectory.prompt
+        size = manifest.get("image", {})
+        image = None
+        if args.image:
+            image = load_image(args.image)
+    else:
+        if not args.image:
+            raise LoceditError("edit needs IMAGE (or --from-inversion DIR)")
+        if not args.source:
+            raise LoceditError("edit needs --source (the prompt that describes the input image)")
+        source = args.source
+        image = load_image(args.image)
+    mask = load_mask(args.mask) if args.mask else None
+    if image is not None:
+        height, width = image.shape[-2:]
+    else:
+        height, width = size.get("height"), size.get("width")
+    if mask is not None and tuple(mask.shape[-2:]) != (height, width):
+        raise MaskError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {width}x{height}")
+    if mask is not None and not bool(mask.any()):
+        raise MaskError(f"mask {args.mask!r} is empty (no white pixel)")
+    engine_options = P2POptions(
+        mode=args.p2p, cross_replace=args.cross_replace, self_replace=args.self_replace,
+        reweight=tuple(args.reweight), blend_words=tuple(args.blend_words) if args.blend_words else None,
+        blend_threshold=args.blend_threshold,
+    )
+    options = pipeline.EditOptions(guidance=args.guidance, npi_null=args.npi_null, proximal_quantile=args.proximal,
+                                   inversion_guidance_t=args.inversion_guidance)
+    bundle = _load(args)
+    if trajectory is not None and trajectory.model and trajectory.model != bundle.name:
+        raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} (pass --model)")
+    fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
+    fitted = fit.to_model(image) if image is not None else None
+    fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
+    result = pipeline.edit(
+        bundle, fitted, source, args.target, inversion=args.inversion, inversion_options=_inversion_options(args),
+        trajectory=trajectory, engine=args.engine, engine_options=engine_options, mask=fitted_mask,
+        num_steps=args.steps, options=options, progress=_progress(args),
+    )
+    edited = fit.from_model(result.edited)
+    meta = {
+        "source": source, "target": args.target, "model": bundle.name,
+        "inversion": result.trajectory.method, "engine": args.engine,
+        "engine_options": asdict(engine_options), "edit_options": asdict(options),
+        "steps": result.trajectory.num_steps, "seed": args.seed,
+    }
+    save_png(edited, args.out, meta)
+    stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items()}
+    return {"out": str(args.out), **meta, **stats, "unet_calls": stats["inversion_unet_calls"] + stats["edit_unet_calls"]}
+
+
+COMMANDS = {"edit": cmd_edit, "invert": cmd_invert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 2, one line) and --help (exit 0)
+        return int(exc.code or 0)
+    from .errors import LoceditError
+
+    t0 = time.perf_counter()
+    try:
+        summary = COMMANDS[args.command](args)
+    except LoceditError as exc:
+        sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    summary["total_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        sys.stderr.write(f"wrote {summary['out']}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Tiny random models with Stable Diffusion's structure, built in code.
+
+They exercise every code path (cross-attention at two resolutions, CFG, VAE scaling) in
+milliseconds on a CPU, so tests and the engine demo need no download. Their outputs are noise:
+they say nothing about editing quality.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# SD v1.x's DDIM settings (scaled_linear 0.00085..0.012, no clipping, set_alpha_to_one False)
+SD_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+TINY_WORDS = (
+    "a photo of cat dog bird car tree house red green blue yellow white black big small "
+    "sitting on the grass with hat in striped plain circle square triangle background gray"
+).split()
+
+
+def word_tokenizer(words, model_max_length: int = 77):
+    """A CLIP tokenizer whose BPE merges spell each of ``words`` as one token.
+
+    Any other text still tokenizes, letter by letter, through the byte-level alphabet.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for tok in specials + alphabet + [c + "</w>" for c in alphabet]:
+        vocab.setdefault(tok, len(vocab))
+    merges: list[str] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merged = parts[0] + parts[1]
+            merge = f"{parts[0]} {parts[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(merged, len(vocab))
+            parts = [merged] + parts[2:]
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
+    tok.model_max_length = model_max_length
+    return tok
+
+
+def tiny_components(seed: int = 0, image_size: int = 64, max_tokens: int = 32, prediction_type: str = "epsilon"):
+    """(unet, vae, text_encoder, tokenizer, scheduler_config), random but seeded.
+
+    VAE: 3 blocks (downsampling 4), 4 latent channels; UNet: blocks (32, 64) with
+    cross-attention in both, so maps exist at two resolutions (latent/1 and latent/2).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = word_tokenizer(TINY_WORDS, model_max_length=max_tokens)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=image_size,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=max_tokens,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=image_size // 4,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+    config = dict(SD_SCHEDULER_CONFIG, prediction_type=prediction_type)
+    return unet, vae, text_encoder, tokenizer, config
+
+
+def tiny_bundle(seed: int = 0, device="cpu", dtype=torch.float32, **kwargs):
+    from .loading import finish_bundle
+
+    unet, vae, te, tok, cfg = tiny_components(seed=seed, **kwargs)
+    return finish_bundle(unet, vae, te, tok, cfg, name="tiny-random", device=torch.device(device), dtype=dtype)

@@ -1,0 +1,42 @@
+"""DDIM inversion (Song et al. 2021; as used by Prompt-to-Prompt and null-text inversion).
+
+Each step moves z from abar_{t-1} to abar_t with eps predicted at the less noisy latent, under
+the source prompt only (guidance 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion import ModelBundle, ddim_step
+from ..progress import Progress, track
+from .trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class DDIMInversionOptions:
+    """Plain DDIM inversion has no options."""
+
+
+@torch.no_grad()
+def ddim_latents(bundle: ModelBundle, z0: torch.Tensor, cond: torch.Tensor, num_steps: int,
+                 progress: Progress | None = None, desc: str = "ddim inversion") -> list[torch.Tensor]:
+    """[z_0, z_1, ..., z_N]: conditional DDIM inversion of ``z0`` (1, C, h, w)."""
+    sched = bundle.schedule(num_steps)
+    latents = [z0.float()]
+    z = latents[0]
+    for j in track(progress, range(num_steps), desc):
+        i = num_steps - 1 - j  # the sampling step this inversion step undoes
+        eps = bundle.predict_eps(z, sched.timesteps[i], sched.alphas_next[i], cond)
+        z = ddim_step(z, eps, sched.alphas_next[i], sched.alphas[i])
+        latents.append(z)
+    return latents
+
+
+def ddim_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
+                   options: DDIMInversionOptions = DDIMInversionOptions(), progress: Progress | None = None) -> Trajectory:
+    cond = bundle.encode_text([prompt])
+    latents = ddim_latents(bundle, z0, cond, num_steps, progress)
+    return Trajectory("ddim", prompt, num_steps, guidance, latents, uncond="null")

@@ -1,0 +1,83 @@
+"""Null-text inversion (Mokady et al., "Null-text Inversion for Editing Real Images", CVPR 2023, Alg. 1).
+
+Pivot: the conditional DDIM inversion trajectory z*_0..z*_N. Then, for sampling step i, starting
+from z_N = z*_N, optimise the unconditional embedding so that one classifier-free-guided DDIM step
+from the current latent lands on the pivot:
+
+    min_null || z*_{t-1} - DDIM(z_t, eps_u(null) + w (eps_c - eps_u(null))) ||^2
+
+Adam with lr 1e-2 * (1 - i/100), at most ``inner_steps`` (10) iterations, early stop when the
+loss drops below 1e-5 + i * 2e-5; the embedding carries over to the next step. The conditional
+eps is computed once per step (it does not depend on the null embedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import ModelBundle, ddim_step
+from ..errors import LoceditError, OptimisationError
+from ..progress import Progress, track
+from .ddim import ddim_latents
+from .trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class NullTextOptions:
+    inner_steps: int = 10
+    lr: float = 1e-2
+    lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i)
+    epsilon: float = 1e-5  # early-stop threshold at step 0
+    epsilon_growth: float = 2e-5  # added per step
+
+    def __post_init__(self):
+        if self.inner_steps < 0:
+            raise LoceditError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.lr <= 0:
+            raise LoceditError(f"lr must be > 0, got {self.lr}")
+
+
+def optimise_null(bundle: ModelBundle, z: torch.Tensor, target: torch.Tensor, cond_eps: torch.Tensor,
+                  null: torch.Tensor, t: int, alpha: float, alpha_next: float, guidance: float,
+                  lr: float, inner_steps: int, threshold: float, step: int) -> torch.Tensor:
+    """One step of Alg. 1: returns the optimised null embedding (detached)."""
+    param = null.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=lr)
+    for _ in range(inner_steps):
+        eps_u = bundle.predict_eps(z, t, alpha, param)
+        eps = eps_u + guidance * (cond_eps - eps_u)
+        loss = F.mse_loss(ddim_step(z, eps, alpha, alpha_next), target)
+        if not torch.isfinite(loss):
+            raise OptimisationError(f"null-text inversion: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if loss.item() < threshold:
+            break
+    return param.detach()
+
+
+def null_text_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
+                        options: NullTextOptions = NullTextOptions(), progress: Progress | None = None) -> Trajectory:
+    cond, null = bundle.encode_text([prompt, ""]).split(1)
+    latents = ddim_latents(bundle, z0, cond, num_steps, progress)
+    sched = bundle.schedule(num_steps)
+    nulls: list[torch.Tensor] = []
+    z = latents[-1]
+    for i in track(progress, range(num_steps), "null-text"):
+        t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+        with torch.no_grad():
+            cond_eps = bundle.predict_eps(z, t, a, cond)
+        null = optimise_null(
+            bundle, z, latents[num_steps - i - 1], cond_eps, null, t, a, a_next, guidance,
+            lr=options.lr * (1 - options.lr_decay * i), inner_steps=options.inner_steps,
+            threshold=options.epsilon + i * options.epsilon_growth, step=i,
+        )
+        nulls.append(null)
+        with torch.no_grad():
+            eps_u = bundle.predict_eps(z, t, a, null)
+            z = ddim_step(z, eps_u + guidance * (cond_eps - eps_u), a, a_next)
+    return Trajectory("null-text", prompt, num_steps, guidance, latents, uncond="learned", null_embeddings=nulls)

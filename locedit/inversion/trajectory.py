@@ -1,0 +1,103 @@
+"""The trajectory an inversion hands to the editing side, and its on-disk form.
+
+``latents[k]`` is the latent after k inversion steps: ``latents[0]`` is the encoded image and
+``latents[N]`` the noise the editing loop starts from; sampling step i goes from
+``latents[N - i]`` to ``latents[N - i - 1]``.
+
+``uncond`` says what the unconditional rows use during editing:
+- "null": the empty prompt's embedding (DDIM, SPDInv, direct inversion);
+- "learned": ``null_embeddings[i]`` per sampling step (null-text inversion);
+- "source": the source prompt's embedding (negative-prompt inversion).
+``source_follows``: the editing loop pins the source branch to ``latents`` (direct inversion).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+UNCOND_MODES = ("null", "learned", "source")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Trajectory:
+    method: str
+    prompt: str
+    num_steps: int
+    guidance: float  # the CFG scale the inversion prepared for (NTI); 1 when irrelevant
+    latents: list[torch.Tensor]  # N + 1 tensors (1, C, h, w), float32
+    uncond: str = "null"
+    null_embeddings: list[torch.Tensor] | None = None  # N tensors (1, L, D) for "learned"
+    source_follows: bool = False
+    stats: dict = field(default_factory=dict)  # unet_calls, seconds, per-step residuals, ...
+    model: str = ""
+
+    def __post_init__(self):
+        if self.uncond not in UNCOND_MODES:
+            raise ValueError(f"uncond must be one of {UNCOND_MODES}, got {self.uncond!r}")
+        if len(self.latents) != self.num_steps + 1:
+            raise ValueError(f"expected {self.num_steps + 1} latents, got {len(self.latents)}")
+        if self.uncond == "learned" and (self.null_embeddings is None or len(self.null_embeddings) != self.num_steps):
+            raise ValueError("uncond 'learned' needs one null embedding per step")
+
+    @property
+    def noise(self) -> torch.Tensor:
+        return self.latents[-1]
+
+    def target_latent(self, step: int) -> torch.Tensor:
+        """The inversion latent that sampling step ``step`` should land on."""
+        return self.latents[self.num_steps - step - 1]
+
+    # ---- disk form: trajectory.safetensors + manifest.json --------------------------------------------
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"latents": torch.cat(self.latents).contiguous().cpu()}
+        if self.null_embeddings is not None:
+            tensors["null_embeddings"] = torch.cat(self.null_embeddings).contiguous().cpu()
+        save_file(tensors, str(folder / "trajectory.safetensors"))
+        manifest = {
+            "format": FORMAT_VERSION,
+            "method": self.method,
+            "prompt": self.prompt,
+            "num_steps": self.num_steps,
+            "guidance": self.guidance,
+            "uncond": self.uncond,
+            "source_follows": self.source_follows,
+            "model": self.model,
+            "stats": {k: v for k, v in self.stats.items() if isinstance(v, (int, float, str, list))},
+            **(extra or {}),
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> tuple["Trajectory", dict]:
+        """Returns the trajectory and the whole manifest (with any extra keys saved beside it)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported trajectory format {manifest.get('format')!r}")
+        tensors = load_file(str(folder / "trajectory.safetensors"))
+        nulls = tensors.get("null_embeddings")
+        traj = cls(
+            method=manifest["method"],
+            prompt=manifest["prompt"],
+            num_steps=manifest["num_steps"],
+            guidance=manifest["guidance"],
+            latents=list(tensors["latents"].split(1)),
+            uncond=manifest["uncond"],
+            null_embeddings=list(nulls.split(1)) if nulls is not None else None,
+            source_follows=manifest["source_follows"],
+            stats=manifest.get("stats", {}),
+            model=manifest.get("model", ""),
+        )
+        return traj, manifest

@@ -1,0 +1,149 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_png
+from locedit.cli import main
+
+FAST = ["--steps", "4", "--quiet"]
+
+
+def run(argv, capsys):
+    capsys.readouterr()  # drop whatever the fixtures printed
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_bad(argv, capsys, out_path, needle):
+    code, out, err = run(argv + ["--out", str(out_path)], capsys)
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not out_path.exists()
+
+
+def test_edit_writes_png_at_input_size_with_metadata(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    out = tmp_path / "o.png"
+    code, stdout, err = run(["edit", img, "--source", "a red square", "--target", "a blue square",
+                             "--inversion", "ddim", "--mask", mask, "--out", str(out), "--json"] + FAST, capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["unet_calls"] == 8 and summary["out"] == str(out)
+    with Image.open(out) as im:
+        assert im.size == (80, 48)
+        assert im.text["locedit:target"] == "a blue square"
+        assert json.loads(im.text["locedit:engine_options"])["mode"] == "refine"
+
+
+def test_invert_then_edit_from_inversion_equals_direct_edit(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    common = ["--target", "a blue square", "--blend-words", "square", "square"] + FAST
+    direct = tmp_path / "direct.png"
+    code, _, err = run(["edit", img, "--source", "a red square", "--inversion", "spd", "--spd-steps", "2",
+                        "--out", str(direct)] + common, capsys)
+    assert code == 0, err
+    inv = tmp_path / "inv"
+    code, _, err = run(["invert", img, "--prompt", "a red square", "--inversion", "spd", "--spd-steps", "2",
+                        "--out", str(inv), "--steps", "4", "--quiet"], capsys)
+    assert code == 0, err
+    assert (inv / "trajectory.safetensors").exists() and json.loads((inv / "manifest.json").read_text())["method"] == "spd"
+    reused = tmp_path / "reused.png"
+    code, _, err = run(["edit", "--from-inversion", str(inv), "--out", str(reused)] + common, capsys)
+    assert code == 0, err
+    a, b = np.asarray(Image.open(direct)), np.asarray(Image.open(reused))
+    assert a.shape == (48, 80, 3) and np.array_equal(a, b)
+
+
+def test_missing_image(tmp_path, capsys):
+    assert_bad(["edit", str(tmp_path / "nope.png"), "--source", "a", "--target", "b"] + FAST, capsys,
+               tmp_path / "o.png", "does not exist")
+
+
+def test_unreadable_image(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert_bad(["edit", str(bad), "--source", "a", "--target", "b"] + FAST, capsys, tmp_path / "o.png", "cannot be read")
+
+
+def test_mask_of_other_size(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    small = write_png(tmp_path / "small.png", np.full((10, 10), 255, np.uint8))
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--mask", small] + FAST,
+               capsys, tmp_path / "o.png", "10x10")
+
+
+def test_empty_mask(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    empty = write_png(tmp_path / "empty.png", np.zeros((48, 80), np.uint8))
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--mask", empty] + FAST,
+               capsys, tmp_path / "o.png", "empty")
+
+
+def test_prompt_over_the_token_limit(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    long = " ".join(["red"] * 40)  # the tiny tokenizer holds 30 tokens
+    assert_bad(["edit", img, "--source", "a red square", "--target", long] + FAST, capsys, tmp_path / "o.png",
+               "over this model's limit")
+
+
+def test_word_swap_with_different_token_counts(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a big red square", "--p2p", "replace"] + FAST,
+               capsys, tmp_path / "o.png", "--p2p refine")
+
+
+def test_blend_words_not_in_prompts(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square",
+                "--blend-words", "circle", "square"] + FAST, capsys, tmp_path / "o.png", "circle")
+
+
+def test_unknown_model_path(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    assert_bad(["edit", img, "--source", "a", "--target", "b", "--model", str(tmp_path / "missing")] + FAST,
+               capsys, tmp_path / "o.png", "missing")
+
+
+def test_pickle_weights(scene_png, model_dir, tmp_path, capsys):
+    img, _ = scene_png
+    folder = tmp_path / "pickled"
+    shutil.copytree(model_dir, folder)
+    for f in (folder / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    torch.save({}, folder / "text_encoder" / "pytorch_model.bin")
+    assert_bad(["edit", img, "--source", "a", "--target", "b", "--model", str(folder)] + FAST,
+               capsys, tmp_path / "o.png", "pickle")
+
+
+def test_nan_during_optimisation(scene_png, model_dir, tmp_path, capsys):
+    from locedit.diffusion import load_model, save_model
+
+    img, _ = scene_png
+    broken = load_model(str(model_dir))
+    with torch.no_grad():
+        broken.unet.conv_out.bias.fill_(float("nan"))
+    folder = save_model(broken, tmp_path / "nan-model")
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--model", str(folder),
+                "--inversion", "null-text"] + FAST, capsys, tmp_path / "o.png", "step 0")
+
+
+def test_unknown_option_value_is_one_line(tmp_path, capsys):
+    assert_bad(["edit", "x.png", "--source", "a", "--target", "b", "--inversion", "magic"], capsys,
+               tmp_path / "o.png", "magic")
+
+
+def test_help_explains_commands():
+    out = subprocess.run([sys.executable, "-m", "locedit", "edit", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--inversion", "--p2p", "--blend-words", "--mask", "--from-inversion", "--proximal", "example:"):
+        assert flag in out.stdout
