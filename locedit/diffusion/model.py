@@ -81,6 +81,13 @@ class ModelBundle:
         return ((z - shift) * self.vae.config.scaling_factor).float()
 
     @torch.no_grad()
+    def encode_image_condition(self, image: torch.Tensor) -> torch.Tensor:
+        """InstructPix2Pix's image conditioning: the posterior mode, *unscaled* (as diffusers'
+        StableDiffusionInstructPix2PixPipeline and the released checkpoints expect)."""
+        x = image.to(self.device, self.dtype) * 2 - 1
+        return self.vae.encode(x).latent_dist.mode().float()
+
+    @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> (B, 3, H, W) float32 in [0, 1]."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -88,12 +95,16 @@ class ModelBundle:
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     # ---- noise prediction ------------------------------------------------------------------------
-    def predict_eps(self, z: torch.Tensor, t: int, alpha: float, embeds: torch.Tensor) -> torch.Tensor:
+    def predict_eps(self, z: torch.Tensor, t: int, alpha: float, embeds: torch.Tensor,
+                    image_latents: torch.Tensor | None = None) -> torch.Tensor:
         """One UNet call; returns eps (whatever the model's prediction type), counted.
 
-        ``z`` (B, C, h, w); ``embeds`` (B, L, D). Gradients flow if the inputs require them.
+        ``z`` (B, C, h, w); ``embeds`` (B, L, D); ``image_latents`` (B, C', h, w) are concatenated
+        to the input channels for image-conditioned (InstructPix2Pix) UNets. Gradients flow if the
+        inputs require them. The result is float32.
         """
         self.unet_calls += 1
-        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=embeds.to(self.dtype)).sample
+        x = z if image_latents is None else torch.cat([z, image_latents.to(z)], dim=1)
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=embeds.to(self.dtype)).sample
         # step math runs in float32 whatever the model's dtype
         return to_epsilon(out.float(), z.float(), alpha, self.prediction_type)
