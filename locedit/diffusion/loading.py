@@ -31,8 +31,27 @@ def _tiny_random(device, dtype) -> ModelBundle:
     return tiny_bundle(seed=0, device=device, dtype=dtype)
 
 
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def _bundled(name: str) -> Callable[[torch.device, torch.dtype], ModelBundle]:
+    """Loader for a model shipped inside the package (``locedit/models/<name>``)."""
+
+    def load(device, dtype):
+        folder = BUNDLED_DIR / name
+        if not folder.is_dir():
+            raise ModelLoadError(f"bundled model {name!r} is missing from this installation (expected {folder})")
+        bundle = load_model(str(folder), device, dtype)
+        bundle.name = name
+        return bundle
+
+    return load
+
+
 # name -> builder(device, dtype); the CLI's --model accepts these names besides paths and hub ids
 BUILTIN_MODELS: dict[str, Callable[[torch.device, torch.dtype], ModelBundle]] = {
+    "shapes": _bundled("shapes"),
+    "shapes-instruct": _bundled("shapes-instruct"),
     "tiny-random": _tiny_random,
 }
 

@@ -1,0 +1,1 @@
+"""The synthetic shapes world: scenes, exact renders, captions, edits with ground truth, the oracle."""
