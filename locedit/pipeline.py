@@ -118,6 +118,24 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     return SampleResult(z, bundle.unet_calls - start_calls, time.perf_counter() - t0, blend)
 
 
+@torch.no_grad()
+def generate(bundle: ModelBundle, prompts: list[str], num_steps: int = 50, guidance: float = 7.5,
+             generator: torch.Generator | None = None, progress: Progress | None = None) -> torch.Tensor:
+    """Text-to-image DDIM sampling with CFG from seeded noise; returns latents (B, C, h, w)."""
+    sched = bundle.schedule(num_steps)
+    embeds = bundle.encode_text(list(prompts) + [""])
+    cond, null = embeds[:-1], embeds[-1:]
+    b = len(prompts)
+    side = bundle.unet.config.sample_size
+    z = torch.randn((b, bundle.unet.config.out_channels, side, side), generator=generator).to(bundle.device)
+    batch_embeds = torch.cat([null.expand(b, -1, -1), cond])
+    for i in track(progress, range(num_steps), "generating"):
+        t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+        eps_u, eps_c = bundle.predict_eps(torch.cat([z, z]), t, a, batch_embeds).chunk(2)
+        z = ddim_step(z, eps_u + guidance * (eps_c - eps_u), a, a_next)
+    return z
+
+
 def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = "null-text", num_steps: int = 50,
            guidance: float = 7.5, options=None, progress: Progress | None = None) -> Trajectory:
     """Encode ``image`` (1, 3, S, S) and invert it with a method from :data:`INVERSIONS`."""

@@ -25,7 +25,8 @@ SD_SCHEDULER_CONFIG = {
 
 TINY_WORDS = (
     "a photo of cat dog bird car tree house red green blue yellow white black big small "
-    "sitting on the grass with hat in striped plain circle square triangle background gray"
+    "sitting on the grass with hat in striped plain circle square triangle diamond background gray white "
+    "orange purple an and"
 ).split()
 
 

@@ -113,6 +113,8 @@ def read_scene(image: np.ndarray) -> Reading:
         comps, n = ndimage.label(m)
         areas = ndimage.sum(m, comps, range(1, n + 1))
         keep = [i + 1 for i, a in enumerate(areas) if a >= max(min_area / 2, 0.3 * max(areas))]
+        if not keep:  # only scattered specks of this colour
+            continue
         m = np.isin(comps, keep) | (raw & ndimage.binary_dilation(np.isin(comps, keep)))
         interior = ndimage.binary_erosion(m, structure=np.ones((3, 3)))
         region = interior if interior.sum() >= 4 else m
@@ -126,3 +128,16 @@ def read_scene(image: np.ndarray) -> Reading:
             covered |= ndimage.binary_dilation(later.mask)
         o.shape = _fit_shape(o.mask, covered)
     return Reading(background, found)
+
+
+def change_seen(reading: Reading, edit) -> bool:
+    """Whether ``reading`` shows the edit's change: every edited object found by its target colour
+    with its target shape and texture (for a background edit: the target background)."""
+    if not edit.edited:
+        return reading.background == edit.target.background
+    for k in edit.edited:
+        want = edit.target.objects[k]
+        got = reading.find(want.colour)
+        if got is None or got.shape != want.shape or got.texture != want.texture:
+            return False
+    return True

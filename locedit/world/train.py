@@ -42,7 +42,7 @@ def make_vae():
     return AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+        block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
         sample_size=IMAGE_SIZE,
     )
 
@@ -52,7 +52,7 @@ def make_unet(in_channels: int = 4):
 
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 4, in_channels=in_channels, out_channels=4,
-        block_out_channels=(64, 128), layers_per_block=1,
+        block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=16,
@@ -103,6 +103,19 @@ def _log(out: Path, step: int, **values) -> None:
         f.write(line + "\n")
 
 
+def _warmup_cosine(opt, steps: int, warmup: int = 100):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the peak."""
+    import math
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        p = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def _encode(tokenizer, text_encoder, prompts, device):
     ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(device))[0]
@@ -135,7 +148,7 @@ def train_vae(args) -> None:
     rng = random.Random(args.seed)
     vae = make_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    sched = _warmup_cosine(opt, args.steps)
     t0 = time.time()
     for step in range(1, args.steps + 1):
         x, _ = scene_batch(rng, args.batch)
@@ -152,6 +165,8 @@ def train_vae(args) -> None:
         if step % args.log_every == 0 or step == args.steps:
             psnr = 10 * torch.log10(4.0 / F.mse_loss(rec.detach().clamp(-1, 1), x)).item()
             _log(out, step, loss=loss.item(), psnr=psnr, seconds=time.time() - t0)
+        if args.save_every and step % args.save_every == 0:
+            vae.save_pretrained(out / "last", safe_serialization=True)
     with torch.no_grad():
         x, _ = scene_batch(random.Random(args.seed + 1), 256)
         z = torch.cat([vae.encode(c.to(device) * 2 - 1).latent_dist.mean for c in x.split(64)])
@@ -164,7 +179,7 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     alphas = _alphas(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.03)
+    sched = _warmup_cosine(opt, args.steps)
     ema = [p.detach().clone() for p in params]
     t0 = time.time()
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -212,6 +227,21 @@ def _save_diffusion(folder: Path, unet, text_encoder, tokenizer, ema, params) ->
                 p.copy_(v)
 
 
+def _init_models(args, tokenizer, in_channels: int, device):
+    """Fresh text encoder and UNet, or the weights of a saved folder (``--init``) to continue from."""
+    if args.init:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        te = CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder", use_safetensors=True).float()
+        unet = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet", use_safetensors=True).float()
+        if unet.config.in_channels != in_channels:
+            raise SystemExit(f"--init {args.init}: UNet has {unet.config.in_channels} input channels, not {in_channels}")
+    else:
+        te, unet = make_text_encoder(tokenizer), make_unet(in_channels)
+    return te.to(device).train(), unet.to(device).train()
+
+
 def train_t2i(args) -> None:
     """Text-to-image: epsilon prediction, SD's scaled-linear schedule, caption dropout for CFG."""
     device, out = _device(args.device), Path(args.out)
@@ -220,7 +250,7 @@ def train_t2i(args) -> None:
     rng = random.Random(args.seed)
     vae = _load_vae(args.vae, device)
     tok = make_tokenizer()
-    te, unet = make_text_encoder(tok).to(device), make_unet(4).to(device)
+    te, unet = _init_models(args, tok, 4, device)
 
     def batch():
         x, caps = scene_batch(rng, args.batch)
@@ -239,7 +269,7 @@ def train_instruct(args) -> None:
     rng = random.Random(args.seed)
     vae = _load_vae(args.vae, device)
     tok = make_tokenizer()
-    te, unet = make_text_encoder(tok).to(device), make_unet(8).to(device)
+    te, unet = _init_models(args, tok, 8, device)
 
     def batch():
         src, tgt, instr = edit_batch(rng, args.batch)
@@ -291,7 +321,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m locedit.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    for name, steps, batch, lr in (("vae", 3000, 32, 2e-3), ("t2i", 6000, 64, 1e-3), ("instruct", 6000, 64, 1e-3)):
+    for name, steps, batch, lr in (("vae", 2500, 16, 2e-3), ("t2i", 4000, 32, 1e-3), ("instruct", 4000, 32, 1e-3)):
         s = sub.add_parser(name)
         s.add_argument("--out", required=True)
         s.add_argument("--steps", type=int, default=steps)
@@ -300,13 +330,14 @@ def main(argv=None) -> None:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="auto")
         s.add_argument("--log-every", type=int, default=50)
+        s.add_argument("--save-every", type=int, default=500)
         if name == "vae":
             s.add_argument("--kl", type=float, default=1e-4)
         else:
             s.add_argument("--vae", required=True)
             s.add_argument("--drop", type=float, default=0.1 if name == "t2i" else 0.05)
             s.add_argument("--ema", type=float, default=0.999)
-            s.add_argument("--save-every", type=int, default=500)
+            s.add_argument("--init", help="continue from the weights of a saved diffusers folder")
     a = sub.add_parser("assemble")
     a.add_argument("--vae", required=True)
     a.add_argument("--t2i")

@@ -1,0 +1,61 @@
+"""Measure the bundled shapes models' quality gates (issue: the shapes world).
+
+    python bench/shapes_gates.py                       # all gates, 200 held-out scenes, 50 steps
+    python bench/shapes_gates.py --n 20 --gates vae,t2i
+
+Prints a Markdown table (measured, gate, met) and, with --json, the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from locedit.diffusion import load_model
+from locedit.progress import tqdm_progress
+from locedit.world import gates as G
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--gates", default="vae,t2i,nti,instruct")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--instruct-model", default="shapes-instruct")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    chosen = args.gates.split(",")
+    figures, seconds = {}, {}
+    t2i = load_model(args.model, args.device) if {"vae", "t2i", "nti"} & set(chosen) else None
+    for name in chosen:
+        t0 = time.time()
+        if name == "vae":
+            figures.update(G.gate_vae(t2i, args.n))
+        elif name == "t2i":
+            figures.update(G.gate_t2i(t2i, args.n, args.steps, progress=tqdm_progress))
+        elif name == "nti":
+            figures.update(G.gate_nti(t2i, args.n, args.steps, progress=tqdm_progress))
+        elif name == "instruct":
+            figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
+                                           progress=tqdm_progress))
+        seconds[name] = time.time() - t0
+        print(f"{name}: {time.time() - t0:.1f} s", file=sys.stderr)
+    print(f"\n{args.n} held-out items, {args.steps} DDIM steps\n")
+    print("| gate | measured | threshold | met |\n|---|---:|---:|---|")
+    for key, threshold in G.GATES.items():
+        if key in figures:
+            v = figures[key]
+            print(f"| {key} | {v:.3f} | {threshold} | {'yes' if v >= threshold else 'NO'} |")
+    for key, v in figures.items():
+        if key not in G.GATES and key != "n":
+            print(f"| {key} (info) | {v:.3f} | | |")
+    if args.json:
+        print(json.dumps({"figures": figures, "seconds": seconds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
