@@ -116,8 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
                    help="local blend: keep everything outside the attention of SRC (source) and TGT (target)")
     g.add_argument("--blend-threshold", type=_fraction, default=0.3, help="local blend threshold (default 0.3)")
-    g.add_argument("--mask", help="PNG mask of the region to edit (white = edit), the image's size; "
-                                  "replaces the attention mask of the local blend")
+    g.add_argument("--mask", action="append", default=[],
+                   help="PNG mask of the region to edit (white = edit), the image's size; replaces the attention "
+                        "mask of the local blend (repeatable: the union is used)")
+    g.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="a box (input pixels, exclusive ends) used like --mask (repeatable)")
+    m = e.add_argument_group("localised methods (MAG-Edit, MDE-Edit)")
+    m.add_argument("--method", default="p2p", choices=["p2p", "mag-edit", "mde-edit"],
+                   help="p2p: the engine alone; mag-edit: latent guidance towards the region words (one or more "
+                        "objects); mde-edit: several objects (OAL) and attribute words (CCL)")
+    m.add_argument("--region", action="append", default=[], metavar="WORD=MASK",
+                   help="tie a target-prompt word to its region: WORD=mask.png or WORD=x0,y0,x1,y1 (repeatable)")
+    m.add_argument("--attribute", action="append", default=[], metavar="WORD=MASK",
+                   help="mde-edit: an attribute word (colour, texture) and its region (repeatable)")
+    m.add_argument("--mag-loss", choices=["token-ratio", "spatial-ratio"], default="token-ratio",
+                   help="mag-edit constraint: token ratio (Eq. 1, default) or spatial ratio (Eq. 2)")
+    m.add_argument("--negative", action="append", default=[], metavar="WORD",
+                   help="mag-edit: a target-prompt word whose share inside the mask is pushed down (Eq. 3)")
+    m.add_argument("--guided-steps", type=int, help="steps with latent guidance (mag-edit 25, mde-edit 20)")
+    m.add_argument("--iterations", type=int, help="guidance iterations per step (default 15)")
+    m.add_argument("--step-size", type=float, help="guidance step size delta (default 2.5)")
+    m.add_argument("--no-sigma-scaling", action="store_true", help="do not scale the step by sqrt((1-a)/a)")
+    m.add_argument("--blend-last", type=int, help="last steps that take the source outside the masks (default 15)")
+    m.add_argument("--lambda-oal", type=float, help="mde-edit OAL weight (default 1)")
+    m.add_argument("--lambda-ccl", type=float, help="mde-edit CCL weight (default 1.25)")
+    m.add_argument("--save-attention", metavar="PNG",
+                   help="write the edited words' cross-attention maps (map level, averaged over steps) as a grid")
+    e.add_argument("--spec", metavar="FILE",
+                   help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
+                        "'--' (e.g. {\"region\": [\"dog=dog.png\"], \"method\": \"mag-edit\"}); "
+                        "flags given on the command line win")
     x = e.add_argument_group("SPDInv editing-side extras (off by default)")
     x.add_argument("--npi-null", action="store_true", help="use the source prompt as the null embedding")
     x.add_argument("--proximal", type=float, nargs="?", const=0.7, default=None, metavar="Q",
@@ -221,6 +249,71 @@ def save_png(image, path: str, metadata: dict) -> None:
             os.remove(tmp)
 
 
+def box_mask(spec: str, height: int, width: int):
+    """'x0,y0,x1,y1' in input pixels (exclusive ends) -> (1, 1, H, W) mask."""
+    import torch
+
+    from .errors import MaskError
+
+    try:
+        x0, y0, x1, y1 = (int(float(v)) for v in spec.split(","))
+    except ValueError:
+        raise MaskError(f"box {spec!r} is not X0,Y0,X1,Y1") from None
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise MaskError(f"box {spec!r} is empty or outside the {width}x{height} image")
+    m = torch.zeros(1, 1, height, width)
+    m[..., y0:y1, x0:x1] = 1
+    return m
+
+
+def _check_user_mask(m, name, height, width):
+    from .errors import MaskError
+
+    if tuple(m.shape[-2:]) != (height, width):
+        raise MaskError(f"mask {name!r} is {m.shape[-1]}x{m.shape[-2]} but the image is {width}x{height}")
+    if not bool(m.any()):
+        raise MaskError(f"mask {name!r} is empty (no white pixel)")
+
+
+def _region(spec: str, height: int, width: int):
+    """'WORD=mask.png' or 'WORD=x0,y0,x1,y1' -> (word, (1, 1, H, W) mask)."""
+    from .errors import MaskError
+
+    word, sep, where = spec.partition("=")
+    if not sep or not word.strip() or not where:
+        raise MaskError(f"region {spec!r} is not WORD=MASK.png or WORD=x0,y0,x1,y1")
+    looks_like_box = where.count(",") == 3 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in where.split(","))
+    m = box_mask(where, height, width) if looks_like_box else load_mask(where)
+    _check_user_mask(m, where, height, width)
+    return word.strip(), m
+
+
+def _method_options(args):
+    from .guidance import MAGEditOptions, MDEEditOptions
+
+    common = {k: v for k, v in (("guided_steps", args.guided_steps), ("iterations", args.iterations),
+                                 ("step_size", args.step_size), ("blend_last", args.blend_last)) if v is not None}
+    if args.no_sigma_scaling:
+        common["sigma_scaling"] = False
+    if args.method == "mde-edit":
+        extra = {k: v for k, v in (("lambda_oal", args.lambda_oal), ("lambda_ccl", args.lambda_ccl)) if v is not None}
+        return MDEEditOptions(**common, **extra)
+    return MAGEditOptions(loss=args.mag_loss, negative_words=tuple(args.negative), **common)
+
+
+def attention_grid(maps: dict, size: int):
+    """word -> (s, s) map  ->  (1, 3, size, size * n) image, each map max-normalised, nearest-upscaled."""
+    import torch
+    import torch.nn.functional as F
+
+    tiles = []
+    for m in maps.values():
+        m = m.float().cpu()
+        m = m / m.max().clamp_min(1e-12)
+        tiles.append(F.interpolate(m[None, None], size=(size, size), mode="nearest").expand(-1, 3, -1, -1))
+    return torch.cat(tiles, dim=3)
+
+
 def _progress(args):
     from .progress import tqdm_progress
 
@@ -310,15 +403,16 @@ def cmd_edit(args) -> dict:
             raise LoceditError("edit needs --source (the prompt that describes the input image)")
         source = args.source
         image = load_image(args.image)
-    mask = load_mask(args.mask) if args.mask else None
     if image is not None:
         height, width = image.shape[-2:]
     else:
         height, width = size.get("height"), size.get("width")
-    if mask is not None and tuple(mask.shape[-2:]) != (height, width):
-        raise MaskError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {width}x{height}")
-    if mask is not None and not bool(mask.any()):
-        raise MaskError(f"mask {args.mask!r} is empty (no white pixel)")
+    masks = [load_mask(p) for p in args.mask] + [box_mask(b, height, width) for b in args.box]
+    for path, m in zip(list(args.mask) + list(args.box), masks):
+        _check_user_mask(m, path, height, width)
+    mask = torch.stack(masks).amax(dim=0) if masks else None
+    regions = [_region(spec, height, width) for spec in args.region]
+    attributes = [_region(spec, height, width) for spec in args.attribute]
     engine_options = P2POptions(
         mode=args.p2p, cross_replace=args.cross_replace, self_replace=args.self_replace,
         reweight=tuple(args.reweight), blend_words=tuple(args.blend_words) if args.blend_words else None,
@@ -332,16 +426,30 @@ def cmd_edit(args) -> dict:
     fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
     fitted = fit.to_model(image) if image is not None else None
     fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
+    from .guidance import Region
+
+    fitted_regions = [Region(w, fit.to_model(m, binary=True)) for w, m in regions]
+    fitted_attrs = [Region(w, fit.to_model(m, binary=True)) for w, m in attributes]
+    words = [w for w, _ in regions + attributes]
+    if not words and args.blend_words:
+        words = [args.blend_words[1]]
+    if not words:
+        src_words = {w.lower() for w in source.split()}
+        words = [w for w in args.target.split() if w.lower() not in src_words][:4]
     result = pipeline.edit(
         bundle, fitted, source, args.target, inversion=args.inversion, inversion_options=_inversion_options(args),
-        trajectory=trajectory, engine=args.engine, engine_options=engine_options, mask=fitted_mask,
+        trajectory=trajectory, method=args.method, engine=args.engine, engine_options=engine_options,
+        mask=fitted_mask, regions=fitted_regions, attributes=fitted_attrs, method_options=_method_options(args),
+        record_words=tuple(words) if args.save_attention else (),
         num_steps=args.steps, options=options, progress=_progress(args),
     )
     edited = fit.from_model(result.edited)
     meta = {
         "source": source, "target": args.target, "model": bundle.name,
         "inversion": result.trajectory.method, "engine": args.engine,
-        "engine_options": asdict(engine_options), "edit_options": asdict(options),
+        "method": args.method, "engine_options": asdict(engine_options), "edit_options": asdict(options),
+        "method_options": asdict(_method_options(args)) if args.method != "p2p" else None,
+        "regions": list(args.region) + list(args.attribute),
         "steps": result.trajectory.num_steps, "seed": args.seed,
     }
     if args.panel:
@@ -355,8 +463,14 @@ def cmd_edit(args) -> dict:
             panel_mask = diff / diff.max().clamp_min(1e-6)
         source_view = image if image is not None else fit.from_model(result.source.cpu())
         save_png(torch.cat([source_view, edited, panel_mask.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
+    if args.save_attention and "attention" in result.stats:
+        save_png(attention_grid(result.stats.pop("attention"), bundle.image_size), args.save_attention, meta)
+    result.stats.pop("attention", None)
     save_png(edited, args.out, meta)
-    stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items()}
+    stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items() if k != "guidance_loss"}
+    if "guidance_loss" in result.stats:
+        hist = result.stats["guidance_loss"]
+        stats["guidance_loss_first_last"] = [[round(h[0], 6), round(h[-1], 6)] for h in hist if h]
     extra = {"panel": str(args.panel)} if args.panel else {}
     return {"out": str(args.out), **extra, **meta, **stats, "unet_calls": stats["inversion_unet_calls"] + stats["edit_unet_calls"]}
 
@@ -382,8 +496,67 @@ def cmd_world(args) -> dict:
 COMMANDS = {"edit": cmd_edit, "invert": cmd_invert, "world": cmd_world}
 
 
+def _expand_spec(argv: list[str]) -> list[str]:
+    """Insert the options of an ``--spec FILE`` (JSON, or YAML with PyYAML) that the command line
+    does not give itself."""
+    from .errors import LoceditError
+
+    if "--spec" not in argv:
+        return argv
+    i = argv.index("--spec")
+    if i + 1 >= len(argv):
+        raise LoceditError("--spec needs a file")
+    path = argv[i + 1]
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        raise LoceditError(f"spec file {path!r} cannot be read") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except ImportError:
+        raise LoceditError("YAML spec files need PyYAML (pip install pyyaml); or use JSON") from None
+    except Exception as exc:
+        raise LoceditError(f"spec file {path!r} is not valid: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise LoceditError(f"spec file {path!r} must hold an object of options")
+    extra: list[str] = []
+    positional = []
+    for key, value in spec.items():
+        if key == "image":
+            if not any(not a.startswith("-") for a in argv[1:i]):
+                positional.append(str(value))
+            continue
+        flag = "--" + key.replace("_", "-")
+        if flag in argv:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if value is True:
+            extra.append(flag)
+        elif value is False or value is None:
+            continue
+        elif key in ("blend_words", "blend-words"):
+            extra += [flag] + [str(v) for v in values]
+        else:
+            for v in values:
+                extra += [flag, str(v)]
+    rest = argv[1:i] + argv[i + 2 :]
+    return [argv[0]] + positional + rest + extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    from .errors import LoceditError as _UserError
+
+    try:
+        argv = _expand_spec(list(sys.argv[1:] if argv is None else argv))
+    except _UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2, one line) and --help (exit 0)

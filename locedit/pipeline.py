@@ -73,8 +73,13 @@ def soft_threshold(delta: torch.Tensor, quantile: float) -> tuple[torch.Tensor, 
 
 
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
-           controller: AttentionController | None = None, progress: Progress | None = None) -> SampleResult:
+           controller: AttentionController | None = None, progress: Progress | None = None,
+           guide=None) -> SampleResult:
     """Denoise from ``traj.noise`` with one branch per prompt, CFG batch [uncond..., cond...].
+
+    ``guide`` (optional): a latent-guidance hook called before each step as
+    ``guide(bundle, controller, step, t, alpha, z, conds) -> z`` (see
+    :class:`locedit.guidance.LatentGuidance`).
 
     ``prompts[0]`` is the source branch (pinned to the trajectory when ``traj.source_follows``);
     ``prompts[1]``, when given, the target. The controller is installed on the UNet for the whole
@@ -95,6 +100,8 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
         for i in track(progress, range(n), "editing" if len(prompts) > 1 else "sampling"):
             t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+            if guide is not None:
+                z = guide(bundle, ctrl, i, t, a, z, conds)
             ctrl.clock.set(i, t, "sample")
             unc = uncond_embedding(bundle, traj, i, options, source_embed, null_embed)
             batch_embeds = torch.cat([unc.expand(len(prompts), -1, -1), conds])
@@ -187,6 +194,8 @@ def check_prompts(bundle: ModelBundle, source: str, target: str, engine_options)
     """Every prompt-level check that can fail, before the first UNet call."""
     bundle.token_ids(source)
     bundle.token_ids(target)
+    if engine_options is None:  # guidance methods run P2P refine, which any prompt pair supports
+        return
     if isinstance(engine_options, P2POptions):
         if engine_options.mode == "replace":
             from .control import replace_mapping
@@ -199,23 +208,84 @@ def check_prompts(bundle: ModelBundle, source: str, target: str, engine_options)
             token_positions(bundle.tokenizer, target, word)
 
 
+EDIT_METHODS = ("p2p", "mag-edit", "mde-edit")
+
+
+class AttentionRecorder(AttentionController):
+    """Accumulates the target's conditional maps of chosen words over the sampling steps
+    (for ``--save-attention``); only those tokens, at the map level, are kept."""
+
+    def __init__(self, bundle: ModelBundle, target: str, words: list[str]):
+        from .attention import MapRequest, TokenMapStore
+        from .diffusion.text import token_positions
+
+        super().__init__()
+        self.words = list(words)
+        self.level = map_level(unet_sites(bundle.unet))
+        self._requests = {w: tuple(token_positions(bundle.tokenizer, target, w)) for w in self.words}
+        self.store = None
+        self._make = lambda row: TokenMapStore({w: MapRequest(row, t) for w, t in self._requests.items()})
+
+    def wants(self, site) -> bool:
+        return (self.clock.phase == "sample" and site.kind == "cross" and site.level == self.level
+                and site.place != "mid")
+
+    def edit_probs(self, probs, site):
+        if self.store is None:
+            self.store = self._make(self.layout.index("target", "cond"))
+        self.store.add(probs, site)
+        return probs
+
+    def after_step(self, latents):
+        if self.store is not None:
+            self.store.start_step()
+        return latents
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """word -> (side, side) map, summed over the word's tokens, averaged over steps."""
+        return {w: self.store.maps(w).sum(0) / max(1, len(self.store._steps)) for w in self.words}
+
+
 def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *,
          inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
-         engine: str = "p2p", engine_options=None, mask: torch.Tensor | None = None, num_steps: int = 50,
-         options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
-    """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``."""
+         method: str = "p2p", engine: str = "p2p", engine_options=None, mask: torch.Tensor | None = None,
+         regions=(), attributes=(), method_options=None, record_words: tuple[str, ...] = (),
+         num_steps: int = 50, options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
+    """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``.
+
+    ``method``: "p2p" (the engine alone, optional blend ``mask``), "mag-edit" (``regions``),
+    "mde-edit" (``regions`` = objects, ``attributes``); ``regions`` are
+    :class:`locedit.guidance.Region` with masks at the model's image size. ``record_words``:
+    target words whose accumulated maps are returned in ``stats["attention"]``.
+    """
+    from .guidance import MAGEditOptions, MDEEditOptions, mag_edit, mde_edit
+
+    if method not in EDIT_METHODS:
+        raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(EDIT_METHODS)}")
     if engine_options is None:
         engine_options = ENGINES[engine][0]() if engine in ENGINES else None
-    check_prompts(bundle, source, target, engine_options)
+    check_prompts(bundle, source, target, engine_options if method == "p2p" else None)
     steps = trajectory.num_steps if trajectory is not None else num_steps
-    controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
+    guide = None
+    if method == "p2p":
+        controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
+    elif method == "mag-edit":
+        controller, guide = mag_edit(bundle, source, target, list(regions), steps, method_options or MAGEditOptions())
+    else:
+        controller, guide = mde_edit(bundle, source, target, list(regions), list(attributes), steps,
+                                     method_options or MDEEditOptions())
+    recorder = AttentionRecorder(bundle, target, list(record_words)) if record_words else None
+    if recorder is not None:
+        from .guidance import Chain
+
+        controller = Chain([controller, recorder])
     if trajectory is None:
         if image is None:
             raise LoceditError("edit needs an image or a trajectory")
         trajectory = invert(bundle, image, source, inversion, num_steps, options.guidance, inversion_options, progress)
     elif trajectory.prompt != source:
         raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
-    result = sample(bundle, trajectory, [source, target], options, controller, progress)
+    result = sample(bundle, trajectory, [source, target], options, controller, progress, guide)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     images = bundle.decode_latents(result.latents)
@@ -225,4 +295,8 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         "edit_unet_calls": result.unet_calls,
         "edit_seconds": result.seconds,
     }
+    if guide is not None:
+        stats["guidance_loss"] = guide.history
+    if recorder is not None and recorder.store is not None:
+        stats["attention"] = recorder.maps()
     return EditResult(images[0:1], images[1:2], trajectory, result, stats)

@@ -147,3 +147,66 @@ def test_help_explains_commands():
     assert out.returncode == 0
     for flag in ("--inversion", "--p2p", "--blend-words", "--mask", "--from-inversion", "--proximal", "example:"):
         assert flag in out.stdout
+
+
+# ---- localised methods ----------------------------------------------------------------------------
+MAG = ["--source", "a red square", "--target", "a blue square", "--method", "mag-edit", "--inversion", "ddim",
+       "--guided-steps", "1", "--iterations", "1"]
+
+
+def test_mag_edit_from_the_cli_with_box_region_and_attention_grid(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    out, att = tmp_path / "o.png", tmp_path / "att.png"
+    code, stdout, err = run(["edit", img] + MAG + ["--region", f"blue={mask}", "--save-attention", str(att),
+                                                   "--out", str(out), "--json"] + FAST, capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["method"] == "mag-edit" and summary["guidance_loss_first_last"]
+    with Image.open(att) as im:
+        assert im.size == (64, 64)  # one word, one tile at the model's size
+    code, _, err = run(["edit", img, "--source", "a red square", "--target", "a blue square", "--method", "mde-edit",
+                        "--inversion", "ddim", "--guided-steps", "1", "--iterations", "1",
+                        "--region", "square=20,10,45,30", "--attribute", "blue=20,10,45,30",
+                        "--out", str(tmp_path / "mde.png")] + FAST, capsys)
+    assert code == 0, err
+
+
+def test_spec_file_carries_the_options(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"image": img, "source": "a red square", "target": "a blue square",
+                                "method": "mag-edit", "region": [f"blue={mask}"], "inversion": "ddim",
+                                "guided-steps": 1, "iterations": 1, "steps": 3, "quiet": True}))
+    out = tmp_path / "o.png"
+    code, _, err = run(["edit", "--spec", str(spec), "--out", str(out)], capsys)
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.text["locedit:method"] == "mag-edit"
+
+
+def test_region_word_not_in_target(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    assert_bad(["edit", img] + MAG + ["--region", f"dog={mask}"] + FAST, capsys, tmp_path / "o.png", "'dog'")
+
+
+def test_region_mask_of_wrong_size(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    small = write_png(tmp_path / "small.png", np.full((10, 10), 255, np.uint8))
+    assert_bad(["edit", img] + MAG + ["--region", f"blue={small}"] + FAST, capsys, tmp_path / "o.png", "10x10")
+
+
+def test_region_mask_empty(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    empty = write_png(tmp_path / "empty.png", np.zeros((48, 80), np.uint8))
+    assert_bad(["edit", img] + MAG + ["--region", f"blue={empty}"] + FAST, capsys, tmp_path / "o.png", "empty")
+
+
+def test_more_regions_than_tokens(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    regions = sum((["--region", f"blue={mask}"] for _ in range(4)), [])
+    assert_bad(["edit", img] + MAG + regions + FAST, capsys, tmp_path / "o.png", "only 3 tokens")
+
+
+def test_mag_edit_needs_a_region(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    assert_bad(["edit", img] + MAG + FAST, capsys, tmp_path / "o.png", "--region")

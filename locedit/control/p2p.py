@@ -104,10 +104,12 @@ class Prompt2Prompt(AttentionController):
         return site.level >= self.options.self_min_level and self.clock.fraction_before(self.options.self_replace)
 
     def _stores(self, site: Site) -> bool:
-        return self.store is not None and site.kind == "cross" and site.level == self.map_level and site.place != "mid"
+        return (self.store is not None and self.clock.phase == "sample" and site.kind == "cross"
+                and site.level == self.map_level and site.place != "mid")
 
     def wants(self, site: Site) -> bool:
-        if self.clock.phase != "sample":
+        # "guide": latent-guidance passes (no CFG) see the same injection as the sampling pass
+        if self.clock.phase not in ("sample", "guide"):
             return False
         if site.kind == "cross":
             return self._cross_active() or self._stores(site)

@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+
+from locedit import pipeline
+from locedit.attention import BatchLayout, controlled_attention
+from locedit.guidance import MAGEditOptions, MDEEditOptions, Region, losses as L, mag_edit, mde_edit
+
+SRC = "a red square on the gray background"
+TGT = "a blue square on the gray background"
+
+
+@pytest.fixture(scope="module")
+def setup(bundle, image):
+    traj = pipeline.invert(bundle, image, SRC, "ddim", num_steps=6)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 20:44] = 1
+    return traj, mask
+
+
+# ---- losses by hand -----------------------------------------------------------------------------
+def test_token_ratio_by_hand():
+    a = torch.tensor([0.5, 0.2, 0.0, 0.1])
+    others = torch.tensor([[0.5, 0.2, 0.3, 0.1], [0.0, 0.4, 0.1, 0.0]])
+    m = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    # ratios inside: 0.5/1.0 = 0.5, 0.2/0.8 = 0.25 -> mean 0.375 -> (1 - 0.375)^2
+    assert math.isclose(L.token_ratio_loss(a, others, m).item(), 0.625 ** 2, rel_tol=1e-6)
+
+
+def test_spatial_ratio_by_hand():
+    a = torch.tensor([0.4, 0.1, 0.3, 0.2])
+    m = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    r = 0.7
+    assert math.isclose(L.spatial_ratio_loss(a, m, lam=3.0).item(), 3 * (1 - r) - r, rel_tol=1e-6)
+    assert math.isclose(L.with_negative(torch.tensor(2.0), torch.tensor(0.5), 1.0, 2.0).item(), 1.0)
+
+
+def test_oal_by_hand_and_nonzero_gradient():
+    maps = torch.tensor([[0.5, 0.25]], requires_grad=True)
+    masks = torch.tensor([[1.0, 0.0]])
+    # BCE(maps) = -(log 0.5 + log 0.75)/2 ; peak = [1, 0.5]: BCE = -(log 1 + log 0.5)/2
+    expected = -(math.log(0.5) + math.log(0.75)) / 2 - (math.log(1 - 1e-8) + math.log(0.5)) / 2
+    loss = L.object_alignment_loss(maps, masks)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    loss.backward()
+    assert maps.grad.abs().sum() > 0
+    # the authors' bug: uniform maps 1/heads everywhere -> their gradient through the peak term vanishes
+    flat = torch.full((1, 4), 0.125, requires_grad=True)
+    assert L.object_alignment_loss(flat, torch.tensor([[1.0, 1.0, 0.0, 0.0]])).item() > 0
+
+
+def test_locinv_losses_by_hand():
+    a = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    s = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert math.isclose(L.similarity_loss_seg(a, s).item(), 1 - 1 / math.sqrt(2), rel_tol=1e-6)
+    assert math.isclose(L.similarity_loss_box(a, s).item(), 1 / math.sqrt(2) / math.sqrt(3), rel_tol=1e-6)
+    assert math.isclose(L.overlap_loss(a, s).item(), 0.5, rel_tol=1e-6)
+    assert math.isclose(L.adjective_loss(a, a).item(), 0.0, abs_tol=1e-6)
+
+
+# ---- the guidance loop ---------------------------------------------------------------------------
+def _measure(bundle, ctrl, guide, z, step, conds):
+    """Edit-token maps of the target for latent z at ``step``, through the same injection."""
+    sched = bundle.schedule(6)
+    t, a = sched.timesteps[step], sched.alphas[step]
+    saved = ctrl.layout
+    ctrl.layout = BatchLayout.single(("source", "target"))
+    ctrl.clock.set(step, t, "guide")
+    guide.capture.begin()
+    with torch.no_grad():
+        bundle.predict_eps(z, t, a, conds)
+    maps = {k: guide.capture.maps(k) for k in guide.capture.token_groups}
+    guide.capture.store = None
+    ctrl.layout = saved
+    return maps
+
+
+def _ratios(maps, mask_map):
+    a, other = maps["edit0"].sum(0), maps["other"]
+    token = ((a / (a + other.sum(0))) * mask_map).sum() / mask_map.sum()
+    spatial = (a * mask_map).sum() / a.sum()
+    return token.item(), spatial.item()
+
+
+@pytest.mark.parametrize("loss", ["token-ratio", "spatial-ratio"])
+def test_mag_edit_raises_the_in_mask_ratios_and_touches_nothing_outside(bundle, setup, loss):
+    traj, mask = setup
+    opts = MAGEditOptions(loss=loss, guided_steps=1, iterations=8, step_size=50.0)
+    ctrl, guide = mag_edit(bundle, SRC, TGT, [Region("blue", mask)], 6, opts)
+    ctrl.layout = BatchLayout.cfg(("source", "target"))
+    ctrl.clock.num_steps = 6
+    conds = bundle.encode_text([SRC, TGT])
+    z = traj.noise.expand(2, -1, -1, -1).clone()
+    sched = bundle.schedule(6)
+    with controlled_attention(bundle.unet, ctrl):
+        before = _measure(bundle, ctrl, guide, z, 0, conds)
+        z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+        after = _measure(bundle, ctrl, guide, z_new, 0, conds)
+    from locedit.guidance.loop import map_mask_from
+
+    m = map_mask_from(mask, 8)
+    tr0, sr0 = _ratios(before, m)
+    tr1, sr1 = _ratios(after, m)
+    assert tr1 > tr0 and sr1 > sr0, (tr0, tr1, sr0, sr1)
+    assert guide.history[0][-1] < guide.history[0][0]
+    outside = guide.latent_mask[0, 0] == 0
+    assert outside.any()
+    assert torch.equal(z_new[:, :, outside], z[:, :, outside])  # update only inside M
+    assert torch.equal(z_new[0], z[0])  # the source branch is never guided
+    assert not torch.equal(z_new[1], z[1])
+
+
+def test_mag_edit_end_to_end_keeps_outside_equal_to_source_in_the_blend_steps(bundle, setup):
+    traj, mask = setup
+    opts = MAGEditOptions(guided_steps=2, iterations=2, blend_last=3, dilate=0)
+    ctrl, guide = mag_edit(bundle, SRC, TGT, [Region("blue", mask)], 6, opts)
+    out = pipeline.sample(bundle, traj, [SRC, TGT], controller=ctrl, guide=guide)
+    outside = guide.latent_mask[0, 0] == 0
+    assert torch.equal(out.latents[1][:, outside], out.latents[0][:, outside])
+    assert len(guide.history) == 2
+
+
+def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup):
+    traj, mask = setup
+    attr = torch.zeros(1, 1, 64, 64)
+    attr[..., 16:40, 20:32] = 1
+    opts = MDEEditOptions(guided_steps=1, iterations=6, step_size=50.0, lambda_ccl=0.0)  # OAL alone
+    ctrl, guide = mde_edit(bundle, SRC, TGT, [Region("square", mask)], [Region("blue", attr)], 6, opts)
+    ctrl.layout = BatchLayout.cfg(("source", "target"))
+    ctrl.clock.num_steps = 6
+    conds = bundle.encode_text([SRC, TGT])
+    sched = bundle.schedule(6)
+    z = traj.noise.expand(2, -1, -1, -1).clone()
+    # non-zero gradient of OAL with respect to the target latent
+    installed = controlled_attention(bundle.unet, ctrl)
+    installed.__enter__()
+    saved = ctrl.layout
+    ctrl.layout = BatchLayout.single(("source", "target"))
+    ctrl.clock.set(0, sched.timesteps[0], "guide")
+    guide.capture.begin()
+    zt = z[1:2].clone().requires_grad_(True)
+    bundle.predict_eps(torch.cat([z[0:1], zt]), sched.timesteps[0], sched.alphas[0], conds)
+    oal = L.object_alignment_loss(guide.capture.maps("obj0").sum(0, keepdim=True),
+                                  (torch.nn.functional.adaptive_avg_pool2d(mask, 8).flatten()[None] > 0.5).float())
+    (grad,) = torch.autograd.grad(oal, zt)
+    assert grad.abs().sum() > 0
+    guide.capture.store = None
+    ctrl.layout = saved
+    # it falls when optimised, and the merge (Eq. 8) leaves the outside of the masks alone
+    try:
+        z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+    finally:
+        installed.__exit__(None, None, None)
+    assert guide.history[0][-1] < guide.history[0][0]
+    outside = guide.latent_mask[0, 0] == 0
+    assert torch.equal(z_new[:, :, outside], z[:, :, outside])
