@@ -122,9 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="a box (input pixels, exclusive ends) used like --mask (repeatable)")
     m = e.add_argument_group("localised methods (MAG-Edit, MDE-Edit)")
-    m.add_argument("--method", default="p2p", choices=["p2p", "mag-edit", "mde-edit"],
+    m.add_argument("--method", default="p2p", choices=["p2p", "mag-edit", "mde-edit", "locinv"],
                    help="p2p: the engine alone; mag-edit: latent guidance towards the region words (one or more "
-                        "objects); mde-edit: several objects (OAL) and attribute words (CCL)")
+                        "objects); mde-edit: several objects (OAL) and attribute words (CCL); locinv: per-step noun "
+                        "tokens learned from the regions of source-prompt nouns, then the engine")
+    m.add_argument("--bind", action="append", default=[], metavar="ADJ:NOUN",
+                   help="locinv: bind an adjective to a region noun (repeatable); without it, spaCy's parse when "
+                        "installed, else the word before each noun")
+    m.add_argument("--locinv-inner", type=int, help="locinv: max token-learning steps per step (default 31)")
     m.add_argument("--region", action="append", default=[], metavar="WORD=MASK",
                    help="tie a target-prompt word to its region: WORD=mask.png or WORD=x0,y0,x1,y1 (repeatable)")
     m.add_argument("--attribute", action="append", default=[], metavar="WORD=MASK",
@@ -290,6 +295,11 @@ def _region(spec: str, height: int, width: int):
 
 def _method_options(args):
     from .guidance import MAGEditOptions, MDEEditOptions
+    from .guidance.locinv import LocInvOptions
+
+    if args.method == "locinv":
+        nti = _inversion_options(argparse.Namespace(**{**vars(args), "inversion": "null-text"}))
+        return LocInvOptions(nti=nti, **({"max_inner": args.locinv_inner} if args.locinv_inner is not None else {}))
 
     common = {k: v for k, v in (("guided_steps", args.guided_steps), ("iterations", args.iterations),
                                  ("step_size", args.step_size), ("blend_last", args.blend_last)) if v is not None}
@@ -299,6 +309,18 @@ def _method_options(args):
         extra = {k: v for k, v in (("lambda_oal", args.lambda_oal), ("lambda_ccl", args.lambda_ccl)) if v is not None}
         return MDEEditOptions(**common, **extra)
     return MAGEditOptions(loss=args.mag_loss, negative_words=tuple(args.negative), **common)
+
+
+def _pairs(specs: list[str]) -> list[tuple[str, str]]:
+    from .errors import PromptError
+
+    out = []
+    for spec in specs:
+        adj, sep, noun = spec.partition(":")
+        if not sep or not adj or not noun:
+            raise PromptError(f"--bind {spec!r} is not ADJ:NOUN")
+        out.append((adj.strip(), noun.strip()))
+    return out
 
 
 def attention_grid(maps: dict, size: int):
@@ -439,7 +461,8 @@ def cmd_edit(args) -> dict:
     result = pipeline.edit(
         bundle, fitted, source, args.target, inversion=args.inversion, inversion_options=_inversion_options(args),
         trajectory=trajectory, method=args.method, engine=args.engine, engine_options=engine_options,
-        mask=fitted_mask, regions=fitted_regions, attributes=fitted_attrs, method_options=_method_options(args),
+        mask=fitted_mask, regions=fitted_regions, attributes=fitted_attrs, pairs=_pairs(args.bind),
+        method_options=_method_options(args),
         record_words=tuple(words) if args.save_attention else (),
         num_steps=args.steps, options=options, progress=_progress(args),
     )

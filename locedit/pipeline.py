@@ -57,6 +57,28 @@ class SampleResult:
     blend_mask: torch.Tensor | None = None  # (1, 1, h, w) last local-blend mask, if any
 
 
+def learned_conds(bundle: ModelBundle, traj: Trajectory, prompts: list[str], step: int) -> torch.Tensor:
+    """(len(prompts), L, D): each prompt encoded with the trajectory's learned token vectors of
+    step ``step`` at the positions of their words (a word absent from a prompt is left alone)."""
+    from .diffusion.text import token_positions
+    from .errors import PromptError as _Missing
+
+    out = []
+    for p in prompts:
+        vectors = {}
+        for word, vec in traj.token_vectors.items():
+            try:
+                positions = token_positions(bundle.tokenizer, p, word)
+            except _Missing:
+                continue
+            per_step = vec[step].to(bundle.device)  # (tokens of the word, D_in)
+            for k, pos in enumerate(positions):
+                vectors[pos] = per_step[k % per_step.shape[0]]
+        with torch.no_grad():
+            out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
+    return torch.cat(out)
+
+
 def uncond_embedding(bundle: ModelBundle, traj: Trajectory, step: int, options: EditOptions,
                      source_embed: torch.Tensor, null_embed: torch.Tensor) -> torch.Tensor:
     if options.npi_null or traj.uncond == "source":
@@ -100,6 +122,8 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
         for i in track(progress, range(n), "editing" if len(prompts) > 1 else "sampling"):
             t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+            if traj.token_vectors:
+                conds = learned_conds(bundle, traj, prompts, i)
             if guide is not None:
                 z = guide(bundle, ctrl, i, t, a, z, conds)
             ctrl.clock.set(i, t, "sample")
@@ -208,7 +232,7 @@ def check_prompts(bundle: ModelBundle, source: str, target: str, engine_options)
             token_positions(bundle.tokenizer, target, word)
 
 
-EDIT_METHODS = ("p2p", "mag-edit", "mde-edit")
+EDIT_METHODS = ("p2p", "mag-edit", "mde-edit", "locinv")
 
 
 class AttentionRecorder(AttentionController):
@@ -249,12 +273,14 @@ class AttentionRecorder(AttentionController):
 def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *,
          inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
          method: str = "p2p", engine: str = "p2p", engine_options=None, mask: torch.Tensor | None = None,
-         regions=(), attributes=(), method_options=None, record_words: tuple[str, ...] = (),
+         regions=(), attributes=(), pairs=(), method_options=None, record_words: tuple[str, ...] = (),
          num_steps: int = 50, options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
     """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``.
 
     ``method``: "p2p" (the engine alone, optional blend ``mask``), "mag-edit" (``regions``),
-    "mde-edit" (``regions`` = objects, ``attributes``); ``regions`` are
+    "mde-edit" (``regions`` = objects, ``attributes``), "locinv" (``regions`` = nouns of the source
+    prompt with their priors, ``pairs`` = (adjective, noun) bindings; its own inversion, then the
+    engine with the learned tokens); ``regions`` are
     :class:`locedit.guidance.Region` with masks at the model's image size. ``record_words``:
     target words whose accumulated maps are returned in ``stats["attention"]``.
     """
@@ -264,10 +290,19 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(EDIT_METHODS)}")
     if engine_options is None:
         engine_options = ENGINES[engine][0]() if engine in ENGINES else None
-    check_prompts(bundle, source, target, engine_options if method == "p2p" else None)
+    check_prompts(bundle, source, target, engine_options if method in ("p2p", "locinv") else None)
     steps = trajectory.num_steps if trajectory is not None else num_steps
     guide = None
-    if method == "p2p":
+    if method == "locinv":
+        from .guidance.locinv import LocInvOptions, locinv_inversion
+
+        controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
+        if trajectory is None:
+            if image is None:
+                raise LoceditError("edit needs an image or a trajectory")
+            trajectory = locinv_inversion(bundle, bundle.encode_image(image), source, list(regions), num_steps,
+                                          options.guidance, list(pairs), method_options or LocInvOptions(), progress)
+    elif method == "p2p":
         controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
     elif method == "mag-edit":
         controller, guide = mag_edit(bundle, source, target, list(regions), steps, method_options or MAGEditOptions())

@@ -210,3 +210,15 @@ def test_more_regions_than_tokens(scene_png, tmp_path, capsys):
 def test_mag_edit_needs_a_region(scene_png, tmp_path, capsys):
     img, _ = scene_png
     assert_bad(["edit", img] + MAG + FAST, capsys, tmp_path / "o.png", "--region")
+
+
+def test_locinv_from_the_cli(scene_png, tmp_path, capsys):
+    img, mask = scene_png
+    out = tmp_path / "o.png"
+    code, stdout, err = run(["edit", img, "--source", "a red square", "--target", "a blue square", "--method", "locinv",
+                             "--region", f"square={mask}", "--bind", "red:square", "--locinv-inner", "1",
+                             "--nti-steps", "1", "--out", str(out), "--json"] + FAST, capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["inversion"] == "locinv"
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--method", "locinv",
+                "--region", f"square={mask}", "--bind", "redsquare"] + FAST, capsys, tmp_path / "bad.png", "ADJ:NOUN")

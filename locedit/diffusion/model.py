@@ -71,6 +71,33 @@ class ModelBundle:
         out = self.text_encoder(tok.input_ids.to(self.device))[0]
         return out.float()
 
+    def token_embedding_table(self) -> torch.nn.Embedding:
+        """The text encoder's input token-embedding table (never modified by locedit)."""
+        return self.text_encoder.get_input_embeddings()
+
+    def encode_text_with_tokens(self, prompt: str, vectors: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(1, L, D) embedding of ``prompt`` with the input token embeddings at the given positions
+        replaced by ``vectors`` (each (D_in,)); gradients flow to the vectors only.
+
+        Uses a forward hook on the token-embedding table, removed in ``finally``; the table itself
+        is never written (LocInv / dynamic prompt learning learn such per-step token vectors).
+        """
+        ids = self.tokenizer([prompt], padding="max_length", max_length=self.max_tokens, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        table = self.token_embedding_table()
+
+        def hook(module, inputs, output):
+            output = output.clone()
+            for pos, vec in vectors.items():
+                output[:, pos] = vec.to(output)
+            return output
+
+        handle = table.register_forward_hook(hook)
+        try:
+            return self.text_encoder(ids)[0].float()
+        finally:
+            handle.remove()
+
     # ---- images ----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:

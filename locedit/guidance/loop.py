@@ -87,16 +87,17 @@ class Chain(AttentionController):
 
 
 class MapCapture(AttentionController):
-    """During the "guide" phase, keeps the target's maps of chosen tokens, with their gradient."""
+    """During the "guide" phase, keeps one branch's maps of chosen tokens, with their gradient."""
 
-    def __init__(self, token_groups: dict[str, list[int]], map_level: int):
+    def __init__(self, token_groups: dict[str, list[int]], map_level: int, branch: str = "target"):
         super().__init__()
         self.token_groups = {k: tuple(v) for k, v in token_groups.items() if v}
         self.map_level = map_level
+        self.branch = branch
         self.store: TokenMapStore | None = None
 
     def begin(self) -> None:
-        row = self.layout.index("target", "cond")
+        row = self.layout.index(self.branch, "cond")
         self.store = TokenMapStore({k: MapRequest(row, v) for k, v in self.token_groups.items()},
                                    keep_grad=True, accumulate=False)
 

@@ -9,6 +9,8 @@
 - "learned": ``null_embeddings[i]`` per sampling step (null-text inversion);
 - "source": the source prompt's embedding (negative-prompt inversion).
 ``source_follows``: the editing loop pins the source branch to ``latents`` (direct inversion).
+``token_vectors``: per-step input-token vectors of some words (LocInv); the editing loop encodes
+both prompts at each step with them in place of those words' token embeddings.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Trajectory:
     source_follows: bool = False
     stats: dict = field(default_factory=dict)  # unet_calls, seconds, per-step residuals, ...
     model: str = ""
+    # learned input-token vectors per word (LocInv): word -> (N, tokens of the word, D_in)
+    token_vectors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.uncond not in UNCOND_MODES:
@@ -61,6 +65,8 @@ class Trajectory:
         tensors = {"latents": torch.cat(self.latents).contiguous().cpu()}
         if self.null_embeddings is not None:
             tensors["null_embeddings"] = torch.cat(self.null_embeddings).contiguous().cpu()
+        for word, vec in self.token_vectors.items():
+            tensors[f"token:{word}"] = vec.contiguous().cpu()
         save_file(tensors, str(folder / "trajectory.safetensors"))
         manifest = {
             "format": FORMAT_VERSION,
@@ -99,5 +105,6 @@ class Trajectory:
             source_follows=manifest["source_follows"],
             stats=manifest.get("stats", {}),
             model=manifest.get("model", ""),
+            token_vectors={k[len("token:"):]: v for k, v in tensors.items() if k.startswith("token:")},
         )
         return traj, manifest

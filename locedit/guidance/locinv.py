@@ -1,0 +1,243 @@
+"""LocInv: localization-aware inversion (Tang et al., 2024), on top of null-text inversion.
+
+Per-timestep noun tokens are learned so that their cross-attention matches given localisation
+priors (segmentation masks or boxes); editing then runs P2P with those tokens.
+
+1. DDIM inversion with guidance 1 gives the pivot trajectory z*_0..z*_N.
+2. Each noun gets a learnable input-token vector per token of the word, initialised from its
+   embedding row; only these vectors are optimised (the embedding table is never touched).
+3. For each sampling step i, from z_N = z*_N: up to ``max_inner`` (31) AdamW steps (lr 1e-3,
+   wd 1e-2) on the vectors, one conditional UNet call each (no CFG), stopping as soon as every loss
+   is below its threshold tau(i) = beta * exp(-i / alpha); the vectors carry over to the next step
+   and are stored per step. Then null-text inversion for this step (guidance 7.5) with the learned
+   condition, and the CFG DDIM step.
+
+Losses (A_k the noun's map at the map level, S_k its prior, B_k its box):
+similarity (seg) 1 - mean cos(A_k, S_k); (box) mean cos(A_k, 1 - B_k); overlap
+1 - mean sum(A_k S_k) / sum(A_k); adjective binding 1 - mean cos(A_adj, A_noun).
+Hyperparameters are the authors' scripts' (see :data:`LOCINV_DEFAULTS`).
+
+Layering note: LocInv is an inversion driven by guidance losses, so this module uses null-text
+inversion's per-step optimiser from ``locedit.inversion``; the inversion package never imports
+guidance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attention import BatchLayout, controlled_attention, map_level, unet_sites
+from ..diffusion import ModelBundle, ddim_step
+from ..diffusion.text import token_positions, word_tokens
+from ..errors import LoceditError, OptimisationError, PromptError
+from ..inversion import NullTextOptions, Trajectory, ddim_latents
+from ..inversion.null_text import optimise_null
+from ..masks import check_mask
+from ..progress import Progress, track
+from . import losses as L
+from .loop import MapCapture, map_mask_from
+from .methods import Region
+
+# (alpha, beta, lambda) per loss and prior kind, from the authors' scripts
+LOCINV_DEFAULTS = {
+    "seg": {"sim": (50.0, 0.7, 1.0), "ov": (25.0, 0.7, 1.0)},
+    "box": {"sim": (25.0, 0.5, 0.1), "ov": (25.0, 0.5, 1.0)},
+    "adj": (50.0, 0.1, 2.0),
+}
+PAIR_SOURCES = ("auto", "user", "parser", "previous")
+
+
+def threshold(i: int, alpha: float, beta: float) -> float:
+    """tau(i) = beta * exp(-i / alpha) (LocInv, per-step loss thresholds)."""
+    return beta * math.exp(-i / alpha)
+
+
+@dataclass(frozen=True)
+class LocInvOptions:
+    max_inner: int = 31
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    # (alpha, beta, lambda); None = the authors' value for the prior kind
+    sim: tuple[float, float, float] | None = None
+    ov: tuple[float, float, float] | None = None
+    adj: tuple[float, float, float] = LOCINV_DEFAULTS["adj"]
+    pair_source: str = "auto"  # auto: user pairs, else a dependency parser if installed, else previous token
+    nti: NullTextOptions = field(default_factory=NullTextOptions)
+
+    def __post_init__(self):
+        if self.pair_source not in PAIR_SOURCES:
+            raise LoceditError(f"pair_source must be one of {', '.join(PAIR_SOURCES)}, got {self.pair_source!r}")
+        if self.max_inner < 0 or self.lr <= 0:
+            raise LoceditError("max_inner must be >= 0 and lr > 0")
+
+    def params(self, kind: str) -> dict[str, tuple[float, float, float]]:
+        d = LOCINV_DEFAULTS[kind]
+        return {"sim": self.sim or d["sim"], "ov": self.ov or d["ov"], "adj": self.adj}
+
+
+# ---- adjective-noun pairs ---------------------------------------------------------------------------
+_NOT_ADJECTIVES = {"a", "an", "the", "of", "on", "in", "and", "with", "to", "at", "by", "for", "from", "is", "are"}
+
+
+def previous_token_pairs(prompt: str, nouns: list[str]) -> list[tuple[str, str]]:
+    """The authors' code's rule: the word before each noun, unless it is an article or preposition."""
+    words = [w.strip(",.").lower() for w in prompt.split()]
+    pairs = []
+    for noun in nouns:
+        n = noun.split()[0].lower()
+        if n in words:
+            k = words.index(n)
+            if k > 0 and words[k - 1] not in _NOT_ADJECTIVES:
+                pairs.append((words[k - 1], noun))
+    return pairs
+
+
+def parser_pairs(prompt: str, nouns: list[str]) -> list[tuple[str, str]] | None:
+    """Adjective-noun pairs from spaCy's dependency parse (amod), or None when spaCy or its English
+    model is not installed."""
+    try:
+        import spacy
+
+        nlp = spacy.load("en_core_web_sm")
+    except Exception:
+        return None
+    doc = nlp(prompt)
+    wanted = {n.lower() for n in nouns}
+    return [(t.text.lower(), t.head.text.lower()) for t in doc if t.dep_ == "amod" and t.head.text.lower() in wanted]
+
+
+def adjective_pairs(prompt: str, nouns: list[str], user: list[tuple[str, str]], source: str = "auto"):
+    """(pairs, where they came from)."""
+    if user or source == "user":
+        return list(user), "user"
+    if source in ("auto", "parser"):
+        found = parser_pairs(prompt, nouns)
+        if found is not None:
+            return found, "parser"
+        if source == "parser":
+            raise LoceditError("pair_source 'parser' needs spaCy with en_core_web_sm installed")
+    return previous_token_pairs(prompt, nouns), "previous"
+
+
+# ---- the inversion ------------------------------------------------------------------------------------
+def prior_kind(regions: list[Region]) -> str:
+    """"box" when every prior is an axis-aligned filled rectangle, else "seg"."""
+    for r in regions:
+        m = r.mask[0, 0] > 0.5
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all().item() is False:
+            return "seg"
+    return "box"
+
+
+def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions: list[Region], num_steps: int,
+                     guidance: float = 7.5, pairs: list[tuple[str, str]] = (), options: LocInvOptions = LocInvOptions(),
+                     progress: Progress | None = None) -> Trajectory:
+    """Learn per-step noun tokens for ``regions`` (noun word + prior mask at the model's size)."""
+    if not regions:
+        raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
+    size = (bundle.image_size, bundle.image_size)
+    for r in regions:
+        try:
+            token_positions(bundle.tokenizer, prompt, r.word)
+        except PromptError:
+            raise PromptError(f"region word {r.word!r} is not in the source prompt {prompt!r}") from None
+        check_mask(r.mask, size, f"mask of region {r.word!r}")
+    if len(regions) > len(word_tokens(bundle.tokenizer, prompt)):
+        raise PromptError(f"{len(regions)} regions but the prompt has only {len(prompt.split())} words")
+    kind = prior_kind(regions)
+    hp = options.params(kind)
+    nouns = [r.word for r in regions]
+    pair_list, pair_from = adjective_pairs(prompt, nouns, list(pairs), options.pair_source)
+    for adj, noun in pair_list:
+        token_positions(bundle.tokenizer, prompt, adj)
+        if noun not in nouns:
+            raise PromptError(f"adjective {adj!r} is bound to {noun!r}, which has no region")
+
+    t0, start_calls = time.perf_counter(), bundle.unet_calls
+    cond0, null = bundle.encode_text([prompt, ""]).split(1)
+    latents = ddim_latents(bundle, z0, cond0, num_steps, progress, "ddim inversion")
+    sched = bundle.schedule(num_steps)
+    level = map_level(unet_sites(bundle.unet))
+    side = bundle.unet.config.sample_size // 2**level
+    priors = torch.stack([map_mask_from(r.mask, side) for r in regions]).to(bundle.device)  # (K, P)
+
+    table = bundle.token_embedding_table().weight
+    ids = bundle.tokenizer(prompt).input_ids
+    positions = {r.word: token_positions(bundle.tokenizer, prompt, r.word) for r in regions}
+    vectors = {w: torch.stack([table[ids[p]].detach().float().clone() for p in pos]) for w, pos in positions.items()}
+    groups = {f"noun{k}": positions[w] for k, w in enumerate(nouns)}
+    groups.update({f"adj{k}": token_positions(bundle.tokenizer, prompt, a) for k, (a, _) in enumerate(pair_list)})
+    capture = MapCapture(groups, level, branch="source")
+    capture.layout = BatchLayout.single(("source",))
+    capture.clock.num_steps = num_steps
+
+    def pos_vectors(vs):
+        return {p: vs[w][k] for w, pos in positions.items() for k, p in enumerate(pos)}
+
+    stored = {w: [] for w in nouns}
+    nulls, z = [], latents[-1]
+    history = {"iterations": [], "sim_first": [], "sim_last": [], "ov_first": [], "ov_last": [], "adj_first": [], "adj_last": []}
+    with controlled_attention(bundle.unet, capture):
+        for i in track(progress, range(num_steps), "locinv"):
+            t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+            taus = {k: threshold(i, v[0], v[1]) for k, v in hp.items()}
+            params = {w: v.clone().requires_grad_(True) for w, v in vectors.items()}
+            opt = torch.optim.AdamW(list(params.values()), lr=options.lr, weight_decay=options.weight_decay)
+            first, last, it = None, None, 0
+            for it in range(options.max_inner + 1):
+                capture.clock.set(i, t, "guide")
+                capture.begin()
+                with torch.enable_grad():
+                    cond = bundle.encode_text_with_tokens(prompt, pos_vectors(params))
+                    bundle.predict_eps(z, t, a, cond)
+                    maps = torch.stack([capture.maps(f"noun{k}").sum(0) for k in range(len(nouns))])  # (K, P)
+                    parts = {
+                        "sim": L.similarity_loss_seg(maps, priors) if kind == "seg" else L.similarity_loss_box(maps, priors),
+                        "ov": L.overlap_loss(maps, priors),
+                    }
+                    if pair_list:
+                        adj_maps = torch.stack([capture.maps(f"adj{k}").sum(0) for k in range(len(pair_list))])
+                        noun_maps = torch.stack([maps[nouns.index(n)] for _, n in pair_list])
+                        parts["adj"] = L.adjective_loss(adj_maps, noun_maps)
+                    values = {k: v.item() for k, v in parts.items()}
+                    if any(not math.isfinite(v) for v in values.values()):
+                        raise OptimisationError(f"locinv: a loss became NaN or inf at step {i}")
+                    first = first or values
+                    last = values
+                    if all(values[k] < taus[k] for k in values) or it == options.max_inner:
+                        break
+                    total = sum(hp[k][2] * v for k, v in parts.items())
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    opt.step()
+            capture.store = None
+            vectors = {w: p.detach().clone() for w, p in params.items()}
+            for w in nouns:
+                stored[w].append(vectors[w])
+            history["iterations"].append(it)
+            for k in ("sim", "ov", "adj"):
+                if k in first:
+                    history[f"{k}_first"].append(first[k])
+                    history[f"{k}_last"].append(last[k])
+            capture.clock.set(i, t, "invert")
+            with torch.no_grad():
+                cond = bundle.encode_text_with_tokens(prompt, pos_vectors(vectors))
+                cond_eps = bundle.predict_eps(z, t, a, cond)
+            null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, null, t, a, a_next, guidance,
+                                 lr=options.nti.lr * (1 - options.nti.lr_decay * i), inner_steps=options.nti.inner_steps,
+                                 threshold=options.nti.epsilon + i * options.nti.epsilon_growth, step=i)
+            nulls.append(null)
+            with torch.no_grad():
+                eps_u = bundle.predict_eps(z, t, a, null)
+                z = ddim_step(z, eps_u + guidance * (cond_eps - eps_u), a, a_next)
+    stats = {"prior": kind, "pairs": [list(p) for p in pair_list], "pairs_from": pair_from,
+             "unet_calls": bundle.unet_calls - start_calls, "seconds": time.perf_counter() - t0,
+             **{k: v for k, v in history.items() if v}}
+    return Trajectory("locinv", prompt, num_steps, guidance, latents, uncond="learned", null_embeddings=nulls,
+                      stats=stats, model=bundle.name,
+                      token_vectors={w: torch.stack(v) for w, v in stored.items()})
