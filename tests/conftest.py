@@ -46,3 +46,23 @@ def scene_png(tmp_path):
     m = np.zeros((48, 80), np.uint8)
     m[8:32, 18:47] = 255
     return write_png(tmp_path / "scene.png", a), write_png(tmp_path / "mask.png", m)
+
+
+@pytest.fixture(scope="session")
+def instruct_bundle():
+    """Tiny random InstructPix2Pix-shaped model (UNet with 8 input channels)."""
+    from diffusers import UNet2DConditionModel
+
+    from locedit.diffusion.loading import finish_bundle
+    from locedit.diffusion.tiny import tiny_components
+
+    unet, vae, te, tok, cfg = tiny_components(seed=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        unet8 = UNet2DConditionModel.from_config({**unet.config, "in_channels": 8})
+    return finish_bundle(unet8, vae, te, tok, cfg, "tiny-instruct", torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def instruct_dir(tmp_path_factory, instruct_bundle):
+    return save_model(instruct_bundle, tmp_path_factory.mktemp("tiny-instruct"))

@@ -12,17 +12,8 @@ from locedit.world import gates as G
 
 
 @pytest.fixture(scope="module")
-def tiny_instruct():
-    from diffusers import UNet2DConditionModel
-
-    from locedit.diffusion.loading import finish_bundle
-    from locedit.diffusion.tiny import tiny_components
-
-    unet, vae, te, tok, cfg = tiny_components(seed=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        unet8 = UNet2DConditionModel.from_config({**unet.config, "in_channels": 8})
-    return finish_bundle(unet8, vae, te, tok, cfg, "tiny-instruct", torch.device("cpu"), torch.float32)
+def tiny_instruct(instruct_bundle):
+    return instruct_bundle
 
 
 def test_gate_code_paths_run_on_tiny_models(bundle, tiny_instruct):

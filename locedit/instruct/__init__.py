@@ -1,5 +1,10 @@
-"""Instruction editing: the InstructPix2Pix sampling loop (LIME builds on it)."""
+"""Instruction editing: the InstructPix2Pix sampling loop and LIME on top of it."""
 
-from .ip2p import IP2POptions, instruct_edit
+from .ip2p import IP2P_LAYOUT, IP2POptions, instruct_edit
+from .lime import LIMEOptions, LIMEResult, content_tokens, lime_edit, stop_words
 
-__all__ = ["IP2POptions", "instruct_edit"]
+# method name -> what runs it; the CLI's --method choices come from here
+INSTRUCT_METHODS = ("ip2p", "lime")
+
+__all__ = ["INSTRUCT_METHODS", "IP2P_LAYOUT", "IP2POptions", "LIMEOptions", "LIMEResult", "content_tokens",
+           "instruct_edit", "lime_edit", "stop_words"]

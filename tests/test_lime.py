@@ -1,0 +1,158 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_png
+from locedit.attention import BatchLayout, controlled_attention
+from locedit.guidance import Chain
+from locedit.instruct import IP2P_LAYOUT, IP2POptions, LIMEOptions, content_tokens, instruct_edit, lime_edit
+from locedit.instruct.lime import AttentionRegularizer, cluster, fuse_features, localize, region_of_interest
+from locedit.attention import AttentionController
+
+INSTR = "make the square blue"
+OPTS = LIMEOptions(points=10, clusters=4)
+
+
+@pytest.fixture(scope="module")
+def localized(instruct_bundle, image):
+    return localize(instruct_bundle, image, INSTR, 6, OPTS, seed=0)
+
+
+def test_stop_words_are_dropped_and_content_words_kept(instruct_bundle):
+    tok = instruct_bundle.tokenizer
+    kept = content_tokens(tok, "make the square blue and the circle red")
+    words = [tok.decode([tok("make the square blue and the circle red").input_ids[p]]) for p in kept]
+    assert {"square", "blue", "circle", "red"} <= {w.strip() for w in words}
+    assert not {"the", "and"} & {w.strip() for w in words}
+
+
+def test_fused_features_have_unit_norm_per_pixel(localized, instruct_bundle):
+    roi, labels, attention, top, tokens, feats = localized
+    side = instruct_bundle.image_size // 2
+    assert feats.ndim == 3 and feats.shape[1:] == (side, side)
+    n_self = sum(1 for name in instruct_bundle.unet.attn_processors if "attn1" in name)
+    assert feats.shape[0] >= n_self  # one block of channels per self-attention layer
+    torch.testing.assert_close(feats.norm(dim=0), torch.ones(side, side), rtol=1e-5, atol=1e-5)
+    assert labels.shape == (side, side) and attention.shape == (side, side)
+
+
+def test_roi_is_a_union_of_whole_clusters_containing_the_top_points(localized):
+    roi, labels, attention, top, tokens, _ = localized
+    assert roi.flatten()[top].all()
+    for lab in labels.unique():
+        inside = roi[labels == lab]
+        assert inside.all() or not inside.any()  # whole clusters only
+    assert 0 < roi.sum() < roi.numel() or labels.unique().numel() == 1
+
+
+def test_cluster_is_seeded():
+    f = torch.nn.functional.normalize(torch.randn(5, 8, 8), dim=0)
+    assert torch.equal(cluster(f, 3, seed=1), cluster(f, 3, seed=1))
+
+
+class _Probe(AttentionController):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def wants(self, site):
+        return site.kind == "cross"
+
+    def edit_probs(self, probs, site):
+        self.seen.append(probs.detach().clone())
+        return probs
+
+
+def test_regularisation_zeroes_unrelated_tokens_inside_the_roi_only(instruct_bundle, image):
+    b = instruct_bundle
+    roi = torch.zeros(32, 32, dtype=torch.bool)
+    roi[8:20, 8:24] = True
+    related = content_tokens(b.tokenizer, INSTR)
+    reg = AttentionRegularizer(roi, related, b.max_tokens, (0.0, 1.0))
+    probe, plain = _Probe(), _Probe()
+    chain = Chain([reg, probe])
+    chain.layout = IP2P_LAYOUT
+    chain.clock.num_steps = 1
+    plain.layout = IP2P_LAYOUT
+    z = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = b.encode_image_condition(image).expand(3, -1, -1, -1)
+    emb = torch.cat([b.encode_text([INSTR]), b.encode_text(["", ""])])
+    s = b.schedule(1)
+    for ctrl in (chain, plain):
+        with controlled_attention(b.unet, ctrl), torch.no_grad():
+            b.predict_eps(z, s.timesteps[0], s.alphas[0], emb, cond)
+    unrelated = torch.ones(b.max_tokens, dtype=torch.bool)
+    unrelated[related] = False
+    row = IP2P_LAYOUT.index("edit", "image+text")
+    assert len(probe.seen) == len(plain.seen) > 1
+    for k, (p, q) in enumerate(zip(probe.seen, plain.seen)):
+        side = int(round(p.shape[2] ** 0.5))
+        pix = reg.roi_at(side, p.device)
+        assert pix.any() and (~pix).any()
+        assert torch.all(p[row][:, pix][:, :, unrelated] == 0)  # exactly zero, every layer
+        assert torch.all(p[row][:, pix][:, :, ~unrelated].sum(-1) > 0.999)  # still a distribution
+        if k == 0:  # the first layer sees the same input in both runs: outside the RoI nothing changes
+            assert torch.equal(p[row][:, ~pix], q[row][:, ~pix])
+            assert torch.equal(p[row + 1 :], q[row + 1 :])  # nor in the other rows
+
+
+def test_empty_roi_equals_plain_ip2p_bitwise(instruct_bundle, image):
+    reg = AttentionRegularizer(torch.zeros(32, 32, dtype=torch.bool), [2, 3], instruct_bundle.max_tokens, (0.0, 1.0))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = instruct_edit(instruct_bundle, image, INSTR, 4, IP2POptions(), g(), controller=reg)
+    b = instruct_edit(instruct_bundle, image, INSTR, 4, IP2POptions(), g())
+    assert torch.equal(a, b)
+
+
+def test_user_mask_replaces_the_found_roi(instruct_bundle, image):
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 0:32, 0:32] = 1
+    res = lime_edit(instruct_bundle, image, INSTR, 3, OPTS, mask=m)
+    assert res.labels is None and res.roi[:16, :16].all() and not res.roi[16:, 16:].any()
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def test_instruct_cli_lime_and_ip2p(instruct_dir, scene_png, tmp_path, capsys):
+    from locedit.cli import main
+
+    img, _ = scene_png
+    out, roi = tmp_path / "o.png", tmp_path / "roi.png"
+    capsys.readouterr()
+    code = main(["instruct", img, "--instruction", INSTR, "--model", str(instruct_dir), "--steps", "4",
+                 "--points", "5", "--clusters", "3", "--save-roi", str(roi), "--out", str(out), "--json", "--quiet"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["method"] == "lime" and 0 < summary["roi_fraction"] <= 1
+    from PIL import Image
+
+    assert Image.open(out).size == (80, 48) and Image.open(roi).size == (80, 48)
+    code = main(["instruct", img, "--instruction", INSTR, "--model", str(instruct_dir), "--steps", "2",
+                 "--method", "ip2p", "--out", str(tmp_path / "p.png"), "--quiet"])
+    assert code == 0
+
+
+@pytest.mark.parametrize("case", ["t2i-model", "empty-mask", "missing", "stopwords-only"])
+def test_instruct_bad_input(case, instruct_dir, model_dir, scene_png, tmp_path, capsys):
+    from locedit.cli import main
+
+    img, _ = scene_png
+    argv = ["instruct", img, "--instruction", INSTR, "--model", str(instruct_dir), "--steps", "2", "--quiet"]
+    needle = {"t2i-model": "not an InstructPix2Pix", "empty-mask": "empty", "missing": "does not exist",
+              "stopwords-only": "no content word"}[case]
+    if case == "t2i-model":
+        argv[argv.index(str(instruct_dir))] = str(model_dir)
+    elif case == "empty-mask":
+        argv += ["--mask", write_png(tmp_path / "e.png", np.zeros((48, 80), np.uint8))]
+    elif case == "missing":
+        argv[1] = str(tmp_path / "nope.png")
+    else:
+        argv[argv.index(INSTR)] = "the and of"
+    out = tmp_path / "o.png"
+    capsys.readouterr()
+    code = main(argv + ["--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error:") and needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
