@@ -1,0 +1,123 @@
+"""Reports from a bench folder: averages per method and edit type, plots, an HTML gallery.
+
+Averages skip NaN values and count them (the PIE-Bench reference code averages nothing; users
+average per-image rows skipping NaN, which is what this does, reporting how many were skipped).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import LoceditError
+from .runner import load_rows
+
+_NOT_METRICS = {"id", "method", "edit_type", "output", "rank", "error"}
+
+
+def summarise(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, int, int]]]:
+    """(method, edit type or "all") -> metric -> (mean over finite values, count, NaN count)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], "all")].append(r)
+        groups[(r["method"], r.get("edit_type", "unknown"))].append(r)
+    out = {}
+    for key, rs in groups.items():
+        metrics = sorted({k for r in rs for k, v in r.items() if k not in _NOT_METRICS and isinstance(v, (int, float))})
+        stats = {}
+        for m in metrics:
+            vals = [float(r[m]) for r in rs if m in r and isinstance(r[m], (int, float))]
+            finite = [v for v in vals if not math.isnan(v)]
+            stats[m] = (sum(finite) / len(finite) if finite else float("nan"), len(finite), len(vals) - len(finite))
+        stats["errors"] = (float(sum(1 for r in rs if "error" in r)), len(rs), 0)
+        out[key] = stats
+    return out
+
+
+def markdown_table(summary, edit_types: bool = True) -> str:
+    keys = sorted(k for k in summary if edit_types or k[1] == "all")
+    metrics = sorted({m for k in keys for m in summary[k] if m != "errors"})
+    lines = ["| method | edit type | n | " + " | ".join(metrics) + " | errors |",
+             "|---|---|---:|" + "---:|" * len(metrics) + "---:|"]
+    for k in keys:
+        s = summary[k]
+        n = max((c for _, c, _ in s.values()), default=0)
+        cells = []
+        for m in metrics:
+            if m in s:
+                mean, count, nans = s[m]
+                cell = "nan" if math.isnan(mean) else f"{mean:.4g}"
+                cells.append(cell + (f" ({nans} NaN)" if nans else ""))
+            else:
+                cells.append("")
+        lines.append(f"| {k[0]} | {k[1]} | {n} | " + " | ".join(cells) + f" | {int(s['errors'][0])} |")
+    return "\n".join(lines)
+
+
+def plots(summary, out: Path) -> list[Path]:
+    """One bar chart per metric (methods on the x axis, overall means)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({k[0] for k in summary})
+    metrics = sorted({m for k in summary for m in summary[k] if m != "errors"})
+    written = []
+    for m in metrics:
+        vals = [summary.get((meth, "all"), {}).get(m, (float("nan"), 0, 0))[0] for meth in methods]
+        fig, ax = plt.subplots(figsize=(max(3, 1.2 * len(methods)), 3))
+        ax.bar(methods, [0 if math.isnan(v) else v for v in vals], color="#4477aa")
+        ax.set_title(m)
+        ax.tick_params(axis="x", labelrotation=30)
+        fig.tight_layout()
+        path = out / f"plot_{m}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def gallery(rows: list[dict], out: Path) -> Path:
+    """gallery.html: per item, source | each method's edit | target (when known)."""
+    by_item: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        by_item[r["id"]][r["method"]] = r
+    methods = sorted({r["method"] for r in rows})
+    has_target = any((out / "images" / "target" / f"{i}.png").exists() for i in by_item)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    parts = ["<!doctype html><meta charset='utf-8'><title>locedit gallery</title>",
+             "<style>img{width:160px;image-rendering:pixelated}td,th{padding:4px;font:12px sans-serif}</style>",
+             f"<table><tr><th>item</th><th>source</th>{head}{'<th>target</th>' if has_target else ''}</tr>"]
+    for item in sorted(by_item):
+        cells = [f"<td>{html.escape(item)}</td>", f"<td><img src='images/source/{html.escape(item)}.png'></td>"]
+        for m in methods:
+            r = by_item[item].get(m)
+            if r and "output" in r:
+                cells.append(f"<td><img src='{html.escape(r['output'])}'></td>")
+            else:
+                cells.append(f"<td>{html.escape(r.get('error', '')) if r else ''}</td>")
+        if has_target:
+            cells.append(f"<td><img src='images/target/{html.escape(item)}.png'></td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    path = out / "gallery.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def write_report(folder: str | Path) -> dict[str, Path]:
+    folder = Path(folder)
+    rows = load_rows(folder)
+    if not rows:
+        raise LoceditError(f"{folder} holds no results*.jsonl rows (run 'locedit bench' first)")
+    summary = summarise(rows)
+    md = folder / "report.md"
+    md.write_text("# Benchmark report\n\n## Per method\n\n" + markdown_table(summary, edit_types=False)
+                  + "\n\n## Per method and edit type\n\n" + markdown_table(summary) + "\n")
+    written = {"markdown": md, "gallery": gallery(rows, folder)}
+    for p in plots(summary, folder):
+        written[p.stem] = p
+    return written

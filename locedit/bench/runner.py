@@ -1,0 +1,209 @@
+"""Benchmark runner: every method on every item, one JSONL row per (item, method), resumable.
+
+Rows are appended one line per write and flushed to disk, so a killed run loses at most the row
+it was computing; on restart, rows already on disk are skipped, a torn last line is cut off, and
+duplicates can never be written. With ``accelerate launch`` (or torchrun), each rank takes every
+WORLD_SIZE-th item and writes its own ``results.rankR.jsonl``; :func:`load_rows` merges them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .. import pipeline
+from ..errors import LoceditError
+from ..imaging import Fit
+from ..metrics import pie_masked, psnr, mse, shapes_metrics, ssim
+from .datasets import EditItem
+
+BENCH_METHODS = ("p2p", "p2p-mask", "mag-edit", "mde-edit", "locinv", "ip2p", "lime")
+INSTRUCT = ("ip2p", "lime")
+
+
+@dataclass
+class BenchConfig:
+    steps: int = 50
+    guidance: float = 7.5
+    inversion: str = "null-text"
+    seed: int = 0
+    fit: str = "pad"
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (accelerate / torchrun), else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def results_path(out: Path, rank: int, world: int) -> Path:
+    return out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+
+
+def _repair(path: Path) -> None:
+    """Cut a torn last line (a run killed mid-write)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
+def load_rows(out: Path) -> list[dict]:
+    """All complete rows of every rank's results file, first occurrence of each (id, method)."""
+    rows, seen = [], set()
+    for path in sorted(Path(out).glob("results*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            key = (row["id"], row["method"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(image: torch.Tensor, path: Path) -> str:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int]:
+    """Edit one item with one method; returns (image at the item's size, UNet calls)."""
+    from ..guidance import Region
+    from ..instruct import IP2POptions, LIMEOptions, instruct_edit, lime_edit
+
+    bundle = ip2p if method in INSTRUCT else t2i
+    if bundle is None:
+        raise LoceditError(f"method {method!r} needs {'an instruct' if method in INSTRUCT else 'a text-to-image'} model")
+    h, w = item.image.shape[-2:]
+    fit = Fit.plan(h, w, bundle.image_size, config.fit)
+    image = fit.to_model(item.image).to(bundle.device)
+    to_model = lambda m: fit.to_model(m, binary=True).to(bundle.device)  # noqa: E731
+    calls0 = bundle.unet_calls
+    g = torch.Generator().manual_seed(config.seed)
+    if method == "ip2p":
+        z = instruct_edit(bundle, image, item.instruction, config.steps, IP2POptions(), g)
+        out = bundle.decode_latents(z)
+    elif method == "lime":
+        out = bundle.decode_latents(lime_edit(bundle, image, item.instruction, config.steps, LIMEOptions(seed=config.seed),
+                                              config.seed).latents)
+    else:
+        from ..control import P2POptions
+
+        regions = [Region(word, to_model(m)) for word, m in item.regions]
+        kwargs = dict(inversion=config.inversion, num_steps=config.steps,
+                      options=pipeline.EditOptions(guidance=config.guidance))
+        if method == "p2p":
+            blend = item.blend_words if item.blend_words else None
+            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt,
+                                engine_options=P2POptions(blend_words=blend), **kwargs)
+        elif method == "p2p-mask":
+            if item.mask is None:
+                raise LoceditError(f"item {item.id} has no mask for p2p-mask")
+            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, mask=to_model(item.mask), **kwargs)
+        elif method == "mag-edit":
+            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="mag-edit",
+                                regions=regions, **kwargs)
+        elif method == "mde-edit":
+            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="mde-edit",
+                                regions=regions, **kwargs)
+        elif method == "locinv":
+            src_regions = [Region(word, to_model(m)) for word, m in item.source_regions]
+            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="locinv",
+                                regions=src_regions, **kwargs)
+        else:
+            raise LoceditError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
+        out = res.edited
+    return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0
+
+
+def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:
+    """Pixel metrics on the unedited part (PIE-Bench convention) and, with a ground truth, the
+    shapes-world metrics and the oracle."""
+    src = item.image.float()
+    out: dict[str, float] = {}
+    if item.mask is not None:
+        a, b = pie_masked(src, item.mask), pie_masked(edited, item.mask)
+        out.update(bg_psnr=float(psnr(a, b)[0]), bg_mse=float(mse(a, b)[0]), bg_ssim=float(ssim(a, b)[0]))
+    else:
+        out.update(psnr=float(psnr(src, edited)[0]), ssim=float(ssim(src, edited)[0]))
+    if item.target_image is not None and item.mask is not None:
+        ok = None
+        if "edit" in item.extra:
+            from ..world.oracle import change_seen, read_scene
+
+            arr = (edited[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8")
+            ok = change_seen(read_scene(arr), item.extra["edit"])
+        out.update(shapes_metrics(edited[0], src[0], item.target_image[0].float(), item.mask[0, 0] > 0.5, ok))
+    return {k: (v if math.isfinite(v) else (100.0 if v > 0 else v)) if not math.isnan(v) else float("nan")
+            for k, v in out.items()}
+
+
+def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2i=None, ip2p=None,
+              config: BenchConfig = BenchConfig(), limit: int | None = None,
+              progress: Callable | None = None) -> Path:
+    bad = [m for m in methods if m not in BENCH_METHODS]
+    if bad:
+        raise LoceditError(f"unknown method {bad[0]!r}; choose from {', '.join(BENCH_METHODS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    path = results_path(out, rank, world)
+    _repair(path)
+    done = {(r["id"], r["method"]) for r in load_rows(out)}
+    items = list(items)[: limit if limit else None]
+    mine = [it for k, it in enumerate(items) if k % world == rank]
+    todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
+    work = todo if progress is None else progress(todo, f"bench rank {rank}")
+    for item, method in work:
+        src_png = out / "images" / "source" / f"{item.id}.png"
+        if not src_png.exists():
+            _save(item.image, src_png)
+        if item.target_image is not None and not (out / "images" / "target" / f"{item.id}.png").exists():
+            _save(item.target_image, out / "images" / "target" / f"{item.id}.png")
+        t0 = time.perf_counter()
+        try:
+            edited, calls = run_method(method, item, t2i, ip2p, config)
+            error = None
+        except LoceditError as exc:
+            edited, calls, error = None, 0, str(exc)
+        seconds = time.perf_counter() - t0
+        row = {"id": item.id, "method": method, "edit_type": item.edit_type, "seconds": round(seconds, 4),
+               "unet_calls": calls, "rank": rank}
+        if edited is not None:
+            row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png"), out)
+            row.update(item_metrics(item, edited))
+        else:
+            row["error"] = error
+        append_row(path, row)
+    return out
