@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--methods", required=True, help="comma-separated: p2p, p2p-mask, mag-edit, mde-edit, locinv, ip2p, lime")
     bn.add_argument("--out", required=True, help="output folder (results*.jsonl, images/)")
     bn.add_argument("--limit", type=int, help="only the first N items")
+    bn.add_argument("--metrics", default="pixel,shapes",
+                    help="pixel (PSNR/MSE/SSIM on the unedited part, PIE-Bench convention) and shapes (ground truth, "
+                         "oracle) are always computed; add lpips-alex, lpips-squeeze, clip, dino (pretrained weights "
+                         "from $LOCEDIT_WEIGHTS or the Hugging Face cache)")
     bn.add_argument("--model", default="shapes", help="text-to-image model for the P2P-family methods")
     bn.add_argument("--instruct-model", default="shapes-instruct", help="InstructPix2Pix model for ip2p and lime")
     bn.add_argument("--inversion", default="null-text", help="inversion for the P2P-family methods")
@@ -653,7 +657,12 @@ def cmd_bench(args) -> dict:
     _quiet_libraries()
     t2i = load_model(args.model, device, args.dtype) if any(m not in INSTRUCT for m in methods) else None
     ip2p = load_model(args.instruct_model, device, args.dtype) if any(m in INSTRUCT for m in methods) else None
-    config = BenchConfig(steps=args.steps, guidance=args.guidance, inversion=args.inversion, seed=args.seed)
+    from .bench.runner import LearnedMetrics
+
+    learned_names = [m.strip() for m in args.metrics.split(",") if m.strip() and m.strip() not in ("pixel", "shapes")]
+    learned = LearnedMetrics.load(learned_names) if learned_names else None
+    config = BenchConfig(steps=args.steps, guidance=args.guidance, inversion=args.inversion, seed=args.seed,
+                         learned=learned)
     out = run_bench(items, methods, args.out, t2i, ip2p, config, args.limit, _progress(args))
     from .bench import load_rows
 

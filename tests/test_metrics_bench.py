@@ -155,3 +155,44 @@ def test_report_table_plots_and_gallery(tmp_path):
     written = write_report(tmp_path)
     assert written["markdown"].exists() and written["gallery"].exists() and "plot_psnr" in written
     assert "images/p2p/1.png" in written["gallery"].read_text()
+
+
+def test_ranks_share_the_items_and_results_merge(model_dir, tmp_path, monkeypatch):
+    from locedit.bench import BenchConfig, run_bench
+    from locedit.diffusion import load_model
+
+    bundle = load_model(str(model_dir))
+    cfg = BenchConfig(steps=2, inversion="ddim")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        run_bench(open_dataset("shapes:n=3,seed=2"), ["p2p"], tmp_path, bundle, None, cfg)
+    assert (tmp_path / "results.rank0.jsonl").exists() and (tmp_path / "results.rank1.jsonl").exists()
+    rows = load_rows(tmp_path)
+    assert sorted(r["id"] for r in rows) == [f"shapes-2-{k:05d}" for k in range(3)]
+    assert {r["rank"] for r in rows} == {0, 1}
+
+
+def test_learned_metrics_in_rows_with_stand_ins(model_dir, tmp_path):
+    import torch.nn as nn
+
+    from locedit.bench import BenchConfig, run_bench
+    from locedit.bench.runner import LearnedMetrics
+    from locedit.diffusion import load_model
+    from locedit.metrics.learned import LPIPS
+
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    lp = LPIPS("alex", features=tiny, taps=(1,), channels=(4,))
+    nn.init.constant_(lp.lin0.model[1].weight, 1.0)
+    cfg = BenchConfig(steps=2, inversion="ddim", learned=LearnedMetrics(lpips={"alex": lp}))
+    run_bench(open_dataset("shapes:n=1,seed=4"), ["p2p"], tmp_path, load_model(str(model_dir)), None, cfg)
+    row = load_rows(tmp_path)[0]
+    assert row["lpips_alex"] > 0
+
+
+def test_unknown_learned_metric_is_refused():
+    from locedit.bench.runner import LearnedMetrics
+    from locedit.errors import LoceditError
+
+    with pytest.raises(LoceditError, match="fid"):
+        LearnedMetrics.load(["fid"])

@@ -35,6 +35,50 @@ class BenchConfig:
     inversion: str = "null-text"
     seed: int = 0
     fit: str = "pad"
+    learned: "LearnedMetrics | None" = None
+
+
+LEARNED_METRICS = ("lpips-alex", "lpips-squeeze", "clip", "dino")
+
+
+@dataclass
+class LearnedMetrics:
+    """The pretrained networks the learned metrics need (any may be None = not computed)."""
+
+    lpips: dict | None = None  # net name -> LPIPS
+    clip: tuple | None = None  # (CLIPModel, tokenizer)
+    dino: object | None = None  # ViTModel (PIE-Bench: dino-vitb8)
+    raw_255: bool = True  # PIE-Bench's 0..255 DINO input quirk
+
+    @classmethod
+    def load(cls, names: list[str], clip_name: str = "openai/clip-vit-large-patch14",
+             dino_name: str = "facebook/dino-vitb8") -> "LearnedMetrics":
+        from ..metrics.learned import load_clip, load_dino, load_lpips
+
+        bad = [n for n in names if n not in LEARNED_METRICS]
+        if bad:
+            raise LoceditError(f"unknown metric {bad[0]!r}; choose from pixel, shapes, {', '.join(LEARNED_METRICS)}")
+        lp = {n.split("-")[1]: load_lpips(n.split("-")[1]) for n in names if n.startswith("lpips")}
+        return cls(lpips=lp or None, clip=load_clip(clip_name) if "clip" in names else None,
+                   dino=load_dino(dino_name) if "dino" in names else None)
+
+    def compute(self, item, edited: torch.Tensor) -> dict[str, float]:
+        from ..metrics.learned import clip_score, dino_structure_distance
+
+        src, out = item.image.float(), edited.float()
+        res = {}
+        masked_src = pie_masked(src, item.mask) if item.mask is not None else src
+        masked_out = pie_masked(out, item.mask) if item.mask is not None else out
+        for net, model in (self.lpips or {}).items():
+            res[f"lpips_{net}"] = float(model(masked_src, masked_out)[0])
+        if self.clip is not None and item.target_prompt:
+            model, tok = self.clip
+            res["clip_whole"] = float(clip_score(model, tok, out, [item.target_prompt])[0])
+            if item.mask is not None:
+                res["clip_edited"] = float(clip_score(model, tok, out, [item.target_prompt], mask=item.mask)[0])
+        if self.dino is not None:
+            res["structure_distance"] = float(dino_structure_distance(self.dino, src, out, self.raw_255)[0])
+        return res
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -203,6 +247,8 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
         if edited is not None:
             row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png"), out)
             row.update(item_metrics(item, edited))
+            if config.learned is not None:
+                row.update(config.learned.compute(item, edited))
         else:
             row["error"] = error
         append_row(path, row)
