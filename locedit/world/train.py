@@ -242,15 +242,21 @@ def _init_models(args, tokenizer, in_channels: int, device):
     return te.to(device).train(), unet.to(device).train()
 
 
-def train_t2i(args) -> None:
-    """Text-to-image: epsilon prediction, SD's scaled-linear schedule, caption dropout for CFG."""
+def _prepare(args, in_channels: int):
+    """Seeded set-up shared by the diffusion trainers: (device, out, rng, vae, tokenizer, text encoder, unet)."""
     device, out = _device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     vae = _load_vae(args.vae, device)
     tok = make_tokenizer()
-    te, unet = _init_models(args, tok, 4, device)
+    te, unet = _init_models(args, tok, in_channels, device)
+    return device, out, rng, vae, tok, te, unet
+
+
+def train_t2i(args) -> None:
+    """Text-to-image: epsilon prediction, SD's scaled-linear schedule, caption dropout for CFG."""
+    device, out, rng, vae, tok, te, unet = _prepare(args, in_channels=4)
 
     def batch():
         x, caps = scene_batch(rng, args.batch)
@@ -263,13 +269,7 @@ def train_t2i(args) -> None:
 def train_instruct(args) -> None:
     """InstructPix2Pix (Brooks et al. 2023): UNet input = [noisy target latent, source latent];
     the instruction and the image conditioning are each dropped 5% of the time, both together 5%."""
-    device, out = _device(args.device), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    vae = _load_vae(args.vae, device)
-    tok = make_tokenizer()
-    te, unet = _init_models(args, tok, 8, device)
+    device, out, rng, vae, tok, te, unet = _prepare(args, in_channels=8)
 
     def batch():
         src, tgt, instr = edit_batch(rng, args.batch)
