@@ -196,3 +196,15 @@ def test_unknown_learned_metric_is_refused():
 
     with pytest.raises(LoceditError, match="fid"):
         LearnedMetrics.load(["fid"])
+
+
+def test_bench_instruct_methods_record_roi_iou(instruct_dir, tmp_path):
+    from locedit.bench import BenchConfig, run_bench
+    from locedit.diffusion import load_model
+
+    ip2p = load_model(str(instruct_dir))
+    run_bench(open_dataset("shapes:n=1,seed=5,kinds=colour"), ["ip2p", "lime"], tmp_path, None, ip2p,
+              BenchConfig(steps=2))
+    rows = {r["method"]: r for r in load_rows(tmp_path)}
+    assert 0.0 <= rows["lime"]["roi_iou"] <= 1.0 and "roi_iou" not in rows["ip2p"]
+    assert "oracle_success" in rows["ip2p"]

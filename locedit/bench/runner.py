@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 
 from .. import pipeline
 from ..errors import LoceditError
@@ -141,8 +142,9 @@ def _save(image: torch.Tensor, path: Path) -> str:
     return str(path)
 
 
-def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int]:
-    """Edit one item with one method; returns (image at the item's size, UNet calls)."""
+def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int, dict]:
+    """Edit one item with one method; returns (image at the item's size, UNet calls, extra figures
+    such as LIME's RoI IoU with the item's mask)."""
     from ..guidance import Region
     from ..instruct import IP2POptions, LIMEOptions, instruct_edit, lime_edit
 
@@ -154,13 +156,19 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
     image = fit.to_model(item.image).to(bundle.device)
     to_model = lambda m: fit.to_model(m, binary=True).to(bundle.device)  # noqa: E731
     calls0 = bundle.unet_calls
+    extra: dict = {}
     g = torch.Generator().manual_seed(config.seed)
     if method == "ip2p":
         z = instruct_edit(bundle, image, item.instruction, config.steps, IP2POptions(), g)
         out = bundle.decode_latents(z)
     elif method == "lime":
-        out = bundle.decode_latents(lime_edit(bundle, image, item.instruction, config.steps, LIMEOptions(seed=config.seed),
-                                              config.seed).latents)
+        res = lime_edit(bundle, image, item.instruction, config.steps, LIMEOptions(seed=config.seed), config.seed)
+        out = bundle.decode_latents(res.latents)
+        if item.mask is not None:
+            side = res.roi.shape[-1]
+            gt = F.interpolate(fit.to_model(item.mask, binary=True), size=(side, side), mode="area")[0, 0] > 0.5
+            roi = res.roi.cpu()
+            extra["roi_iou"] = float((roi & gt).sum() / (roi | gt).sum().clamp_min(1))
     else:
         from ..control import P2POptions
 
@@ -188,7 +196,7 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
         else:
             raise LoceditError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
         out = res.edited
-    return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0
+    return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0, extra
 
 
 def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:
@@ -237,16 +245,17 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
             _save(item.target_image, out / "images" / "target" / f"{item.id}.png")
         t0 = time.perf_counter()
         try:
-            edited, calls = run_method(method, item, t2i, ip2p, config)
+            edited, calls, extra = run_method(method, item, t2i, ip2p, config)
             error = None
         except LoceditError as exc:
-            edited, calls, error = None, 0, str(exc)
+            edited, calls, extra, error = None, 0, {}, str(exc)
         seconds = time.perf_counter() - t0
         row = {"id": item.id, "method": method, "edit_type": item.edit_type, "seconds": round(seconds, 4),
                "unet_calls": calls, "rank": rank}
         if edited is not None:
             row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png"), out)
             row.update(item_metrics(item, edited))
+            row.update(extra)
             if config.learned is not None:
                 row.update(config.learned.compute(item, edited))
         else:
