@@ -19,10 +19,20 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	@mkdir -p demo-out
-	@echo "demo: the bundled shapes model is not in this build yet; running the engine on a tiny random model (its output is noise)"
-	$(VENV)/bin/locedit edit examples/red-square.png --source "a red square on the gray background" \
-		--target "a blue square on the gray background" --model tiny-random --inversion null-text \
-		--p2p refine --blend-words square square --steps 20 --out demo-out/edit.png --json
+	@if [ -d locedit/models/shapes ]; then \
+		$(VENV)/bin/locedit edit examples/shapes-scene.png \
+			--source "a red circle and a blue striped square on a gray background" \
+			--target "a green circle and a blue striped square on a gray background" \
+			--model shapes --device cpu --inversion null-text --p2p replace --blend-words circle circle \
+			--panel demo-out/panel.png --out demo-out/edit.png --json && \
+		echo "demo: wrote demo-out/panel.png (source | edit | mask) and demo-out/edit.png"; \
+	else \
+		echo "demo: the bundled shapes model is not in this build; running the engine on a tiny random model (its output is noise)"; \
+		$(VENV)/bin/locedit edit examples/red-square.png --source "a red square on the gray background" \
+			--target "a blue square on the gray background" --model tiny-random --inversion null-text \
+			--p2p refine --blend-words square square --steps 20 --panel demo-out/panel.png --out demo-out/edit.png --json && \
+		echo "demo: wrote demo-out/panel.png (source | edit | mask) and demo-out/edit.png"; \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest
