@@ -12,8 +12,9 @@ from locedit.world import train
 
 def test_train_assemble_and_load(tmp_path, image):
     base = ["--steps", "2", "--batch", "2", "--log-every", "1", "--device", "cpu", "--save-every", "0"]
-    train.main(["vae", "--out", str(tmp_path / "vae")] + base)
-    assert json.loads((tmp_path / "vae" / "train.json").read_text())["steps"] == 2
+    train.main(["vae", "--out", str(tmp_path / "vae0")] + base)
+    assert json.loads((tmp_path / "vae0" / "train.json").read_text())["steps"] == 2
+    train.main(["vae", "--out", str(tmp_path / "vae"), "--init", str(tmp_path / "vae0")] + base)
     train.main(["t2i", "--out", str(tmp_path / "t2i"), "--vae", str(tmp_path / "vae")] + base)
     train.main(["instruct", "--out", str(tmp_path / "ip2p"), "--vae", str(tmp_path / "vae")] + base)
     log = [json.loads(l) for l in (tmp_path / "t2i" / "log.jsonl").read_text().splitlines()]

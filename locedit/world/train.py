@@ -146,7 +146,12 @@ def train_vae(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    vae = make_vae().to(device)
+    if args.init:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.init, use_safetensors=True).float().to(device).train()
+    else:
+        vae = make_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = _warmup_cosine(opt, args.steps)
     t0 = time.time()
@@ -331,13 +336,13 @@ def main(argv=None) -> None:
         s.add_argument("--device", default="auto")
         s.add_argument("--log-every", type=int, default=50)
         s.add_argument("--save-every", type=int, default=500)
+        s.add_argument("--init", help="continue from the weights of a saved diffusers folder")
         if name == "vae":
             s.add_argument("--kl", type=float, default=1e-4)
         else:
             s.add_argument("--vae", required=True)
             s.add_argument("--drop", type=float, default=0.1 if name == "t2i" else 0.05)
             s.add_argument("--ema", type=float, default=0.999)
-            s.add_argument("--init", help="continue from the weights of a saved diffusers folder")
     a = sub.add_parser("assemble")
     a.add_argument("--vae", required=True)
     a.add_argument("--t2i")
