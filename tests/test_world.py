@@ -75,3 +75,23 @@ def test_edits_carry_exact_ground_truth(kind):
         assert read_scene(tgt).matches(e.target) or read_scene(tgt).matches(e.target, texture=False)
         if kind != "background":
             assert len(e.boxes(64)) == len(e.edited) == (2 if kind == "two" else 1)
+
+
+def test_world_tokenizer_spells_every_word_as_one_token_and_survives_saving(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from locedit.diffusion.tiny import TINY_WORDS, word_tokenizer
+    from locedit.world.scene import VOCABULARY
+    from locedit.world.train import make_tokenizer
+
+    tok = make_tokenizer()
+    assert tok.get_vocab() == make_tokenizer().get_vocab()  # built the same way every time
+    assert all(len(tok(w, add_special_tokens=False).input_ids) == 1 for w in VOCABULARY)
+    tiny = word_tokenizer(TINY_WORDS)
+    assert all(len(tiny(w, add_special_tokens=False).input_ids) == 1 for w in TINY_WORDS)
+    longest = "a purple striped triangle, a yellow striped diamond and an orange striped square on a white background"
+    assert len(tok(longest).input_ids) <= tok.model_max_length  # the longest captions fit, untruncated
+    tok.save_pretrained(tmp_path)
+    back = CLIPTokenizer.from_pretrained(tmp_path)
+    assert back(longest).input_ids == tok(longest).input_ids
+    assert back("zebra").input_ids == tok("zebra").input_ids  # unknown words still tokenize, by bytes

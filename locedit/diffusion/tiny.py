@@ -30,30 +30,52 @@ TINY_WORDS = (
 ).split()
 
 
-def word_tokenizer(words, model_max_length: int = 77):
-    """A CLIP tokenizer whose BPE merges spell each of ``words`` as one token.
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges learned on ``words`` until each is one symbol (Sennrich et al. 2016).
 
-    Any other text still tokenizes, letter by letter, through the byte-level alphabet.
+    Deterministic: the most frequent adjacent pair wins, ties by lexicographic order. Applying the
+    merges in rank order (what BPE does at inference) re-traces the training segmentation, so every
+    word comes out as a single token.
+    """
+    from collections import Counter
+
+    seqs = [list(w[:-1]) + [w[-1] + "</w>"] for w in words]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(p for seq in seqs for p in zip(seq, seq[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        for k, seq in enumerate(seqs):
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[k] = out
+
+
+def word_tokenizer(words, model_max_length: int = 77):
+    """A CLIP tokenizer whose BPE spells each of ``words`` as one token (deterministically).
+
+    Any other text still tokenizes, down to single bytes of CLIP's byte-level alphabet.
     """
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    specials = ["<|startoftext|>", "<|endoftext|>"]
+    words = sorted(dict.fromkeys(w.lower() for w in words))
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
-    for tok in specials + alphabet + [c + "</w>" for c in alphabet]:
+    for tok in ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]:
         vocab.setdefault(tok, len(vocab))
-    merges: list[str] = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            merge = f"{parts[0]} {parts[1]}"
-            if merge not in merges:
-                merges.append(merge)
-            vocab.setdefault(merged, len(vocab))
-            parts = [merged] + parts[2:]
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
+    merges = _learn_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.model_max_length = model_max_length
     return tok
 
