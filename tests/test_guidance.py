@@ -155,3 +155,20 @@ def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup):
     assert guide.history[0][-1] < guide.history[0][0]
     outside = guide.latent_mask[0, 0] == 0
     assert torch.equal(z_new[:, :, outside], z[:, :, outside])
+
+
+def test_chain_takes_the_fast_score_path_unless_a_member_rewrites_scores(bundle):
+    from locedit.attention import AttentionController, parse_site
+    from locedit.guidance import Chain
+    from locedit.instruct.lime import AttentionRegularizer
+
+    site = parse_site("up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", 2)
+
+    class Wants(AttentionController):
+        def wants(self, s):
+            return True
+
+    assert not Chain([Wants(), Wants()]).rewrites_scores(site)
+    reg = AttentionRegularizer(torch.ones(4, 4, dtype=torch.bool), [1], bundle.max_tokens, (0.0, 1.0))
+    reg.clock.num_steps = 1
+    assert Chain([Wants(), reg]).rewrites_scores(site)

@@ -86,6 +86,11 @@ class AttentionController:
         """Pre-softmax logits (B, H, Q, K) -> logits."""
         return scores
 
+    def rewrites_scores(self, site: Site) -> bool:
+        """Whether :meth:`edit_scores` must run at this site (else the processor takes diffusers'
+        own score computation)."""
+        return type(self).edit_scores is not AttentionController.edit_scores
+
     def edit_probs(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
         """Attention probabilities (B, H, Q, K) -> probabilities."""
         return probs
@@ -142,8 +147,7 @@ class ControlledAttnProcessor:
 
     def _probs(self, attn, query, key, attention_mask, batch):
         ctrl = self.controller
-        edits_scores = type(ctrl).edit_scores is not AttentionController.edit_scores
-        if not edits_scores:
+        if not ctrl.rewrites_scores(self.site):
             probs = attn.get_attention_scores(query, key, attention_mask)
         else:
             dtype = query.dtype

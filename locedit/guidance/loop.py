@@ -60,9 +60,12 @@ class Chain(AttentionController):
     def wants(self, site: Site) -> bool:
         return any(c.wants(site) for c in self.controllers)
 
+    def rewrites_scores(self, site: Site) -> bool:
+        return any(c.wants(site) and c.rewrites_scores(site) for c in self.controllers)
+
     def edit_scores(self, scores, site):
         for c in self.controllers:
-            if c.wants(site):
+            if c.wants(site) and c.rewrites_scores(site):
                 scores = c.edit_scores(scores, site)
         return scores
 
