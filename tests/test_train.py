@@ -22,6 +22,11 @@ def test_train_assemble_and_load(tmp_path, image):
     # continuing from saved weights starts from them, not from scratch
     train.main(["t2i", "--out", str(tmp_path / "t2i-more"), "--vae", str(tmp_path / "vae"),
                 "--init", str(tmp_path / "t2i")] + base)
+    # an instruct model can start from the text-to-image weights, widened InstructPix2Pix-style
+    train.main(["instruct", "--out", str(tmp_path / "ip2p-from-t2i"), "--vae", str(tmp_path / "vae"),
+                "--init", str(tmp_path / "t2i")] + base)
+    widened = json.loads((tmp_path / "ip2p-from-t2i" / "unet" / "config.json").read_text())
+    assert widened["in_channels"] == 8
     train.main(["assemble", "--vae", str(tmp_path / "vae"), "--t2i", str(tmp_path / "t2i"),
                 "--instruct", str(tmp_path / "ip2p"), "--dest", str(tmp_path / "models")])
     t2i = load_model(str(tmp_path / "models" / "shapes"))
@@ -32,3 +37,19 @@ def test_train_assemble_and_load(tmp_path, image):
     assert instruct_edit(ip2p, image, "make the square blue", 2).shape == (1, 4, 16, 16)
     meta = json.loads((tmp_path / "models" / "shapes" / "training.json").read_text())
     assert set(meta) == {"vae", "diffusion"}
+
+
+def test_widen_input_keeps_the_function():
+    from locedit.diffusion.tiny import tiny_components
+
+    unet, _, text_encoder, _, _ = tiny_components()
+    unet = unet.eval()
+    wide = train.widen_input(unet, 8).eval()
+    z, extra = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
+    text = torch.randn(1, 8, unet.config.cross_attention_dim)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        before = unet(z, t, encoder_hidden_states=text).sample
+        after = wide(torch.cat([z, extra], 1), t, encoder_hidden_states=text).sample
+    assert wide.config.in_channels == 8
+    torch.testing.assert_close(after, before)

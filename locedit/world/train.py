@@ -232,6 +232,22 @@ def _save_diffusion(folder: Path, unet, text_encoder, tokenizer, ema, params) ->
                 p.copy_(v)
 
 
+def widen_input(unet, in_channels: int):
+    """A copy of ``unet`` taking ``in_channels`` inputs: the first convolution keeps its weights for
+    the original channels and gets zero weights for the new ones, so the copy computes exactly what
+    ``unet`` did until training teaches it to use them. This is how InstructPix2Pix (Brooks et al.
+    2023, Sec. 3.2) starts from a text-to-image checkpoint."""
+    from diffusers import UNet2DConditionModel
+
+    old = unet.config.in_channels
+    wide = UNet2DConditionModel.from_config({**unet.config, "in_channels": in_channels})
+    state = unet.state_dict()
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], in_channels - old, *w.shape[2:])], dim=1)
+    wide.load_state_dict(state)
+    return wide.to(w.dtype)
+
+
 def _init_models(args, tokenizer, in_channels: int, device):
     """Fresh text encoder and UNet, or the weights of a saved folder (``--init``) to continue from."""
     if args.init:
@@ -240,7 +256,9 @@ def _init_models(args, tokenizer, in_channels: int, device):
 
         te = CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder", use_safetensors=True).float()
         unet = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet", use_safetensors=True).float()
-        if unet.config.in_channels != in_channels:
+        if unet.config.in_channels == 4 and in_channels == 8:
+            unet = widen_input(unet, in_channels)
+        elif unet.config.in_channels != in_channels:
             raise SystemExit(f"--init {args.init}: UNet has {unet.config.in_channels} input channels, not {in_channels}")
     else:
         te, unet = make_text_encoder(tokenizer), make_unet(in_channels)
