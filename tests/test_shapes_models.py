@@ -51,3 +51,47 @@ def test_bundled_shapes_model_loads_offline_and_generates():
     b = load_model("shapes")
     z = pipeline.generate(b, ["a red circle on a gray background"], num_steps=3, generator=torch.Generator().manual_seed(0))
     assert b.decode_latents(z).shape == (1, 3, 64, 64)
+
+
+BUNDLED = pytest.mark.skipif(not (BUNDLED_DIR / "shapes-instruct").is_dir(), reason="bundled shapes models not built yet")
+
+
+@BUNDLED
+def test_bundled_models_fit_the_budget_and_the_instruct_model_edits():
+    size = sum(p.stat().st_size for p in BUNDLED_DIR.rglob("*") if p.is_file() and p.parent.parent.name.startswith("shapes"))
+    assert size <= 40 * 2**20
+    from safetensors import safe_open
+
+    for weights in BUNDLED_DIR.glob("shapes*/*/*.safetensors"):
+        with safe_open(str(weights), "pt") as f:
+            assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys()), weights
+    b = load_model("shapes-instruct")
+    assert b.unet.config.in_channels == 8
+    image = torch.full((1, 3, 64, 64), 0.5)
+    z = instruct_edit(b, image, "make the background black", 4, generator=torch.Generator().manual_seed(0))
+    assert b.decode_latents(z).shape == (1, 3, 64, 64)
+
+
+@BUNDLED
+def test_bundled_model_edit_lands_in_the_mask():
+    """The demo's edit: the red circle turns green inside its mask; the rest stays as it was."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from locedit import pipeline
+    from locedit.control.p2p import P2POptions
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    x = torch.from_numpy(np.array(Image.open(root / "shapes-scene.png").convert("RGB"))).permute(2, 0, 1)[None] / 255.0
+    mask = torch.from_numpy(np.asarray(Image.open(root / "shapes-circle-mask.png")) > 127)
+    b = load_model("shapes")
+    r = pipeline.edit(b, x, "a red circle and a blue striped square on a gray background",
+                      "a green circle and a blue striped square on a gray background",
+                      inversion="direct", engine_options=P2POptions(mode="replace"), mask=mask.float()[None, None], num_steps=20)
+    out = r.edited[0].float().cpu()
+    inside, outside = out[:, mask], out[:, ~mask]
+    assert inside[1].mean() > inside[0].mean() + 0.2  # green now dominates where red was
+    assert x[0, 0][mask].mean() > x[0, 1][mask].mean() + 0.2  # it was red
+    assert G.psnr(out[None], x, ~mask) > 25.0
