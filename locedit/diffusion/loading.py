@@ -8,6 +8,7 @@ before anything touches the disk or the network.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -135,8 +136,12 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, torch_dtype=dt)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dt)
+        # diffusers wants `accelerate` for its low-memory loading and warns on every load without it
+        low_mem = importlib.util.find_spec("accelerate") is not None
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, torch_dtype=dt,
+                                                    low_cpu_mem_usage=low_mem)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dt,
+                                            low_cpu_mem_usage=low_mem)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, dtype=dt)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         scheduler_config = dict(DDIMScheduler.load_config(folder, subfolder="scheduler"))
