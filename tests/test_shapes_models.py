@@ -44,7 +44,11 @@ def test_ip2p_loop_is_seeded_and_refuses_text_to_image_models(bundle, tiny_instr
         instruct_edit(bundle, image, "make it blue", 2)
 
 
-@pytest.mark.skipif(not (BUNDLED_DIR / "shapes").is_dir(), reason="bundled shapes model not built yet")
+BUNDLED = pytest.mark.skipif(not all((BUNDLED_DIR / n).is_dir() for n in ("shapes", "shapes-instruct")),
+                             reason="bundled shapes models not built yet")
+
+
+@BUNDLED
 def test_bundled_shapes_model_loads_offline_and_generates():
     from locedit import pipeline
 
@@ -53,12 +57,9 @@ def test_bundled_shapes_model_loads_offline_and_generates():
     assert b.decode_latents(z).shape == (1, 3, 64, 64)
 
 
-BUNDLED = pytest.mark.skipif(not (BUNDLED_DIR / "shapes-instruct").is_dir(), reason="bundled shapes models not built yet")
-
-
 @BUNDLED
 def test_bundled_models_fit_the_budget_and_the_instruct_model_edits():
-    size = sum(p.stat().st_size for p in BUNDLED_DIR.rglob("*") if p.is_file() and p.parent.parent.name.startswith("shapes"))
+    size = sum(p.stat().st_size for folder in BUNDLED_DIR.glob("shapes*") for p in folder.rglob("*") if p.is_file())
     assert size <= 40 * 2**20
     from safetensors import safe_open
 

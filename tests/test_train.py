@@ -42,7 +42,7 @@ def test_train_assemble_and_load(tmp_path, image):
 def test_widen_input_keeps_the_function():
     from locedit.diffusion.tiny import tiny_components
 
-    unet, _, text_encoder, _, _ = tiny_components()
+    unet, _, _, _, _ = tiny_components()
     unet = unet.eval()
     wide = train.widen_input(unet, 8).eval()
     z, extra = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
