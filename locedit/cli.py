@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mag-edit: a target-prompt word whose share inside the mask is pushed down (Eq. 3)")
     m.add_argument("--guided-steps", type=int, help="steps with latent guidance (mag-edit 25, mde-edit 20)")
     m.add_argument("--iterations", type=int, help="guidance iterations per step (default 15)")
-    m.add_argument("--step-size", type=float, help="guidance step size delta (default 2.5)")
+    m.add_argument("--step-size", type=float, help="guidance step size delta (default: mag-edit 2.5, mde-edit 0.1)")
     m.add_argument("--no-sigma-scaling", action="store_true", help="do not scale the step by sqrt((1-a)/a)")
     m.add_argument("--blend-last", type=int, help="last steps that take the source outside the masks (default 15)")
     m.add_argument("--lambda-oal", type=float, help="mde-edit OAL weight (default 1)")

@@ -40,7 +40,7 @@ def test_oal_by_hand_and_nonzero_gradient():
     maps = torch.tensor([[0.5, 0.25]], requires_grad=True)
     masks = torch.tensor([[1.0, 0.0]])
     # BCE(maps) = -(log 0.5 + log 0.75)/2 ; peak = [1, 0.5]: BCE = -(log 1 + log 0.5)/2
-    expected = -(math.log(0.5) + math.log(0.75)) / 2 - (math.log(1 - 1e-8) + math.log(0.5)) / 2
+    expected = -(math.log(0.5) + math.log(0.75)) / 2 - (math.log(1 - L.PROB_EPS) + math.log(0.5)) / 2
     loss = L.object_alignment_loss(maps, masks)
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
     loss.backward()
@@ -48,6 +48,28 @@ def test_oal_by_hand_and_nonzero_gradient():
     # the authors' bug: uniform maps 1/heads everywhere -> their gradient through the peak term vanishes
     flat = torch.full((1, 4), 0.125, requires_grad=True)
     assert L.object_alignment_loss(flat, torch.tensor([[1.0, 1.0, 0.0, 0.0]])).item() > 0
+
+
+def test_oal_gradient_is_exact_in_float32_when_the_peak_is_outside_the_mask():
+    # the peak pixel's normalised value is exactly 1; a clamp bound that rounds to 1.0 in float32
+    # let BCE's ~1e12 gradient multiply two cancelling terms there, so the float32 gradient was
+    # noise (guidance then climbed the loss). It must agree with the float64 one.
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(2, 64, generator=g) * 0.2
+    masks = torch.zeros(2, 64)
+    masks[:, :16] = 1
+    maps[:, 40] = 0.5  # the peak, outside the mask
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        x = maps.to(dtype).requires_grad_(True)
+        (grad,) = torch.autograd.grad(L.object_alignment_loss(x, masks.to(dtype)), x)
+        grads.append(grad.double())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-4)
+    # and a small step against it lowers the loss
+    x = maps.clone().requires_grad_(True)
+    loss = L.object_alignment_loss(x, masks)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert L.object_alignment_loss(maps - 1e-4 * grad, masks) < loss
 
 
 def test_locinv_losses_by_hand():

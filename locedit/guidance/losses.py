@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 
 EPS = 1e-8
+# clamp for probabilities fed to BCE: 1 - 1e-8 rounds to 1.0 in float32, where BCE's gradient is
+# ~1e12 and the peak pixel's (exactly cancelling) terms turn into noise; 1 - 1e-6 is representable
+PROB_EPS = 1e-6
 
 
 def token_ratio_loss(edit_map: torch.Tensor, other_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,8 +51,8 @@ def object_alignment_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tens
     heads axis, which makes every value 1/heads and this loss's gradient exactly zero; here the
     maps come from the real attention probabilities.
     """
-    maps = maps.clamp(EPS, 1 - EPS)
-    peak = (maps / maps.amax(dim=-1, keepdim=True).clamp_min(EPS)).clamp(EPS, 1 - EPS)
+    peak = (maps / maps.amax(dim=-1, keepdim=True).clamp_min(EPS)).clamp(PROB_EPS, 1 - PROB_EPS)
+    maps = maps.clamp(PROB_EPS, 1 - PROB_EPS)
     loss = maps.new_zeros(())
     for k in range(maps.shape[0]):
         loss = loss + F.binary_cross_entropy(maps[k], masks[k]) + F.binary_cross_entropy(peak[k], masks[k])

@@ -62,13 +62,16 @@ class MDEEditOptions:
     """MDE-Edit (Zhu et al., 2025): L = lambda1 OAL (Eq. 4-5) + lambda2 CCL (Eq. 6) with
     lambda1 = 1, lambda2 = 1.25 (paper; the code hard-codes 1.5) over the first 20 of 50 steps;
     merge Eq. 8; source branch outside the dilated masks for the last 15 steps. The paper gives no
-    iteration count or step size: MAG-Edit's (15, 2.5 x sigma_t) are the defaults."""
+    iteration count or step size: MAG-Edit's 15 iterations and sigma_t scaling, with delta 0.1
+    instead of 2.5, because OAL's gradient inside the mask is 8-16x MAG-Edit's token-ratio
+    gradient (measured on the bundled model; the authors' code never saw it, its OAL gradient being
+    zero) and delta >= 0.5 wrecks the edited region."""
 
     lambda_oal: float = 1.0
     lambda_ccl: float = 1.25
     guided_steps: int = 20
     iterations: int = 15
-    step_size: float = 2.5
+    step_size: float = 0.1
     sigma_scaling: bool = True
     cross_replace: float = 0.8
     self_replace: float = 0.5
