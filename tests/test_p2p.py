@@ -135,3 +135,12 @@ def test_fit_pads_odd_sizes_and_returns_the_input_size():
     m[..., 10:20, 30:40] = 1
     mm = fit.to_model(m, binary=True)
     assert set(mm.unique().tolist()) == {0.0, 1.0}
+
+
+def test_recorded_attention_of_a_plain_p2p_edit(bundle, ddim_traj):
+    # the engine comes with its layout set; the recorder chained after it must see that layout too
+    tgt = SRC.replace("red", "blue")
+    res = pipeline.edit(bundle, None, SRC, tgt, trajectory=ddim_traj, record_words=("blue", "square"))
+    maps = res.stats["attention"]
+    assert set(maps) == {"blue", "square"}
+    assert all(m.ndim == 2 and m.sum() > 0 for m in maps.values())

@@ -46,6 +46,7 @@ class Chain(AttentionController):
         self.controllers = controllers
         for c in controllers:
             c.clock = self.clock
+        self.layout = self._layout  # every member sees the chain's layout, not only the first
 
     @property
     def layout(self):
