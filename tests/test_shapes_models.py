@@ -78,19 +78,18 @@ def test_bundled_model_edit_lands_in_the_mask():
     """The demo's edit: the red circle turns green inside its mask; the rest stays as it was."""
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from locedit import pipeline
+    from locedit.cli import load_image, load_mask
     from locedit.control.p2p import P2POptions
 
     root = Path(__file__).resolve().parents[1] / "examples"
-    x = torch.from_numpy(np.array(Image.open(root / "shapes-scene.png").convert("RGB"))).permute(2, 0, 1)[None] / 255.0
-    mask = torch.from_numpy(np.asarray(Image.open(root / "shapes-circle-mask.png")) > 127)
+    x = load_image(str(root / "shapes-scene.png"))
+    mask_image = load_mask(str(root / "shapes-circle-mask.png"))
+    mask = mask_image[0, 0] > 0.5
     b = load_model("shapes")
     r = pipeline.edit(b, x, "a red circle and a blue striped square on a gray background",
                       "a green circle and a blue striped square on a gray background",
-                      inversion="direct", engine_options=P2POptions(mode="replace"), mask=mask.float()[None, None], num_steps=20)
+                      inversion="direct", engine_options=P2POptions(mode="replace"), mask=mask_image, num_steps=20)
     out = r.edited[0].float().cpu()
     inside, outside = out[:, mask], out[:, ~mask]
     assert inside[1].mean() > inside[0].mean() + 0.2  # green now dominates where red was
