@@ -1,4 +1,6 @@
-"""invert -> control -> decode: the one module that knows every family.
+"""invert -> control -> decode: the sampling loop, inversion and the edit entry point.
+
+Methods come from the registry in :mod:`locedit.methods`; this module names none of them.
 
 All functions take and return tensors: images (1, 3, H, W) float in [0, 1] at the model's size,
 latents (B, C, h, w) float32, masks (1, 1, H, W) in [0, 1].
@@ -13,11 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import AttentionController, BatchLayout, controlled_attention, map_level, unet_sites
-from .control import ENGINES, P2POptions, check_blend_words
 from .diffusion import ModelBundle, ddim_step
 from .errors import LoceditError, OptimisationError, PromptError
 from .inversion import INVERSIONS, Trajectory
-from .masks import check_mask, dilate, to_latent_mask
+from .masks import dilate
 from .progress import Progress, track
 
 
@@ -57,41 +58,27 @@ class SampleResult:
     blend_mask: torch.Tensor | None = None  # (1, 1, h, w) last local-blend mask, if any
 
 
-def learned_conds(bundle: ModelBundle, traj: Trajectory, prompts: list[str], step: int) -> torch.Tensor:
-    """(len(prompts), L, D): each prompt encoded with the trajectory's learned token vectors of
-    step ``step`` at the positions of their words (a word absent from a prompt is left alone)."""
-    from .diffusion.text import token_positions
-    from .errors import PromptError as _Missing
-
-    out = []
-    for p in prompts:
-        vectors = {}
-        for word, vec in traj.token_vectors.items():
-            try:
-                positions = token_positions(bundle.tokenizer, p, word)
-            except _Missing:
-                continue
-            per_step = vec[step].to(bundle.device)  # (tokens of the word, D_in)
-            for k, pos in enumerate(positions):
-                vectors[pos] = per_step[k % per_step.shape[0]]
-        with torch.no_grad():
-            out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
-    return torch.cat(out)
-
-
-def uncond_embedding(bundle: ModelBundle, traj: Trajectory, step: int, options: EditOptions,
-                     source_embed: torch.Tensor, null_embed: torch.Tensor) -> torch.Tensor:
-    if options.npi_null or traj.uncond == "source":
-        return source_embed
-    if traj.uncond == "learned":
-        return traj.null_embeddings[step].to(source_embed)
-    return null_embed
-
-
 def soft_threshold(delta: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proximal operator of the SPDInv code's "l0" guidance: shrink |delta| by its ``quantile``."""
+    """Proximal operator of the SPDInv code's "l0" guidance: shrink |delta| by its ``quantile``
+    (taken over every row of the batch, as their ``diffusion_step``)."""
     thr = delta.abs().float().flatten().quantile(quantile)
     return delta - delta.clamp(-thr, thr), thr
+
+
+def guided_eps(eps_u: torch.Tensor, eps_c: torch.Tensor, options: EditOptions):
+    """Classifier-free guidance, the one place it is written: eps_u + w (eps_c - eps_u), with the
+    difference soft-thresholded when ``proximal_quantile`` is set. Returns (eps, delta, threshold)."""
+    delta, thr = eps_c - eps_u, None
+    if options.proximal_quantile is not None:
+        delta, thr = soft_threshold(delta, options.proximal_quantile)
+    return eps_u + options.guidance * delta, delta, thr
+
+
+def inversion_guidance(z_next: torch.Tensor, target: torch.Tensor, delta: torch.Tensor, thr) -> torch.Tensor:
+    """The SPDInv code's inversion guidance: where the thresholded guidance is zero (per latent
+    channel, the complement of its 3x3 dilation), pull the latents fully onto the inversion latent."""
+    edited = dilate((delta.abs() > thr).float(), 1)  # (B, C, h, w): per channel, as their mask_edit
+    return z_next - (z_next - target) * (1 - edited)
 
 
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
@@ -99,21 +86,18 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
            guide=None) -> SampleResult:
     """Denoise from ``traj.noise`` with one branch per prompt, CFG batch [uncond..., cond...].
 
-    ``guide`` (optional): a latent-guidance hook called before each step as
-    ``guide(bundle, controller, step, t, alpha, z, conds) -> z`` (see
-    :class:`locedit.guidance.LatentGuidance`).
-
-    ``prompts[0]`` is the source branch (pinned to the trajectory when ``traj.source_follows``);
-    ``prompts[1]``, when given, the target. The controller is installed on the UNet for the whole
-    loop and restored after it, even on error.
+    ``prompts[0]`` is the source branch, ``prompts[1]`` (when given) the target. The trajectory
+    supplies its editing-side rule (unconditional embedding, learned tokens, source pinning); the
+    controller is installed on the UNet for the whole loop and restored after it, even on error;
+    ``guide`` (optional, :class:`locedit.guidance.LatentGuidance`) updates the latents before each
+    step as ``guide(bundle, controller, step, t, alpha, z, conds) -> z``.
     """
     start_calls, t0 = bundle.unet_calls, time.perf_counter()
     n = traj.num_steps
     sched = bundle.schedule(n)
     branches = ("source", "target")[: len(prompts)]
     embeds = bundle.encode_text(list(prompts) + [""])
-    conds, null_embed = embeds[:-1], embeds[-1:]
-    source_embed = embeds[:1]
+    fixed_conds, null_embed, source_embed = embeds[:-1], embeds[-1:], embeds[:1]
     z = traj.noise.to(bundle.device).expand(len(prompts), -1, -1, -1).clone()
     ctrl = controller or AttentionController()
     if ctrl.layout is None:
@@ -122,29 +106,19 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
         for i in track(progress, range(n), "editing" if len(prompts) > 1 else "sampling"):
             t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
-            if traj.token_vectors:
-                conds = learned_conds(bundle, traj, prompts, i)
+            conds = traj.conditions(bundle, prompts, i, fixed_conds)
             if guide is not None:
                 z = guide(bundle, ctrl, i, t, a, z, conds)
             ctrl.clock.set(i, t, "sample")
-            unc = uncond_embedding(bundle, traj, i, options, source_embed, null_embed)
-            batch_embeds = torch.cat([unc.expand(len(prompts), -1, -1), conds])
+            unc = source_embed if options.npi_null else traj.uncond_embedding(i, null_embed, source_embed)
             with torch.no_grad():
-                eps = bundle.predict_eps(torch.cat([z, z]), t, a, batch_embeds)
-            eps_u, eps_c = eps.chunk(2)
-            delta = eps_c - eps_u
-            thr = None
-            if options.proximal_quantile is not None:
-                delta, thr = soft_threshold(delta, options.proximal_quantile)
-            z_next = ddim_step(z, eps_u + options.guidance * delta, a, a_next)
-            target = traj.target_latent(i).to(z_next)
+                eps_u, eps_c = bundle.predict_eps(torch.cat([z, z]), t, a,
+                                                  torch.cat([unc.expand(len(prompts), -1, -1), conds])).chunk(2)
+            eps, delta, thr = guided_eps(eps_u, eps_c, options)
+            z_next = ddim_step(z, eps, a, a_next)
             if options.inversion_guidance_t is not None and t < options.inversion_guidance_t:
-                edited = dilate((delta.abs() > thr).float(), 1).amax(dim=1, keepdim=True)
-                z_next = z_next - (z_next - target) * (1 - edited)
-            if traj.source_follows:  # direct inversion: add back the recorded difference
-                offset = target - z_next[0:1]
-                z_next = torch.cat([z_next[0:1] + offset, z_next[1:]])
-            z = ctrl.after_step(z_next)
+                z_next = inversion_guidance(z_next, traj.target_latent(i).to(z_next), delta, thr)
+            z = ctrl.after_step(traj.pin_source(i, z_next))
     blend = getattr(ctrl, "last_blend_mask", None)
     return SampleResult(z, bundle.unet_calls - start_calls, time.perf_counter() - t0, blend)
 
@@ -189,22 +163,6 @@ def reconstruct(bundle: ModelBundle, traj: Trajectory, options: EditOptions = Ed
     return sample(bundle, traj, [traj.prompt], options, None, progress)
 
 
-def make_controller(bundle: ModelBundle, engine: str, engine_options, source: str, target: str, num_steps: int,
-                    mask: torch.Tensor | None = None):
-    """Build the engine's controller; ``mask`` (1, 1, S, S) is the user's blend mask at model size."""
-    if engine not in ENGINES:
-        raise LoceditError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    opt_cls, ctrl_cls = ENGINES[engine]
-    engine_options = engine_options if engine_options is not None else opt_cls()
-    latent_mask = None
-    if mask is not None:
-        mask = check_mask(mask, (bundle.image_size, bundle.image_size))
-        side = bundle.image_size // bundle.vae_scale
-        latent_mask = to_latent_mask(mask, (side, side)).to(bundle.device)
-    level = map_level(unet_sites(bundle.unet))
-    return ctrl_cls(engine_options, bundle.tokenizer, source, target, num_steps, level, user_mask=latent_mask)
-
-
 @dataclass
 class EditResult:
     source: torch.Tensor  # (1, 3, S, S) reconstruction of the source branch
@@ -212,27 +170,6 @@ class EditResult:
     trajectory: Trajectory
     sample: SampleResult
     stats: dict = field(default_factory=dict)
-
-
-def check_prompts(bundle: ModelBundle, source: str, target: str, engine_options) -> None:
-    """Every prompt-level check that can fail, before the first UNet call."""
-    bundle.token_ids(source)
-    bundle.token_ids(target)
-    if engine_options is None:  # guidance methods run P2P refine, which any prompt pair supports
-        return
-    if isinstance(engine_options, P2POptions):
-        if engine_options.mode == "replace":
-            from .control import replace_mapping
-
-            replace_mapping(bundle.tokenizer(source).input_ids, bundle.tokenizer(target).input_ids, bundle.max_tokens)
-        check_blend_words(bundle.tokenizer, source, target, engine_options.blend_words)
-        from .diffusion.text import token_positions
-
-        for word, _ in engine_options.reweight:
-            token_positions(bundle.tokenizer, target, word)
-
-
-EDIT_METHODS = ("p2p", "mag-edit", "mde-edit", "locinv")
 
 
 class AttentionRecorder(AttentionController):
@@ -270,57 +207,64 @@ class AttentionRecorder(AttentionController):
         return {w: self.store.maps(w).sum(0) / max(1, len(self.store._steps)) for w in self.words}
 
 
-def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *,
-         inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
-         method: str = "p2p", engine: str = "p2p", engine_options=None, mask: torch.Tensor | None = None,
-         regions=(), attributes=(), pairs=(), method_options=None, record_words: tuple[str, ...] = (),
-         num_steps: int = 50, options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
-    """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``.
+def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *, method: str = "p2p",
+         options=None, inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
+         mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
+         pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
+         edit_options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
+    """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``
+    with ``method`` from :data:`locedit.methods.METHODS`.
 
-    ``method``: "p2p" (the engine alone, optional blend ``mask``), "mag-edit" (``regions``),
-    "mde-edit" (``regions`` = objects, ``attributes``), "locinv" (``regions`` = nouns of the source
-    prompt with their priors, ``pairs`` = (adjective, noun) bindings; its own inversion, then the
-    engine with the learned tokens); ``regions`` are
-    :class:`locedit.guidance.Region` with masks at the model's image size. ``record_words``:
-    target words whose accumulated maps are returned in ``stats["attention"]``.
+    ``options``: the method's options dataclass (default: its defaults; ``locedit.options.preset``
+    builds the paper's or the official reading). Inputs, at the model's size: ``mask``
+    (1, 1, S, S), ``blend_words`` (source word, target word), ``regions`` / ``attributes``
+    (:class:`locedit.masks.Region`), ``pairs`` ((adjective, noun), LocInv). An input the method does
+    not use is refused. ``record_words``: target words whose accumulated maps are returned in
+    ``stats["attention"]``. Every check runs before the first UNet call.
     """
-    from .guidance import MAGEditOptions, MDEEditOptions, mag_edit, mde_edit
+    from .methods import METHODS, EditRequest
 
-    if method not in EDIT_METHODS:
-        raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(EDIT_METHODS)}")
-    if engine_options is None:
-        engine_options = ENGINES[engine][0]() if engine in ENGINES else None
-    check_prompts(bundle, source, target, engine_options if method in ("p2p", "locinv") else None)
+    if method not in METHODS:
+        raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    m = METHODS[method]
+    options = options if options is not None else m.Options()
+    if not isinstance(options, m.Options):
+        raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
     steps = trajectory.num_steps if trajectory is not None else num_steps
-    guide = None
-    if method == "locinv":
-        from .guidance.locinv import LocInvOptions, locinv_inversion
+    request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
+                          tuple(attributes), tuple(pairs), steps, edit_options.guidance)
+    m.check_inputs(request)
+    if trajectory is None and image is None:
+        raise LoceditError("edit needs an image or a trajectory")
+    if trajectory is not None and trajectory.prompt != source:
+        raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
+    if m.own_inversion and trajectory is not None and trajectory.method != method:
+        raise LoceditError(f"method {method!r} makes its own inversion; a {trajectory.method!r} trajectory cannot be used")
+    if not m.own_inversion and trajectory is None and inversion not in INVERSIONS:
+        raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    m.check(bundle, request, options)
+    for w in record_words:
+        from .diffusion.text import token_positions
 
-        controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
-        if trajectory is None:
-            if image is None:
-                raise LoceditError("edit needs an image or a trajectory")
-            trajectory = locinv_inversion(bundle, bundle.encode_image(image), source, list(regions), num_steps,
-                                          options.guidance, list(pairs), method_options or LocInvOptions(), progress)
-    elif method == "p2p":
-        controller = make_controller(bundle, engine, engine_options, source, target, steps, mask)
-    elif method == "mag-edit":
-        controller, guide = mag_edit(bundle, source, target, list(regions), steps, method_options or MAGEditOptions())
-    else:
-        controller, guide = mde_edit(bundle, source, target, list(regions), list(attributes), steps,
-                                     method_options or MDEEditOptions())
+        token_positions(bundle.tokenizer, target, w)
+    plan = m.build(bundle, request, options)
+    controller = plan.controller
     recorder = AttentionRecorder(bundle, target, list(record_words)) if record_words else None
     if recorder is not None:
         from .guidance import Chain
 
-        controller = Chain([controller, recorder])
+        controller = Chain([controller, recorder]) if controller is not None else recorder
     if trajectory is None:
-        if image is None:
-            raise LoceditError("edit needs an image or a trajectory")
-        trajectory = invert(bundle, image, source, inversion, num_steps, options.guidance, inversion_options, progress)
-    elif trajectory.prompt != source:
-        raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
-    result = sample(bundle, trajectory, [source, target], options, controller, progress, guide)
+        if m.own_inversion:
+            t0, calls = time.perf_counter(), bundle.unet_calls
+            trajectory = m.invert(bundle, image, request, options, progress)
+            trajectory.model = bundle.name
+            trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
+            trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
+        else:
+            trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance, inversion_options,
+                                progress)
+    result = sample(bundle, trajectory, [source, target], edit_options, controller, progress, plan.guide)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     images = bundle.decode_latents(result.latents)
@@ -330,8 +274,8 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         "edit_unet_calls": result.unet_calls,
         "edit_seconds": result.seconds,
     }
-    if guide is not None:
-        stats["guidance_loss"] = guide.history
+    if plan.guide is not None:
+        stats["guidance_loss"] = plan.guide.history
     if recorder is not None and recorder.store is not None:
         stats["attention"] = recorder.maps()
     return EditResult(images[0:1], images[1:2], trajectory, result, stats)

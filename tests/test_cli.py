@@ -42,7 +42,8 @@ def test_edit_writes_png_at_input_size_with_metadata(scene_png, tmp_path, capsys
     with Image.open(out) as im:
         assert im.size == (80, 48)
         assert im.text["locedit:target"] == "a blue square"
-        assert json.loads(im.text["locedit:engine_options"])["mode"] == "refine"
+        assert json.loads(im.text["locedit:options"])["p2p"]["mode"] == "refine"
+        assert im.text["locedit:inversion"] == "ddim" and "locedit:blend_words" not in im.text
 
 
 def test_invert_then_edit_from_inversion_equals_direct_edit(scene_png, tmp_path, capsys):
@@ -145,7 +146,8 @@ def test_unknown_option_value_is_one_line(tmp_path, capsys):
 def test_help_explains_commands():
     out = subprocess.run([sys.executable, "-m", "locedit", "edit", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for flag in ("--inversion", "--p2p", "--blend-words", "--mask", "--from-inversion", "--proximal", "example:"):
+    for flag in ("--inversion", "--p2p", "--blend-words", "--mask", "--from-inversion", "--proximal", "--preset",
+                 "--mag-loss", "--ccl-form", "example"):
         assert flag in out.stdout
 
 
@@ -201,10 +203,10 @@ def test_region_mask_empty(scene_png, tmp_path, capsys):
     assert_bad(["edit", img] + MAG + ["--region", f"blue={empty}"] + FAST, capsys, tmp_path / "o.png", "empty")
 
 
-def test_more_regions_than_tokens(scene_png, tmp_path, capsys):
+def test_a_region_word_given_twice_is_refused(scene_png, tmp_path, capsys):
     img, mask = scene_png
     regions = sum((["--region", f"blue={mask}"] for _ in range(4)), [])
-    assert_bad(["edit", img] + MAG + regions + FAST, capsys, tmp_path / "o.png", "only 3 tokens")
+    assert_bad(["edit", img] + MAG + regions + FAST, capsys, tmp_path / "o.png", "twice")
 
 
 def test_mag_edit_needs_a_region(scene_png, tmp_path, capsys):
@@ -219,6 +221,7 @@ def test_locinv_from_the_cli(scene_png, tmp_path, capsys):
                              "--region", f"square={mask}", "--bind", "red:square", "--locinv-inner", "1",
                              "--nti-steps", "1", "--out", str(out), "--json"] + FAST, capsys)
     assert code == 0, err
-    assert json.loads(stdout)["inversion"] == "locinv"
+    summary = json.loads(stdout)
+    assert summary["method"] == "locinv" and "inversion" not in summary  # locinv inverts by itself
     assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--method", "locinv",
                 "--region", f"square={mask}", "--bind", "redsquare"] + FAST, capsys, tmp_path / "bad.png", "ADJ:NOUN")

@@ -5,7 +5,7 @@ import torch
 
 from locedit import pipeline
 from locedit.attention import BatchLayout, controlled_attention
-from locedit.guidance import MAGEditOptions, MDEEditOptions, Region, losses as L, mag_edit, mde_edit
+from locedit.guidance import losses as L
 
 SRC = "a red square on the gray background"
 TGT = "a blue square on the gray background"
@@ -21,18 +21,18 @@ def setup(bundle, image):
 
 # ---- losses by hand -----------------------------------------------------------------------------
 def test_token_ratio_by_hand():
-    a = torch.tensor([0.5, 0.2, 0.0, 0.1])
-    others = torch.tensor([[0.5, 0.2, 0.3, 0.1], [0.0, 0.4, 0.1, 0.0]])
+    # one layer, one head, 4 pixels, 3 token positions; the edit word is position 1
+    a = torch.tensor([[[0.2, 0.5, 0.3], [0.1, 0.2, 0.5], [0.6, 0.0, 0.4], [0.3, 0.1, 0.6]]])
     m = torch.tensor([1.0, 1.0, 0.0, 0.0])
     # ratios inside: 0.5/1.0 = 0.5, 0.2/0.8 = 0.25 -> mean 0.375 -> (1 - 0.375)^2
-    assert math.isclose(L.token_ratio_loss(a, others, m).item(), 0.625 ** 2, rel_tol=1e-6)
+    assert math.isclose(L.token_ratio_loss([a], [1], m).item(), 0.625 ** 2, rel_tol=1e-6)
 
 
 def test_spatial_ratio_by_hand():
-    a = torch.tensor([0.4, 0.1, 0.3, 0.2])
+    a = torch.tensor([[[0.0, 0.4], [0.0, 0.1], [0.0, 0.3], [0.0, 0.2]]])  # word = position 1
     m = torch.tensor([1.0, 0.0, 1.0, 0.0])
     r = 0.7
-    assert math.isclose(L.spatial_ratio_loss(a, m, lam=3.0).item(), 3 * (1 - r) - r, rel_tol=1e-6)
+    assert math.isclose(L.spatial_ratio_loss([a], [1], m, lam=3.0).item(), 3 * (1 - r) - r, rel_tol=1e-6)
     assert math.isclose(L.with_negative(torch.tensor(2.0), torch.tensor(0.5), 1.0, 2.0).item(), 1.0)
 
 
@@ -82,36 +82,55 @@ def test_locinv_losses_by_hand():
 
 
 # ---- the guidance loop ---------------------------------------------------------------------------
+def _plan(bundle, name, regions=(), attributes=(), **changes):
+    from locedit.methods import METHODS, EditRequest
+    from locedit.options import replace_path
+
+    m = METHODS[name]
+    options = replace_path(m.Options(), changes) if changes else m.Options()
+    request = EditRequest(SRC, TGT, regions=tuple(regions), attributes=tuple(attributes), num_steps=6)
+    m.check(bundle, request, options)
+    plan = m.build(bundle, request, options)
+    plan.controller.layout = BatchLayout.cfg(("source", "target"))
+    plan.controller.clock.num_steps = 6
+    return plan.controller, plan.guide
+
+
 def _measure(bundle, ctrl, guide, z, step, conds):
-    """Edit-token maps of the target for latent z at ``step``, through the same injection."""
+    """The captured (heads, P, K) maps of the target for latent z at ``step``, through the engine."""
     sched = bundle.schedule(6)
     t, a = sched.timesteps[step], sched.alphas[step]
     saved = ctrl.layout
     ctrl.layout = BatchLayout.single(("source", "target"))
     ctrl.clock.set(step, t, "guide")
-    guide.capture.begin()
+    cap = guide.captures[-1]
+    cap.begin()
     with torch.no_grad():
         bundle.predict_eps(z, t, a, conds)
-    maps = {k: guide.capture.maps(k) for k in guide.capture.token_groups}
-    guide.capture.store = None
+    records = [r.detach() for r in cap.records]
+    cap.end()
     ctrl.layout = saved
-    return maps
+    return records
 
 
-def _ratios(maps, mask_map):
-    a, other = maps["edit0"].sum(0), maps["other"]
-    token = ((a / (a + other.sum(0))) * mask_map).sum() / mask_map.sum()
-    spatial = (a * mask_map).sum() / a.sum()
+def _ratios(records, tokens, mask_map):
+    """In-mask token share and spatial share of the edit word, averaged over layers and heads."""
+    token = torch.stack([((r[..., tokens].mean(-1) / r.sum(-1)) * mask_map).sum(-1) / mask_map.sum()
+                         for r in records]).mean()
+    spatial = torch.stack([(r[..., tokens].sum(-1) * mask_map).sum(-1) / r[..., tokens].sum(-1).sum(-1)
+                           for r in records]).mean()
     return token.item(), spatial.item()
 
 
 @pytest.mark.parametrize("loss", ["token-ratio", "spatial-ratio"])
 def test_mag_edit_raises_the_in_mask_ratios_and_touches_nothing_outside(bundle, setup, loss):
+    from locedit.diffusion.text import token_positions
+    from locedit.guidance.loop import map_mask_from
+    from locedit.masks import Region
+
     traj, mask = setup
-    opts = MAGEditOptions(loss=loss, guided_steps=1, iterations=8, step_size=50.0)
-    ctrl, guide = mag_edit(bundle, SRC, TGT, [Region("blue", mask)], 6, opts)
-    ctrl.layout = BatchLayout.cfg(("source", "target"))
-    ctrl.clock.num_steps = 6
+    ctrl, guide = _plan(bundle, "mag-edit", [Region("blue", mask)], loss=loss,
+                        **{"guidance.guided_steps": 1, "guidance.iterations": 8, "guidance.step_size": 50.0})
     conds = bundle.encode_text([SRC, TGT])
     z = traj.noise.expand(2, -1, -1, -1).clone()
     sched = bundle.schedule(6)
@@ -119,11 +138,10 @@ def test_mag_edit_raises_the_in_mask_ratios_and_touches_nothing_outside(bundle, 
         before = _measure(bundle, ctrl, guide, z, 0, conds)
         z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
         after = _measure(bundle, ctrl, guide, z_new, 0, conds)
-    from locedit.guidance.loop import map_mask_from
-
-    m = map_mask_from(mask, 8)
-    tr0, sr0 = _ratios(before, m)
-    tr1, sr1 = _ratios(after, m)
+    m = map_mask_from(mask, 8, "nearest")
+    tokens = token_positions(bundle.tokenizer, TGT, "blue")
+    tr0, sr0 = _ratios(before, tokens, m)
+    tr1, sr1 = _ratios(after, tokens, m)
     assert tr1 > tr0 and sr1 > sr0, (tr0, tr1, sr0, sr1)
     assert guide.history[0][-1] < guide.history[0][0]
     outside = guide.latent_mask[0, 0] == 0
@@ -134,46 +152,46 @@ def test_mag_edit_raises_the_in_mask_ratios_and_touches_nothing_outside(bundle, 
 
 
 def test_mag_edit_end_to_end_keeps_outside_equal_to_source_in_the_blend_steps(bundle, setup):
+    from locedit.masks import Region
+
     traj, mask = setup
-    opts = MAGEditOptions(guided_steps=2, iterations=2, blend_last=3, dilate=0)
-    ctrl, guide = mag_edit(bundle, SRC, TGT, [Region("blue", mask)], 6, opts)
+    ctrl, guide = _plan(bundle, "mag-edit", [Region("blue", mask)], blend_last=3, dilate=0,
+                        **{"guidance.guided_steps": 2, "guidance.iterations": 2})
     out = pipeline.sample(bundle, traj, [SRC, TGT], controller=ctrl, guide=guide)
     outside = guide.latent_mask[0, 0] == 0
     assert torch.equal(out.latents[1][:, outside], out.latents[0][:, outside])
     assert len(guide.history) == 2
 
 
-def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup):
+@pytest.mark.parametrize("oal_form", ["bce", "quartic"])
+def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup, oal_form):
+    from locedit.masks import Region
+
     traj, mask = setup
     attr = torch.zeros(1, 1, 64, 64)
     attr[..., 16:40, 20:32] = 1
-    opts = MDEEditOptions(guided_steps=1, iterations=6, step_size=50.0, lambda_ccl=0.0)  # OAL alone
-    ctrl, guide = mde_edit(bundle, SRC, TGT, [Region("square", mask)], [Region("blue", attr)], 6, opts)
-    ctrl.layout = BatchLayout.cfg(("source", "target"))
-    ctrl.clock.num_steps = 6
+    ctrl, guide = _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], lambda_ccl=0.0,
+                        oal_form=oal_form,
+                        **{"guidance.guided_steps": 1, "guidance.iterations": 6, "guidance.step_size": 50.0})
     conds = bundle.encode_text([SRC, TGT])
     sched = bundle.schedule(6)
     z = traj.noise.expand(2, -1, -1, -1).clone()
-    # non-zero gradient of OAL with respect to the target latent
-    installed = controlled_attention(bundle.unet, ctrl)
-    installed.__enter__()
-    saved = ctrl.layout
-    ctrl.layout = BatchLayout.single(("source", "target"))
-    ctrl.clock.set(0, sched.timesteps[0], "guide")
-    guide.capture.begin()
-    zt = z[1:2].clone().requires_grad_(True)
-    bundle.predict_eps(torch.cat([z[0:1], zt]), sched.timesteps[0], sched.alphas[0], conds)
-    oal = L.object_alignment_loss(guide.capture.maps("obj0").sum(0, keepdim=True),
-                                  (torch.nn.functional.adaptive_avg_pool2d(mask, 8).flatten()[None] > 0.5).float())
-    (grad,) = torch.autograd.grad(oal, zt)
-    assert grad.abs().sum() > 0
-    guide.capture.store = None
-    ctrl.layout = saved
-    # it falls when optimised, and the merge (Eq. 8) leaves the outside of the masks alone
-    try:
+    with controlled_attention(bundle.unet, ctrl):
+        # a non-zero gradient of the OAL-only loss with respect to the target latent
+        saved = ctrl.layout
+        ctrl.layout = BatchLayout.single(("source", "target"))
+        ctrl.clock.set(0, sched.timesteps[0], "guide")
+        for c in guide.captures:
+            c.begin()
+        zt = z[1:2].clone().requires_grad_(True)
+        bundle.predict_eps(torch.cat([z[0:1], zt]), sched.timesteps[0], sched.alphas[0], conds)
+        (grad,) = torch.autograd.grad(guide.loss(*guide.captures), zt)
+        for c in guide.captures:
+            c.end()
+        ctrl.layout = saved
+        assert grad.abs().sum() > 0
+        # it falls when optimised, and the merge (Eq. 8) leaves the outside of the masks alone
         z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
-    finally:
-        installed.__exit__(None, None, None)
     assert guide.history[0][-1] < guide.history[0][0]
     outside = guide.latent_mask[0, 0] == 0
     assert torch.equal(z_new[:, :, outside], z[:, :, outside])

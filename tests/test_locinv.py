@@ -6,7 +6,7 @@ import torch
 from locedit import pipeline
 from locedit.attention import BatchLayout, controlled_attention, map_level, unet_sites
 from locedit.errors import PromptError
-from locedit.guidance import Region
+from locedit.masks import Region
 from locedit.guidance.locinv import (
     LocInvOptions,
     adjective_pairs,
@@ -42,11 +42,8 @@ def learned(bundle, image, seg_prior):
 
 @pytest.fixture(scope="module")
 def learned_unbound(bundle, image, seg_prior):
-    """The same learning without adjective binding ("user" source with no pairs)."""
-    from dataclasses import replace
-
-    return locinv_inversion(bundle, bundle.encode_image(image), SRC, [Region("square", seg_prior)], 3,
-                            options=replace(OPTS, pair_source="user"))
+    """The same learning without adjective binding (no pairs given, adj_bind off: the default)."""
+    return locinv_inversion(bundle, bundle.encode_image(image), SRC, [Region("square", seg_prior)], 3, options=OPTS)
 
 
 def test_thresholds_follow_beta_exp_minus_i_over_alpha():
@@ -77,13 +74,13 @@ def test_only_the_noun_vectors_are_learned(bundle, learned):
 def _noun_and_adj_maps(bundle, traj, vec, z, step):
     sched = bundle.schedule(traj.num_steps)
     level = map_level(unet_sites(bundle.unet))
-    cap = MapCapture({"noun": [3], "adj": [2]}, level, branch="source")
+    cap = MapCapture(level, branch="source")
     cap.layout = BatchLayout.single(("source",))
     cap.clock.set(step, sched.timesteps[step], "guide")
     with controlled_attention(bundle.unet, cap), torch.no_grad():
         cap.begin()
         bundle.predict_eps(z, sched.timesteps[step], sched.alphas[step], bundle.encode_text_with_tokens(SRC, {3: vec}))
-        return cap.maps("noun")[0], cap.maps("adj")[0]
+        return cap.word_map([3]), cap.word_map([2])
 
 
 def test_learned_tokens_raise_iou_with_the_prior_and_bind_the_adjective(bundle, learned, learned_unbound, seg_prior):
@@ -127,10 +124,14 @@ def test_prior_kind_tells_boxes_from_masks(seg_prior):
 def test_locinv_edit_runs_p2p_with_learned_tokens(bundle, learned):
     traj, _ = learned
     tgt = SRC.replace("red", "blue")
-    ctrl = pipeline.make_controller(bundle, "p2p", None, SRC, tgt, traj.num_steps)
-    out = pipeline.sample(bundle, traj, [SRC, tgt], controller=ctrl)
+    from locedit.methods import P2P, EditRequest
+
+    def controller():
+        return P2P.build(bundle, EditRequest(SRC, tgt, num_steps=traj.num_steps), P2P.Options()).controller
+
+    out = pipeline.sample(bundle, traj, [SRC, tgt], controller=controller())
     plain = pipeline.sample(bundle, traj.__class__(**{**traj.__dict__, "token_vectors": {}}), [SRC, tgt],
-                            controller=pipeline.make_controller(bundle, "p2p", None, SRC, tgt, traj.num_steps))
+                            controller=controller())
     assert not torch.allclose(out.latents, plain.latents)  # the learned tokens are used
 
 

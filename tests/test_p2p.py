@@ -3,10 +3,19 @@ import torch
 
 from locedit import pipeline
 from locedit.attention import StepClock, parse_site
-from locedit.control import P2POptions, Prompt2Prompt, align, refine_mapping
+from locedit.control import LocalBlendOptions, P2POptions, Prompt2Prompt, refine_mapping
 from locedit.errors import LoceditError, MaskError, PromptError
+from locedit.methods import P2P, EditRequest, P2PEditOptions
 
 SRC = "a red square on the gray background"
+
+
+def p2p(bundle, source, target, steps, options=P2POptions(), mask=None, blend_words=None, blend=LocalBlendOptions()):
+    """The P2P method's controller, checked as the pipeline checks it."""
+    request = EditRequest(source, target, mask=mask, blend_words=blend_words, num_steps=steps)
+    opts = P2PEditOptions(options, blend)
+    P2P.check(bundle, request, opts)
+    return P2P.build(bundle, request, opts).controller
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +25,14 @@ def ddim_traj(bundle, image):
 
 def test_replace_with_identical_prompts_reproduces_the_reconstruction(bundle, ddim_traj):
     rec = pipeline.reconstruct(bundle, ddim_traj)
-    ctrl = pipeline.make_controller(bundle, "p2p", P2POptions(mode="replace", self_replace=0.5), SRC, SRC, 6)
+    ctrl = p2p(bundle, SRC, SRC, 6, P2POptions(mode="replace", self_replace=0.5))
     out = pipeline.sample(bundle, ddim_traj, [SRC, SRC], controller=ctrl)
     torch.testing.assert_close(out.latents[0:1], rec.latents, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.latents[1:2], rec.latents, rtol=1e-4, atol=1e-4)
 
 
 def test_replace_changes_the_target_when_the_prompt_changes(bundle, ddim_traj):
-    ctrl = pipeline.make_controller(bundle, "p2p", P2POptions(mode="replace"), SRC, SRC.replace("red", "blue"), 6)
+    ctrl = p2p(bundle, SRC, SRC.replace("red", "blue"), 6, P2POptions(mode="replace"))
     out = pipeline.sample(bundle, ddim_traj, [SRC, SRC.replace("red", "blue")], controller=ctrl)
     assert (out.latents[0] - out.latents[1]).abs().max() > 1e-3
 
@@ -32,7 +41,7 @@ def test_user_mask_blend_keeps_outside_equal_to_source(bundle, ddim_traj):
     mask = torch.zeros(1, 1, 64, 64)
     mask[:, :, 16:40, 20:44] = 1
     tgt = SRC.replace("red", "blue")
-    ctrl = pipeline.make_controller(bundle, "p2p", P2POptions(mode="refine"), SRC, tgt, 6, mask=mask)
+    ctrl = p2p(bundle, SRC, tgt, 6, P2POptions(mode="refine"), mask=mask)
     out = pipeline.sample(bundle, ddim_traj, [SRC, tgt], controller=ctrl)
     latent_mask = out.blend_mask[0, 0]
     outside = latent_mask == 0
@@ -43,8 +52,7 @@ def test_user_mask_blend_keeps_outside_equal_to_source(bundle, ddim_traj):
 
 def test_attention_blend_mask_from_words(bundle, ddim_traj):
     tgt = SRC.replace("red", "blue")
-    opts = P2POptions(mode="refine", blend_words=("square", "square"), blend_threshold=0.3)
-    ctrl = pipeline.make_controller(bundle, "p2p", opts, SRC, tgt, 6)
+    ctrl = p2p(bundle, SRC, tgt, 6, blend_words=("square", "square"), blend=LocalBlendOptions(threshold=0.3))
     out = pipeline.sample(bundle, ddim_traj, [SRC, tgt], controller=ctrl)
     m = out.blend_mask
     assert m.shape == (1, 1, 16, 16) and set(m.unique().tolist()) <= {0.0, 1.0} and m.sum() > 0
@@ -55,22 +63,21 @@ def test_attention_blend_mask_from_words(bundle, ddim_traj):
 def test_refine_alignment_keeps_new_words_own_maps(bundle):
     tok = bundle.tokenizer
     src, tgt = "a cat on the grass", "a big cat on the grass"
-    mapper, alphas = refine_mapping(tok(src).input_ids, tok(tgt).input_ids, bundle.max_tokens)
+    matrix, alphas = refine_mapping(tok(src).input_ids, tok(tgt).input_ids, bundle.max_tokens)
     # target tokens: <s> a big cat on the grass </s>; "big" (position 2) is new
     assert alphas[2] == 0
-    assert mapper[3].item() == 2 and alphas[3] == 1  # "cat" takes the source "cat"
-    assert mapper[7].item() == 6 and alphas[7] == 1  # end token
-    assert align([1, 2, 3], [1, 9, 2, 3]) == [(0, 0), (1, 2), (2, 3)]
+    assert matrix[2, 3] == 1 and alphas[3] == 1  # "cat" takes the source "cat"
+    assert matrix[6, 7] == 1 and alphas[7] == 1  # end token
 
 
-def test_word_swap_with_different_token_counts_suggests_refine(bundle):
+def test_word_swap_with_different_word_counts_suggests_refine(bundle):
     with pytest.raises(PromptError, match="refine"):
-        pipeline.check_prompts(bundle, "a cat", "a big cat", P2POptions(mode="replace"))
+        p2p(bundle, "a cat", "a big cat", 5, P2POptions(mode="replace"))
 
 
 def test_blend_words_must_be_in_their_prompts(bundle):
     with pytest.raises(PromptError, match="zebra"):
-        pipeline.check_prompts(bundle, "a cat", "a dog", P2POptions(blend_words=("zebra", "dog")))
+        p2p(bundle, "a cat", "a dog", 5, blend_words=("zebra", "dog"))
 
 
 def test_reweight_scales_the_target_word_inside_the_window(bundle):
@@ -100,18 +107,18 @@ def test_options_are_validated():
 
 def test_empty_or_missized_mask_is_refused(bundle):
     with pytest.raises(MaskError, match="empty"):
-        pipeline.make_controller(bundle, "p2p", None, "a cat", "a dog", 5, mask=torch.zeros(1, 1, 64, 64))
+        p2p(bundle, "a cat", "a dog", 5, mask=torch.zeros(1, 1, 64, 64))
     with pytest.raises(MaskError, match="32x32"):
-        pipeline.make_controller(bundle, "p2p", None, "a cat", "a dog", 5, mask=torch.ones(1, 1, 32, 32))
+        p2p(bundle, "a cat", "a dog", 5, mask=torch.ones(1, 1, 32, 32))
 
 
 def test_spdinv_editing_extras_change_the_edit(bundle, ddim_traj):
     tgt = SRC.replace("red", "blue")
     base = pipeline.sample(bundle, ddim_traj, [SRC, tgt], pipeline.EditOptions(),
-                           pipeline.make_controller(bundle, "p2p", None, SRC, tgt, 6))
+                           p2p(bundle, SRC, tgt, 6))
     extra = pipeline.sample(bundle, ddim_traj, [SRC, tgt],
                             pipeline.EditOptions(npi_null=True, proximal_quantile=0.7, inversion_guidance_t=1000),
-                            pipeline.make_controller(bundle, "p2p", None, SRC, tgt, 6))
+                            p2p(bundle, SRC, tgt, 6))
     assert not torch.allclose(base.latents, extra.latents)
     # with the threshold at quantile 0.7, at least 70% of the guidance is zeroed, and inversion
     # guidance below t=1000 pins those latents to the trajectory: the source row ends near z0

@@ -81,6 +81,7 @@ def test_bundled_model_edit_lands_in_the_mask():
     from locedit import pipeline
     from locedit.cli import load_image, load_mask
     from locedit.control.p2p import P2POptions
+    from locedit.methods import P2PEditOptions
 
     root = Path(__file__).resolve().parents[1] / "examples"
     x = load_image(str(root / "shapes-scene.png"))
@@ -89,7 +90,8 @@ def test_bundled_model_edit_lands_in_the_mask():
     b = load_model("shapes")
     r = pipeline.edit(b, x, "a red circle and a blue striped square on a gray background",
                       "a green circle and a blue striped square on a gray background",
-                      inversion="direct", engine_options=P2POptions(mode="replace"), mask=mask_image, num_steps=20)
+                      inversion="direct", options=P2PEditOptions(P2POptions(mode="replace")), mask=mask_image,
+                      num_steps=20)
     out = r.edited[0].float().cpu()
     inside, outside = out[:, mask], out[:, ~mask]
     assert inside[1].mean() > inside[0].mean() + 0.2  # green now dominates where red was

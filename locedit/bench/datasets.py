@@ -56,19 +56,15 @@ def strip_brackets(prompt: str) -> str:
 
 
 def _load_image(path: Path) -> torch.Tensor:
-    from PIL import Image
+    from ..fileio import load_image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    return load_image(path)
 
 
 def _load_mask(path: Path) -> torch.Tensor:
-    from PIL import Image
+    from ..fileio import load_mask
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L")) > 127
-    return torch.from_numpy(arr.astype(np.float32))[None, None]
+    return load_mask(path)
 
 
 def load_pie_bench(folder: str | Path) -> Iterator[EditItem]:

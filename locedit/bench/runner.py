@@ -25,8 +25,15 @@ from ..imaging import Fit
 from ..metrics import pie_masked, psnr, mse, shapes_metrics, ssim
 from .datasets import EditItem
 
-BENCH_METHODS = ("p2p", "p2p-mask", "mag-edit", "mde-edit", "locinv", "ip2p", "lime")
+from ..methods import METHODS
+
 INSTRUCT = ("ip2p", "lime")
+# every registry method, plus "<name>-mask" for methods that take a user mask: the item's mask
+# replaces the attention blend (e.g. p2p-mask = P2P with the edited region's exact mask)
+MASK_SUFFIX = "-mask"
+BENCH_METHODS = tuple(
+    [name for name in METHODS] + [name + MASK_SUFFIX for name, m in METHODS.items() if "mask" in m.uses]
+) + INSTRUCT
 
 
 @dataclass
@@ -34,6 +41,7 @@ class BenchConfig:
     steps: int = 50
     guidance: float = 7.5
     inversion: str = "null-text"
+    preset: str | None = None  # "paper" | "official" | None (locedit's defaults)
     seed: int = 0
     fit: str = "pad"
     learned: "LearnedMetrics | None" = None
@@ -145,7 +153,6 @@ def _save(image: torch.Tensor, path: Path) -> str:
 def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int, dict]:
     """Edit one item with one method; returns (image at the item's size, UNet calls, extra figures
     such as LIME's RoI IoU with the item's mask)."""
-    from ..guidance import Region
     from ..instruct import IP2POptions, LIMEOptions, instruct_edit, lime_edit
 
     bundle = ip2p if method in INSTRUCT else t2i
@@ -170,33 +177,38 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
             roi = res.roi.cpu()
             extra["roi_iou"] = float((roi & gt).sum() / (roi | gt).sum().clamp_min(1))
     else:
-        from ..control import P2POptions
-
-        regions = [Region(word, to_model(m)) for word, m in item.regions]
-        kwargs = dict(inversion=config.inversion, num_steps=config.steps,
-                      options=pipeline.EditOptions(guidance=config.guidance))
-        if method == "p2p":
-            blend = item.blend_words if item.blend_words else None
-            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt,
-                                engine_options=P2POptions(blend_words=blend), **kwargs)
-        elif method == "p2p-mask":
-            if item.mask is None:
-                raise LoceditError(f"item {item.id} has no mask for p2p-mask")
-            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, mask=to_model(item.mask), **kwargs)
-        elif method == "mag-edit":
-            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="mag-edit",
-                                regions=regions, **kwargs)
-        elif method == "mde-edit":
-            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="mde-edit",
-                                regions=regions, **kwargs)
-        elif method == "locinv":
-            src_regions = [Region(word, to_model(m)) for word, m in item.source_regions]
-            res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt, method="locinv",
-                                regions=src_regions, **kwargs)
-        else:
-            raise LoceditError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
+        res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt,
+                            **registry_inputs(method, item, to_model, config))
         out = res.edited
     return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0, extra
+
+
+def registry_inputs(bench_name: str, item: EditItem, to_model, config: BenchConfig) -> dict:
+    """The keyword arguments of :func:`locedit.pipeline.edit` for a registry method on one item: the
+    item's inputs the method uses (regions, attributes, source regions, blend words; the mask only for
+    the "-mask" variant, where it replaces the blend words)."""
+    from ..masks import Region
+    from ..options import preset
+
+    name = bench_name[: -len(MASK_SUFFIX)] if bench_name.endswith(MASK_SUFFIX) else bench_name
+    m = METHODS[name]
+    kwargs = dict(method=name, options=preset(m.Options, config.preset), num_steps=config.steps,
+                  edit_options=pipeline.EditOptions(guidance=config.guidance))
+    if "inversion" in m.uses:
+        from ..inversion import INVERSIONS
+
+        kwargs.update(inversion=config.inversion, inversion_options=preset(INVERSIONS[config.inversion][0], config.preset))
+    if bench_name.endswith(MASK_SUFFIX):
+        if item.mask is None:
+            raise LoceditError(f"item {item.id} has no mask for {bench_name}")
+        kwargs["mask"] = to_model(item.mask)
+    elif "blend_words" in m.uses and item.blend_words:
+        kwargs["blend_words"] = tuple(item.blend_words)
+    if "source_regions" in m.uses:
+        kwargs["regions"] = [Region(word, to_model(mk)) for word, mk in item.source_regions]
+    elif "regions" in m.uses:
+        kwargs["regions"] = [Region(word, to_model(mk)) for word, mk in item.regions]
+    return kwargs
 
 
 def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:

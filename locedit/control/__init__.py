@@ -1,9 +1,7 @@
 """Attention controllers of the Prompt-to-Prompt family."""
 
-from .alignment import align, refine_mapping, replace_mapping
-from .p2p import P2P_MODES, P2POptions, Prompt2Prompt, check_blend_words
+from .alignment import align, refine_mapping, replace_matrix
+from .p2p import P2P_MODES, LocalBlendOptions, P2POptions, Prompt2Prompt, check_blend_words, parse_reweight
 
-# engine name -> (options class, controller class); the CLI's --engine choices come from here
-ENGINES = {"p2p": (P2POptions, Prompt2Prompt)}
-
-__all__ = ["ENGINES", "P2P_MODES", "P2POptions", "Prompt2Prompt", "align", "check_blend_words", "refine_mapping", "replace_mapping"]
+__all__ = ["LocalBlendOptions", "P2P_MODES", "P2POptions", "Prompt2Prompt", "align", "check_blend_words",
+           "parse_reweight", "refine_mapping", "replace_matrix"]

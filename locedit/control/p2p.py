@@ -5,21 +5,24 @@ Two branches, source and target, run in one batch laid out as
 as in the authors' code:
 
 - cross-attention, for steps < int(cross_replace * N): the target's probabilities become
-  ``src[..., mapper] * alphas + tgt * (1 - alphas)`` (replace: identity mapper; refine: token
-  alignment, new words keep their own maps), times the reweight equalizer when one is given
-  (P2P Sec. 3.2, "attention re-weighting"). The authors' code sizes the window as
-  int(fraction * (N + 1)); we use int(fraction * N) for both windows, which is the same for 50
-  steps at 0.8.
+  ``(src @ M) * alphas + tgt * (1 - alphas)`` (replace: the word-by-word matrix, alphas 1;
+  refine: the token alignment, new tokens keep their own maps; see :mod:`.alignment`), times the
+  reweight equalizer when one is given (P2P Sec. 3.2, "attention re-weighting"). The authors'
+  code sizes the window as int(fraction * (N + 1)); we use int(fraction * N) for both windows,
+  which is the same for 50 steps at 0.8.
 - self-attention at sites of level >= ``self_min_level`` (SD: maps of 32x32 and coarser), for
   steps < int(self_replace * N): the target takes the source's probabilities.
 - local blend (P2P appendix, "LocalBlend"): from step int(blend_start * N), target latents are
   ``z_src + m * (z_tgt - z_src)``, with m the union of the thresholded (0.3), max-pooled,
-  max-normalised maps of the blend words summed over steps, or a user mask instead.
+  max-normalised maps of the blend words summed over steps, or a user mask instead. The target's
+  maps are recorded *after* injection, as in the authors' code (their store holds a view of the
+  probabilities that the edit then overwrites): during the injection window a swapped word's map
+  is the source word's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,74 +30,114 @@ import torch.nn.functional as F
 from ..attention import AttentionController, BatchLayout, MapRequest, Site, StepClock, TokenMapStore
 from ..errors import LoceditError, PromptError
 from ..diffusion.text import token_positions
-from .alignment import refine_mapping, replace_mapping
+from .alignment import refine_mapping, replace_matrix
 
 P2P_MODES = ("replace", "refine", "reweight")
 
 
+def parse_reweight(text: str) -> tuple[str, float]:
+    """'WORD=SCALE' -> (word, scale)."""
+    word, sep, scale = text.rpartition("=")
+    try:
+        value = float(scale)
+    except ValueError:
+        value = None
+    if not sep or not word or value is None:
+        raise ValueError(f"expected WORD=SCALE, got {text!r}")
+    return word, value
+
+
 @dataclass(frozen=True)
 class P2POptions:
-    """Prompt-to-Prompt options; fractions are of the number of sampling steps."""
+    """Prompt-to-Prompt attention injection (Hertz et al., ICLR 2023, Sec. 3.2); fractions are of the
+    number of sampling steps."""
 
-    mode: str = "refine"
-    cross_replace: float = 0.8
-    self_replace: float = 0.4
-    self_min_level: int = 1
-    reweight: tuple[tuple[str, float], ...] = ()  # (target word, scale)
-    blend_words: tuple[str, str] | None = None  # (source word, target word)
-    blend_threshold: float = 0.3
-    blend_start: float = 0.2
-    blend_pool: int = 1  # max-pool radius on the map before thresholding
+    mode: str = field(default="refine", metadata={
+        "flag": "p2p", "choices": P2P_MODES,
+        "help": "replace: word swap (same number of words); refine: aligned tokens take the source maps; "
+                "reweight: refine plus --reweight scales"})
+    cross_replace: float = field(default=0.8, metadata={
+        "flag": "cross-replace", "type": float, "help": "fraction of steps with cross-attention injection"})
+    self_replace: float = field(default=0.4, metadata={
+        "flag": "self-replace", "type": float, "help": "fraction of steps with self-attention injection"})
+    self_min_level: int = 1  # self-attention injected at levels >= this (SD: maps of 32x32 and coarser)
+    reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={
+        "flag": "reweight", "repeat": True, "type": parse_reweight, "metavar": "WORD=SCALE",
+        "help": "scale a target word's attention (repeatable; with --p2p reweight)"})
 
     def __post_init__(self):
         if self.mode not in P2P_MODES:
             raise LoceditError(f"p2p mode must be one of {', '.join(P2P_MODES)}, got {self.mode!r}")
-        for name in ("cross_replace", "self_replace", "blend_start", "blend_threshold"):
+        for name in ("cross_replace", "self_replace"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise LoceditError(f"{name} must be in [0, 1], got {v}")
         if self.mode == "reweight" and not self.reweight:
             raise LoceditError("p2p mode 'reweight' needs at least one word=scale to reweight")
+        if self.reweight and self.mode != "reweight":
+            raise LoceditError("--reweight needs --p2p reweight")
         for word, scale in self.reweight:
             if scale < 0:
                 raise LoceditError(f"reweight scale for {word!r} must be >= 0, got {scale}")
+
+
+@dataclass(frozen=True)
+class LocalBlendOptions:
+    """P2P's LocalBlend (appendix): from step int(start * N) on, the target's latents outside the mask
+    are the source's; the mask is the union of the blend words' accumulated maps, max-pooled
+    (radius ``pool``), max-normalised and thresholded, or a user mask."""
+
+    threshold: float = field(default=0.3, metadata={
+        "flag": "blend-threshold", "type": float, "help": "local blend: threshold of the normalised maps"})
+    start: float = field(default=0.2, metadata={
+        "flag": "blend-start", "type": float, "help": "local blend: fraction of steps before blending starts"})
+    pool: int = 1  # max-pool radius on the map before thresholding
+
+    def __post_init__(self):
+        for name in ("threshold", "start"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise LoceditError(f"blend {name} must be in [0, 1], got {v}")
 
 
 class Prompt2Prompt(AttentionController):
     """The P2P controller for one (source, target) prompt pair.
 
     ``user_mask``: optional latent-resolution (1, 1, h, w) mask used for the local blend in place
-    of the attention mask.
+    of the attention mask; ``blend_words``: (source word, target word) of the attention blend.
     """
 
     def __init__(self, options: P2POptions, tokenizer, source: str, target: str, num_steps: int,
-                 map_level: int, user_mask: torch.Tensor | None = None, clock: StepClock | None = None):
+                 map_level: int, user_mask: torch.Tensor | None = None, clock: StepClock | None = None,
+                 blend_words: tuple[str, str] | None = None, blend: LocalBlendOptions = LocalBlendOptions()):
         super().__init__(clock or StepClock(num_steps=num_steps), BatchLayout.cfg(("source", "target")))
         self.options = options
+        self.blend = blend
         self.clock.num_steps = num_steps
         self.map_level = map_level
         length = int(tokenizer.model_max_length)
         src_ids = tokenizer(source).input_ids
         tgt_ids = tokenizer(target).input_ids
         if options.mode == "replace":
-            mapper, alphas = replace_mapping(src_ids, tgt_ids, length)
+            matrix, alphas = replace_matrix(tokenizer, source, target, length), torch.ones(length)
         else:
-            mapper, alphas = refine_mapping(src_ids, tgt_ids, length)
-        self.mapper, self.alphas = mapper, alphas
+            matrix, alphas = refine_mapping(src_ids, tgt_ids, length)
+        self.matrix, self.alphas = matrix, alphas  # (K, K) source -> target tokens, (K,)
         eq = torch.ones(length)
         for word, scale in options.reweight:
             eq[token_positions(tokenizer, target, word)] = scale
         self.equalizer = eq if options.reweight else None
         self.user_mask = user_mask
         self.store = None
-        if options.blend_words is not None and user_mask is None:
-            sw, tw = options.blend_words
+        if blend_words is not None and user_mask is None:
+            sw, tw = blend_words
             s_cond, t_cond = self.layout.index("source", "cond"), self.layout.index("target", "cond")
             self.store = TokenMapStore({
                 "source": MapRequest(s_cond, tuple(token_positions(tokenizer, source, sw))),
                 "target": MapRequest(t_cond, tuple(token_positions(tokenizer, target, tw))),
             })
         self.last_blend_mask: torch.Tensor | None = None
+        self.blend_from_step: int | None = None  # overrides blend.start with an exact step (guidance methods)
 
     # ---- which sites, when ---------------------------------------------------------------------
     def _cross_active(self) -> bool:
@@ -118,14 +161,12 @@ class Prompt2Prompt(AttentionController):
     # ---- edits -----------------------------------------------------------------------------------
     def edit_probs(self, probs: torch.Tensor, site: Site) -> torch.Tensor:
         # probs: (B, heads, pixels, tokens) in the CFG layout
-        if self._stores(site):
-            self.store.add(probs, site)
         s = self.layout.index("source", "cond")
         t = self.layout.index("target", "cond")
         if site.kind == "cross" and self._cross_active():
             src, tgt = probs[s], probs[t]
             alphas = self.alphas.to(probs)
-            new = src[..., self.mapper.to(probs.device)] * alphas + tgt * (1 - alphas)
+            new = (src @ self.matrix.to(probs)) * alphas + tgt * (1 - alphas)
             if self.equalizer is not None:
                 new = new * self.equalizer.to(probs)
             probs = probs.clone()
@@ -133,6 +174,8 @@ class Prompt2Prompt(AttentionController):
         elif site.kind == "self" and self._self_active(site):
             probs = probs.clone()
             probs[t] = probs[s]
+        if self._stores(site):  # after injection (see the module docstring)
+            self.store.add(probs, site)
         return probs
 
     # ---- local blend -----------------------------------------------------------------------------
@@ -143,11 +186,11 @@ class Prompt2Prompt(AttentionController):
         if self.store is None:
             return None
         maps = torch.stack([self.store.maps("source").sum(0), self.store.maps("target").sum(0)])[:, None]
-        r = self.options.blend_pool
+        r = self.blend.pool
         maps = F.max_pool2d(maps, 2 * r + 1, stride=1, padding=r)
         maps = F.interpolate(maps, size=latent_hw)
         maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-        mask = (maps > self.options.blend_threshold).float()
+        mask = (maps > self.blend.threshold).float()
         return mask.amax(dim=0, keepdim=True)  # union of source and target word masks
 
     def after_step(self, latents: torch.Tensor) -> torch.Tensor:
@@ -156,7 +199,8 @@ class Prompt2Prompt(AttentionController):
             self.store.start_step()
         if self.user_mask is None and self.store is None:
             return latents
-        if self.clock.step < int(self.options.blend_start * self.clock.num_steps):
+        first = self.blend_from_step if self.blend_from_step is not None else int(self.blend.start * self.clock.num_steps)
+        if self.clock.step < first:
             return latents
         mask = self.blend_mask(tuple(latents.shape[-2:])).to(latents)
         self.last_blend_mask = mask

@@ -1,8 +1,9 @@
-"""Attention-map losses (pure functions), the latent-guidance loop, MAG-Edit and MDE-Edit."""
+"""Attention-map losses (pure functions), the latent-guidance loop, and LocInv's token learning.
+
+The methods built on them (MAG-Edit, MDE-Edit, LocInv) are in :mod:`locedit.methods`.
+"""
 
 from . import losses
 from .loop import Chain, GuidanceOptions, LatentGuidance, MapCapture
-from .methods import MAG_LOSSES, MAGEditOptions, MDEEditOptions, Region, mag_edit, mde_edit
 
-__all__ = ["Chain", "GuidanceOptions", "LatentGuidance", "MAG_LOSSES", "MAGEditOptions", "MDEEditOptions",
-           "MapCapture", "Region", "losses", "mag_edit", "mde_edit"]
+__all__ = ["Chain", "GuidanceOptions", "LatentGuidance", "MapCapture", "losses"]

@@ -17,6 +17,18 @@ similarity (seg) 1 - mean cos(A_k, S_k); (box) mean cos(A_k, 1 - B_k); overlap
 1 - mean sum(A_k S_k) / sum(A_k); adjective binding 1 - mean cos(A_adj, A_noun).
 Hyperparameters are the authors' scripts' (see :data:`LOCINV_DEFAULTS`).
 
+Paper vs. the authors' code (wangkai930418/DPL, ``docs/conformance.md``):
+- adjective binding is applied "only when Adjective-Edit is demanded" (Sec. 3.4); the code binds
+  only with ``--adj_bind``, off in its scripts. Here: off unless pairs are given (``--bind``) or
+  ``adj_bind`` asks for automatic pairs (both presets).
+- the per-step null-text: the paper uses NTI (Sec. 3.3: the null embedding carries over, early
+  stop; ``nti_mode="carry"``, the default); the code restarts from the empty prompt's embedding at
+  every step and runs 31 iterations without early stop (``nti_mode="restart"``, preset official).
+- box priors: the defaults follow the older commit's shell scripts (alpha/beta/lambda 25/0.5/0.1
+  for similarity, 25/0.5/1 for overlap); the current det script's defaults, which are the seg
+  values, are ``box_defaults="det-script"``.
+- the seg script's "corner" KL term has weight 0 in every released run and is not built.
+
 Layering note: LocInv is an inversion driven by guidance losses, so this module uses null-text
 inversion's per-step optimiser from ``locedit.inversion``; the inversion package never imports
 guidance.
@@ -36,11 +48,10 @@ from ..diffusion.text import token_positions, word_tokens
 from ..errors import LoceditError, OptimisationError, PromptError
 from ..inversion import NullTextOptions, Trajectory, ddim_latents
 from ..inversion.null_text import optimise_null
-from ..masks import check_mask
+from ..masks import Region, check_mask
 from ..progress import Progress, track
 from . import losses as L
 from .loop import MapCapture, map_mask_from
-from .methods import Region
 
 # (alpha, beta, lambda) per loss and prior kind, from the authors' scripts
 LOCINV_DEFAULTS = {
@@ -49,6 +60,9 @@ LOCINV_DEFAULTS = {
     "adj": (50.0, 0.1, 2.0),
 }
 PAIR_SOURCES = ("auto", "user", "parser", "previous")
+NTI_MODES = ("carry", "restart")
+BOX_DEFAULTS = ("scripts", "det-script")
+RESTART_ITERATIONS = 31  # the code's fixed null-text iterations per step
 
 
 def threshold(i: int, alpha: float, beta: float) -> float:
@@ -58,24 +72,42 @@ def threshold(i: int, alpha: float, beta: float) -> float:
 
 @dataclass(frozen=True)
 class LocInvOptions:
-    max_inner: int = 31
+    max_inner: int = field(default=31, metadata={
+        "flag": "locinv-inner", "type": int, "help": "max token-learning steps per sampling step"})
     lr: float = 1e-3
     weight_decay: float = 1e-2
     # (alpha, beta, lambda); None = the authors' value for the prior kind
     sim: tuple[float, float, float] | None = None
     ov: tuple[float, float, float] | None = None
     adj: tuple[float, float, float] = LOCINV_DEFAULTS["adj"]
-    pair_source: str = "auto"  # auto: user pairs, else a dependency parser if installed, else previous token
+    adj_bind: bool = field(default=False, metadata={
+        "flag": "adj-bind", "help": "bind adjectives to the region nouns found automatically (--pair-source); "
+                                    "--bind ADJ:NOUN gives them explicitly"})
+    pair_source: str = field(default="auto", metadata={
+        "flag": "pair-source", "choices": PAIR_SOURCES,
+        "help": "with --adj-bind: auto (spaCy when installed, else the word before each noun), parser, previous"})
+    nti_mode: str = field(default="carry", metadata={
+        "flag": "nti-mode", "choices": NTI_MODES,
+        "help": "per-step null-text: carry (NTI, the paper) or restart (from the empty prompt, 31 iterations, the code)"})
+    box_defaults: str = field(default="scripts", metadata={
+        "flag": "box-defaults", "choices": BOX_DEFAULTS,
+        "help": "box-prior hyperparameters: the older shell scripts' (default) or the current det script's"})
     nti: NullTextOptions = field(default_factory=NullTextOptions)
+
+    PRESETS = {"paper": {}, "official": {"nti_mode": "restart"}}
 
     def __post_init__(self):
         if self.pair_source not in PAIR_SOURCES:
             raise LoceditError(f"pair_source must be one of {', '.join(PAIR_SOURCES)}, got {self.pair_source!r}")
+        if self.nti_mode not in NTI_MODES:
+            raise LoceditError(f"nti_mode must be one of {', '.join(NTI_MODES)}, got {self.nti_mode!r}")
+        if self.box_defaults not in BOX_DEFAULTS:
+            raise LoceditError(f"box_defaults must be one of {', '.join(BOX_DEFAULTS)}, got {self.box_defaults!r}")
         if self.max_inner < 0 or self.lr <= 0:
             raise LoceditError("max_inner must be >= 0 and lr > 0")
 
     def params(self, kind: str) -> dict[str, tuple[float, float, float]]:
-        d = LOCINV_DEFAULTS[kind]
+        d = LOCINV_DEFAULTS["seg" if kind == "box" and self.box_defaults == "det-script" else kind]
         return {"sim": self.sim or d["sim"], "ov": self.ov or d["ov"], "adj": self.adj}
 
 
@@ -152,7 +184,10 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     kind = prior_kind(regions)
     hp = options.params(kind)
     nouns = [r.word for r in regions]
-    pair_list, pair_from = adjective_pairs(prompt, nouns, list(pairs), options.pair_source)
+    if pairs or options.adj_bind:
+        pair_list, pair_from = adjective_pairs(prompt, nouns, list(pairs), options.pair_source)
+    else:
+        pair_list, pair_from = [], "off"
     for adj, noun in pair_list:
         token_positions(bundle.tokenizer, prompt, adj)
         if noun not in nouns:
@@ -160,6 +195,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
 
     t0, start_calls = time.perf_counter(), bundle.unet_calls
     cond0, null = bundle.encode_text([prompt, ""]).split(1)
+    empty = null
     latents = ddim_latents(bundle, z0, cond0, num_steps, progress, "ddim inversion")
     sched = bundle.schedule(num_steps)
     level = map_level(unet_sites(bundle.unet))
@@ -170,9 +206,9 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     ids = bundle.tokenizer(prompt).input_ids
     positions = {r.word: token_positions(bundle.tokenizer, prompt, r.word) for r in regions}
     vectors = {w: torch.stack([table[ids[p]].detach().float().clone() for p in pos]) for w, pos in positions.items()}
-    groups = {f"noun{k}": positions[w] for k, w in enumerate(nouns)}
-    groups.update({f"adj{k}": token_positions(bundle.tokenizer, prompt, a) for k, (a, _) in enumerate(pair_list)})
-    capture = MapCapture(groups, level, branch="source")
+    noun_tokens = [positions[w] for w in nouns]
+    adj_tokens = [token_positions(bundle.tokenizer, prompt, a) for a, _ in pair_list]
+    capture = MapCapture(level, branch="source")
     capture.layout = BatchLayout.single(("source",))
     capture.clock.num_steps = num_steps
 
@@ -195,13 +231,13 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
                 with torch.enable_grad():
                     cond = bundle.encode_text_with_tokens(prompt, pos_vectors(params))
                     bundle.predict_eps(z, t, a, cond)
-                    maps = torch.stack([capture.maps(f"noun{k}").sum(0) for k in range(len(nouns))])  # (K, P)
+                    maps = torch.stack([capture.word_map(t) for t in noun_tokens])  # (K, P)
                     parts = {
                         "sim": L.similarity_loss_seg(maps, priors) if kind == "seg" else L.similarity_loss_box(maps, priors),
                         "ov": L.overlap_loss(maps, priors),
                     }
                     if pair_list:
-                        adj_maps = torch.stack([capture.maps(f"adj{k}").sum(0) for k in range(len(pair_list))])
+                        adj_maps = torch.stack([capture.word_map(t) for t in adj_tokens])
                         noun_maps = torch.stack([maps[nouns.index(n)] for _, n in pair_list])
                         parts["adj"] = L.adjective_loss(adj_maps, noun_maps)
                     values = {k: v.item() for k, v in parts.items()}
@@ -215,7 +251,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
                     opt.zero_grad(set_to_none=True)
                     total.backward()
                     opt.step()
-            capture.store = None
+            capture.end()
             vectors = {w: p.detach().clone() for w, p in params.items()}
             for w in nouns:
                 stored[w].append(vectors[w])
@@ -228,9 +264,12 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
             with torch.no_grad():
                 cond = bundle.encode_text_with_tokens(prompt, pos_vectors(vectors))
                 cond_eps = bundle.predict_eps(z, t, a, cond)
-            null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, null, t, a, a_next, guidance,
-                                 lr=options.nti.lr * (1 - options.nti.lr_decay * i), inner_steps=options.nti.inner_steps,
-                                 threshold=options.nti.epsilon + i * options.nti.epsilon_growth, step=i)
+            restart = options.nti_mode == "restart"
+            null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, empty if restart else null, t, a,
+                                 a_next, guidance, lr=options.nti.lr * (1 - options.nti.lr_decay * i),
+                                 inner_steps=RESTART_ITERATIONS if restart else options.nti.inner_steps,
+                                 threshold=float("-inf") if restart else options.nti.epsilon + i * options.nti.epsilon_growth,
+                                 step=i)
             nulls.append(null)
             with torch.no_grad():
                 eps_u = bundle.predict_eps(z, t, a, null)

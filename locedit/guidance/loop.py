@@ -14,22 +14,28 @@ latents outside M are untouched by the update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionController, BatchLayout, MapRequest, Site, TokenMapStore
+from ..attention import AttentionController, BatchLayout, Site
 from ..errors import LoceditError, OptimisationError
 
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    guided_steps: int = 25  # tau: guide sampling steps 0 .. tau-1
-    iterations: int = 15  # MAX_IT
-    step_size: float = 2.5  # delta
-    sigma_scaling: bool = True
+    """The latent-guidance loop's schedule and step (MAG-Edit Sec. 3.3, Alg. 1)."""
+
+    guided_steps: int = field(default=25, metadata={  # tau: guide sampling steps 0 .. tau-1
+        "flag": "guided-steps", "type": int, "help": "sampling steps with latent guidance (the first N)"})
+    iterations: int = field(default=15, metadata={  # MAX_IT
+        "flag": "iterations", "type": int, "help": "guidance iterations per guided step (MAX_IT)"})
+    step_size: float = field(default=2.5, metadata={  # delta
+        "flag": "step-size", "type": float, "help": "guidance step size delta"})
+    sigma_scaling: bool = field(default=True, metadata={
+        "flag": "sigma-scaling", "help": "scale the step by sigma_t = sqrt((1 - abar_t) / abar_t) (the authors' code)"})
 
     def __post_init__(self):
         if self.guided_steps < 0 or self.iterations < 0:
@@ -91,45 +97,61 @@ class Chain(AttentionController):
 
 
 class MapCapture(AttentionController):
-    """During the "guide" phase, keeps one branch's maps of chosen tokens, with their gradient."""
+    """During the "guide" phase, keeps one branch's cross-attention probabilities at the map-level
+    sites (down and up blocks), with their gradient: one (heads, P, K) tensor per site and UNet
+    call, for that row only. ``scores=True`` keeps the pre-softmax logits instead (MDE-Edit's code
+    builds its OAL maps from resized logits)."""
 
-    def __init__(self, token_groups: dict[str, list[int]], map_level: int, branch: str = "target"):
+    def __init__(self, map_level: int, branch: str = "target", scores: bool = False):
         super().__init__()
-        self.token_groups = {k: tuple(v) for k, v in token_groups.items() if v}
         self.map_level = map_level
         self.branch = branch
-        self.store: TokenMapStore | None = None
+        self.scores = scores
+        self.records: list[torch.Tensor] | None = None
 
     def begin(self) -> None:
-        row = self.layout.index(self.branch, "cond")
-        self.store = TokenMapStore({k: MapRequest(row, v) for k, v in self.token_groups.items()},
-                                   keep_grad=True, accumulate=False)
+        self.records = []
+
+    def end(self) -> None:
+        self.records = None
 
     def wants(self, site: Site) -> bool:
-        return (self.clock.phase == "guide" and self.store is not None and site.kind == "cross"
+        return (self.clock.phase == "guide" and self.records is not None and site.kind == "cross"
                 and site.level == self.map_level and site.place != "mid")
 
+    def rewrites_scores(self, site: Site) -> bool:
+        return self.scores
+
+    def edit_scores(self, scores, site):
+        self.records.append(scores[self.layout.index(self.branch, "cond")])  # (heads, P, K)
+        return scores
+
     def edit_probs(self, probs, site):
-        self.store.add(probs, site)
+        if not self.scores:
+            self.records.append(probs[self.layout.index(self.branch, "cond")])  # (heads, P, K)
         return probs
 
-    def maps(self, key: str) -> torch.Tensor:
-        """(T, P): the group's maps, flattened."""
-        m = self.store.maps(key)
-        return m.reshape(m.shape[0], -1)
+    def token_maps(self, tokens: list[int]) -> torch.Tensor:
+        """(T, P): each token's map, averaged over heads and the recorded sites."""
+        return torch.stack([r[..., tokens].mean(0) for r in self.records]).mean(0).transpose(0, 1)
+
+    def word_map(self, tokens: list[int]) -> torch.Tensor:
+        """(P,): the word's map, its tokens' maps summed."""
+        return self.token_maps(tokens).sum(0)
 
 
-# loss(capture) -> scalar; built by each method from its words and masks
-LossFn = Callable[[MapCapture], torch.Tensor]
+# loss(*captures) -> scalar; built by each method from its words and masks
+LossFn = Callable[..., torch.Tensor]
 
 
 class LatentGuidance:
     """Callable hook for :func:`locedit.pipeline.sample`: guides the target latent before each of
     the first ``guided_steps`` steps. ``latent_mask`` (1, 1, h, w) is M."""
 
-    def __init__(self, options: GuidanceOptions, capture: MapCapture, loss: LossFn, latent_mask: torch.Tensor):
+    def __init__(self, options: GuidanceOptions, capture: MapCapture | tuple[MapCapture, ...], loss: LossFn,
+                 latent_mask: torch.Tensor):
         self.options = options
-        self.capture = capture
+        self.captures = capture if isinstance(capture, tuple) else (capture,)
         self.loss = loss
         self.latent_mask = latent_mask
         self.history: list[list[float]] = []  # loss per iteration, per guided step
@@ -149,18 +171,20 @@ class LatentGuidance:
         losses = []
         try:
             for _ in range(opt.iterations):
-                self.capture.begin()
+                for c in self.captures:
+                    c.begin()
                 z_tgt = z_tgt.requires_grad_(True)
                 with torch.enable_grad():
                     bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds)
-                    loss = self.loss(self.capture)
+                    loss = self.loss(*self.captures)
                     if not torch.isfinite(loss):
                         raise OptimisationError(f"latent guidance: loss became {loss.item()} at step {step}")
                     (grad,) = torch.autograd.grad(loss, z_tgt)
                 losses.append(loss.item())
                 z_tgt = (z_tgt - mask * scale * grad).detach()
         finally:
-            self.capture.store = None
+            for c in self.captures:
+                c.end()
             controller.layout = saved
             controller.clock.set(step, t, "sample")
         self.history.append(losses)
@@ -168,11 +192,15 @@ class LatentGuidance:
 
 
 def latent_mask_from(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """Union of (K, 1, H, W) image masks as a binary (1, 1, h, w) latent mask."""
-    union = masks.amax(dim=0, keepdim=True)
-    return (F.adaptive_max_pool2d((union > 0.5).float(), latent_hw) > 0).float()
+    """Union of (K, 1, H, W) image masks as a binary (1, 1, h, w) latent mask, nearest-resized
+    (the MAG-Edit and MDE-Edit code's ``interpolate(..., size=(64, 64)) != 0``)."""
+    union = (masks.amax(dim=0, keepdim=True) > 0.5).float()
+    return (F.interpolate(union, size=latent_hw, mode="nearest") > 0).float()
 
 
-def map_mask_from(mask: torch.Tensor, side: int) -> torch.Tensor:
-    """(1, 1, H, W) image mask -> (side*side,) soft mask at the map resolution (area average)."""
+def map_mask_from(mask: torch.Tensor, side: int, mode: str = "area") -> torch.Tensor:
+    """(1, 1, H, W) image mask -> (side*side,) mask at the map resolution: "area" averages (soft;
+    LocInv's priors, MDE-Edit's OAL targets), "nearest" samples and binarises (MAG-Edit's masks)."""
+    if mode == "nearest":
+        return (F.interpolate((mask > 0.5).float(), size=(side, side), mode="nearest") > 0).float().flatten()
     return F.adaptive_avg_pool2d(mask.float(), (side, side)).flatten()

@@ -2,7 +2,9 @@
 
 Conventions: a map is a tensor (..., P) over P pixels (flattened side x side), non-negative,
 usually the probability of one token averaged over heads and layers; a mask is a tensor of the
-same pixel shape with values in [0, 1]. Several tokens stack on a leading axis (K, P).
+same pixel shape with values in [0, 1]. Several tokens stack on a leading axis (K, P). The MAG-Edit
+ratio losses take the per-layer probabilities instead, a list of (heads, P, K) tensors over all K
+token positions, because their authors average the loss, not the maps, over heads and layers.
 """
 
 from __future__ import annotations
@@ -16,24 +18,42 @@ EPS = 1e-8
 PROB_EPS = 1e-6
 
 
-def token_ratio_loss(edit_map: torch.Tensor, other_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MAG-Edit Eq. 1 (token ratio constraint):
+def token_ratio_loss(probs: list[torch.Tensor], tokens: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """MAG-Edit Eq. 1 (token ratio constraint), per head and per layer as the authors'
+    ``compute_ca_TR`` (HelenMao/MAG-Edit, ``code_tr/network.py``):
 
-        L_TR = (1 - (1/|M|) sum_p M_p * A*_i(p) / (A*_i(p) + sum_j A_j(p)))^2
+        r_{l,h}(p) = A*_{l,h}(p) / sum_k A_{l,h,k}(p)
+        L_TR = mean_{l,h} (1 - (1/|M|) sum_p M_p r_{l,h}(p))^2
 
-    ``edit_map`` (P,) is the edit token's map A*_i, ``other_maps`` (J, P) the maps A_j of the other
-    (injected) tokens, ``mask`` (P,). MDE-Edit's CCL (Eq. 6) is the same form on the attribute word.
+    ``probs``: one (heads, P, K) tensor per layer, the injected maps A_hat of the edited branch
+    over all K token positions (start, end and padding included: the paper's "relative to all
+    other tokens", the code's ``attn_map.sum(-1)``); ``tokens``: the edit word's positions, whose
+    maps are averaged (the code's ``mean(-1)``); ``mask`` (P,) binary. MDE-Edit's CCL (Eq. 6) is
+    the same form on the attribute word.
     """
-    ratio = edit_map / (edit_map + other_maps.sum(0) + EPS)
-    inside = (mask * ratio).sum() / mask.sum().clamp_min(EPS)
-    return (1 - inside) ** 2
+    total = probs[0].new_zeros(())
+    n = mask.sum().clamp_min(EPS)
+    for a in probs:
+        ratio = a[..., tokens].mean(-1) / a.sum(-1).clamp_min(EPS)  # (heads, P)
+        inside = (ratio * mask).sum(-1) / n
+        total = total + ((1 - inside) ** 2).mean()
+    return total / len(probs)
 
 
-def spatial_ratio_loss(edit_map: torch.Tensor, mask: torch.Tensor, lam: float = 3.0) -> torch.Tensor:
-    """MAG-Edit Eq. 2 (spatial ratio constraint): r = sum_p M_p A*(p) / sum_p A*(p),
-    L_SR = lam * (1 - r) - r."""
-    r = (mask * edit_map).sum() / edit_map.sum().clamp_min(EPS)
-    return lam * (1 - r) - r
+def spatial_ratio_loss(probs: list[torch.Tensor], tokens: list[int], mask: torch.Tensor, lam: float = 3.0) -> torch.Tensor:
+    """MAG-Edit Eq. 2 (spatial ratio constraint), per head and per layer as the authors'
+    ``compute_ca_SR`` (and MDE-Edit's code's CCL, ``compute_ca_ccl``):
+
+        r_{l,h} = sum_p M_p A*_{l,h}(p) / sum_p A*_{l,h}(p),   L_SR = mean_{l,h} lam (1 - r) - r
+
+    with A* the *sum* of the word's token maps (the code's ``sum(-1)``); lam = 3 gives the code's
+    ``3 - 4 r``."""
+    total = probs[0].new_zeros(())
+    for a in probs:
+        word = a[..., tokens].sum(-1)  # (heads, P)
+        r = (word * mask).sum(-1) / word.sum(-1).clamp_min(EPS)
+        total = total + (lam * (1 - r) - r).mean()
+    return total / len(probs)
 
 
 def with_negative(positive: torch.Tensor, negative: torch.Tensor | None, lam_p: float = 1.0,
@@ -57,6 +77,17 @@ def object_alignment_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tens
     for k in range(maps.shape[0]):
         loss = loss + F.binary_cross_entropy(maps[k], masks[k]) + F.binary_cross_entropy(peak[k], masks[k])
     return loss
+
+
+def quartic_alignment_loss(maps: torch.Tensor, masks: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """MDE-Edit's code's object alignment loss (``mse_loss2`` in RainbowZhuu/MDE-Edit,
+    ``code/oal_utils.py``, with its default ``ls=0.1``): mean of (S_hat - S)^4, where pixels whose
+    map is already within ``smoothing`` of the mask are replaced by the mask clipped to
+    [smoothing, 1 - smoothing] (no gradient there). ``maps``, ``masks``: (K, P)."""
+    clipped = masks.clamp(smoothing, 1 - smoothing)
+    close = ((maps - masks).abs() < smoothing).detach().to(maps.dtype)
+    maps = maps * (1 - close) + close * clipped
+    return ((maps - masks) ** 4).mean()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

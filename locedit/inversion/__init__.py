@@ -10,6 +10,8 @@ from .simple import DirectInversionOptions, NegativePromptOptions, direct_invers
 from .spd import SPDOptions, spd_inversion
 from .trajectory import Trajectory
 
+from ..options import Citation
+
 INVERSIONS = {
     "ddim": (DDIMInversionOptions, ddim_inversion),
     "null-text": (NullTextOptions, null_text_inversion),
@@ -18,7 +20,21 @@ INVERSIONS = {
     "spd": (SPDOptions, spd_inversion),
 }
 
+INVERSION_PAPERS = {
+    "ddim": (Citation("Song et al., Denoising Diffusion Implicit Models, ICLR 2021", "Eq. 12, reversed (sigma = 0)",
+                      "google/prompt-to-prompt (null_text_w_ptp.ipynb: ddim_loop)"),),
+    "null-text": (Citation("Mokady et al., Null-text Inversion for Editing Real Images, CVPR 2023", "Alg. 1, Sec. 3.3",
+                           "google/prompt-to-prompt (null_text_w_ptp.ipynb: null_optimization)"),),
+    "npi": (Citation("Miyake et al., Negative-prompt Inversion, 2023", "Sec. 3 (source prompt as the null embedding)",
+                     "cure-lab/PnPInversion (run_editing_p2p.py)"),),
+    "direct": (Citation("Ju et al., PnP Inversion: Boosting Diffusion-based Editing with 3 Lines of Code, ICLR 2024",
+                        "Alg. 1", "cure-lab/PnPInversion (models/p2p_editor.py)"),),
+    "spd": (Citation("Li et al., Source Prompt Disentangled Inversion for Boosting Image Editability with "
+                     "Diffusion Models, ECCV 2024", "Eq. 3-4, Alg. 1", "leeruibin/SPDInv (P2P/SPDInv.py: SPD_loop)"),),
+}
+
 __all__ = [
+    "INVERSION_PAPERS",
     "INVERSIONS",
     "DDIMInversionOptions",
     "DirectInversionOptions",

@@ -13,7 +13,7 @@ eps is computed once per step (it does not depend on the null embedding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,12 @@ from .trajectory import Trajectory
 
 @dataclass(frozen=True)
 class NullTextOptions:
-    inner_steps: int = 10
-    lr: float = 1e-2
+    """Null-text inversion's per-step optimiser (Mokady et al., Sec. 3.3; their code agrees)."""
+
+    inner_steps: int = field(default=10, metadata={
+        "flag": "nti-steps", "type": int, "help": "null-text: max Adam steps per sampling step"})
+    lr: float = field(default=1e-2, metadata={
+        "flag": "nti-lr", "type": float, "help": "null-text: Adam learning rate at step 0"})
     lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i)
     epsilon: float = 1e-5  # early-stop threshold at step 0
     epsilon_growth: float = 2e-5  # added per step

@@ -9,19 +9,24 @@ starting from the ordinary DDIM inversion step, by minimising L = ||f(z_t) - z_t
 K = 25 gradient steps, stopping when L < delta = 5e-6, learning rate eta = 1e-3. eps is
 conditional only (no CFG).
 
-Paper vs. authors' code: the paper describes plain gradient descent on the L2 norm; the code uses
-AdamW (weight decay 0.01) on the mean squared error, checking the loss before each step. Default:
-``optimizer="adamw", objective="mse"`` (reproduces their numbers); ``optimizer="sgd",
-objective="l2"`` is the paper's. Deviation from both: we return the evaluated iterate with the
-lowest residual (the code returns the last one, possibly after an unevaluated step), so SPDInv's
-residual is never above DDIM inversion's.
+Stopping rule (Alg. 1 lines 3-6 and the authors' ``SPD_loop`` agree): evaluate L at the current
+iterate, take the update step, then stop if that L was below delta; the *last* iterate is
+returned, so every step takes at least one update and at most K, and the returned latent's own
+residual is never evaluated.
 
-Per-step residuals before (plain DDIM) and after are kept in ``stats``.
+Paper vs. authors' code (leeruibin/SPDInv, ``P2P/SPDInv.py``): the paper's update is plain gradient
+descent ``z := z - eta grad L`` on the L2 norm (Alg. 1 line 4-5, Sec. 3.2); the code uses AdamW
+(weight decay 0.01) on the mean squared error. The paper's reading is the default
+(``optimizer="sgd", objective="l2"``, preset "paper"); ``optimizer="adamw", objective="mse"``
+(preset "official") is the code's, which produced the paper's tables. The threshold delta applies
+to whichever L is used, so with the L2 norm it is rarely reached and K steps run.
+
+Per-step residuals of the DDIM start and of the last evaluated iterate are kept in ``stats``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +42,24 @@ SPD_OBJECTIVES = ("mse", "l2")
 
 @dataclass(frozen=True)
 class SPDOptions:
-    max_steps: int = 25  # K
-    threshold: float = 5e-6  # delta
-    lr: float = 1e-3  # eta
-    optimizer: str = "adamw"
+    """SPDInv's search (Alg. 1): K = 25, delta = 5e-6, eta = 1e-3 (Sec. 4.4), all from the paper."""
+
+    max_steps: int = field(default=25, metadata={  # K
+        "flag": "spd-steps", "type": int, "help": "spd: max search steps K per inversion step"})
+    threshold: float = field(default=5e-6, metadata={  # delta
+        "flag": "spd-threshold", "type": float, "help": "spd: stop once the residual is below delta"})
+    lr: float = field(default=1e-3, metadata={  # eta
+        "flag": "spd-lr", "type": float, "help": "spd: learning rate eta"})
+    optimizer: str = field(default="sgd", metadata={
+        "flag": "spd-optimizer", "choices": SPD_OPTIMIZERS,
+        "help": "spd: sgd (the paper's gradient descent) or adamw (the authors' code)"})
     weight_decay: float = 0.01  # AdamW only
-    objective: str = "mse"
+    objective: str = field(default="l2", metadata={
+        "flag": "spd-objective", "choices": SPD_OBJECTIVES,
+        "help": "spd: residual measure, l2 norm (paper) or mse (code)"})
+
+    PRESETS = {"paper": {"optimizer": "sgd", "objective": "l2"},
+               "official": {"optimizer": "adamw", "objective": "mse"}}
 
     def __post_init__(self):
         if self.optimizer not in SPD_OPTIMIZERS:
@@ -77,7 +94,7 @@ def spd_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps:
             opt = torch.optim.AdamW([x], lr=options.lr, weight_decay=options.weight_decay)
         else:
             opt = torch.optim.SGD([x], lr=options.lr)
-        best_loss, best_x, k = None, x0, 0
+        value, k = float("nan"), 0
         for k in range(options.max_steps):
             # eps is evaluated at the candidate x itself (Eq. 3), with the timestep of x
             fx = ddim_step(z_prev, bundle.predict_eps(x, t, a_to, cond), a_from, a_to)
@@ -87,15 +104,13 @@ def spd_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps:
             value = loss.item()
             if k == 0:
                 before.append(value)
-            if best_loss is None or value < best_loss:
-                best_loss, best_x = value, x.detach().clone()
-            if value < options.threshold:
-                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-        after.append(best_loss)
+            opt.step()  # step first, then test the residual of the iterate before the step
+            if value < options.threshold:
+                break
+        after.append(value)
         iters.append(k + 1)
-        latents.append(best_x)
+        latents.append(x.detach().clone())
     stats = {"residual_ddim": before, "residual": after, "iterations": iters}
     return Trajectory("spd", prompt, num_steps, guidance, latents, uncond="null", stats=stats)

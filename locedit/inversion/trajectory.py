@@ -56,6 +56,47 @@ class Trajectory:
         """The inversion latent that sampling step ``step`` should land on."""
         return self.latents[self.num_steps - step - 1]
 
+    # ---- the editing-side rule: what this inversion asks of the sampling loop -------------------------
+    def uncond_embedding(self, step: int, null: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """(1, L, D) embedding of the unconditional rows at sampling step ``step``: the empty
+        prompt's ("null"), the learned one of that step (null-text), or the source prompt's (NPI)."""
+        if self.uncond == "source":
+            return source
+        if self.uncond == "learned":
+            return self.null_embeddings[step].to(null)
+        return null
+
+    def conditions(self, bundle, prompts: list[str], step: int, default: torch.Tensor) -> torch.Tensor:
+        """(len(prompts), L, D) conditional embeddings at ``step``: ``default`` unless the inversion
+        learned token vectors (LocInv), which replace their words' token embeddings in every prompt
+        that has the word."""
+        if not self.token_vectors:
+            return default
+        from ..diffusion.text import token_positions
+        from ..errors import PromptError
+
+        out = []
+        for p in prompts:
+            vectors = {}
+            for word, vec in self.token_vectors.items():
+                try:
+                    positions = token_positions(bundle.tokenizer, p, word)
+                except PromptError:
+                    continue
+                per_step = vec[step].to(bundle.device)  # (tokens of the word, D_in)
+                for k, pos in enumerate(positions):
+                    vectors[pos] = per_step[k % per_step.shape[0]]
+            with torch.no_grad():
+                out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
+        return torch.cat(out)
+
+    def pin_source(self, step: int, z_next: torch.Tensor) -> torch.Tensor:
+        """Direct inversion (``source_follows``): the source row (row 0) after sampling step ``step``
+        becomes the inversion latent, i.e. the step's difference is added back (Ju et al., Alg. 1)."""
+        if not self.source_follows:
+            return z_next
+        return torch.cat([self.target_latent(step).to(z_next), z_next[1:]])
+
     # ---- disk form: trajectory.safetensors + manifest.json --------------------------------------------
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file

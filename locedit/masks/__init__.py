@@ -5,6 +5,8 @@ File and PIL input/output lives in the CLI; these functions take and return tens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -34,3 +36,12 @@ def dilate(mask: torch.Tensor, radius: int = 1) -> torch.Tensor:
     if radius <= 0:
         return mask
     return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A prompt word (one or more words) tied to a mask (1, 1, S, S) in [0, 1] at the model's size
+    (a box is a rectangular mask)."""
+
+    word: str
+    mask: torch.Tensor

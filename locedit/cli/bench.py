@@ -1,0 +1,105 @@
+"""``locedit bench`` and ``locedit report``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_output_flags
+
+
+def _inversions():
+    from ..inversion import INVERSIONS
+
+    return list(INVERSIONS)
+
+
+def _bench_methods():
+    from ..bench import BENCH_METHODS
+
+    return list(BENCH_METHODS)
+
+
+def register(sub) -> None:
+    bn = sub.add_parser("bench", help="run methods over a dataset, one JSONL row per (item, method), resumable",
+                        description="Run every method on every item of a dataset and record metrics and timings. "
+                                    "A killed run resumes where it stopped. Under 'accelerate launch' each process "
+                                    "takes its share of the items.",
+                        epilog="example: locedit bench --dataset shapes:n=30,seed=0 --methods p2p,p2p-mask,mag-edit "
+                               "--model shapes --out runs/shapes-bench --limit 10 && locedit report runs/shapes-bench",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bn.add_argument("--dataset", required=True, metavar="KIND:PATH",
+                    help="pie:FOLDER (PIE-Bench), jsonl:FILE (generic edit spec), shapes:n=N,seed=S,size=Z,kinds=a+b")
+    bn.add_argument("--methods", required=True,
+                    help="comma-separated: " + ", ".join(_bench_methods()) + " (NAME-mask: the item's mask replaces "
+                         "the attention blend)")
+    bn.add_argument("--out", required=True, help="output folder (results*.jsonl, images/)")
+    bn.add_argument("--limit", type=int, help="only the first N items")
+    bn.add_argument("--metrics", default="pixel,shapes",
+                    help="pixel (PSNR/MSE/SSIM on the unedited part, PIE-Bench convention) and shapes (ground truth, "
+                         "oracle) are always computed; add lpips-alex, lpips-squeeze, clip, dino (pretrained weights "
+                         "from $LOCEDIT_WEIGHTS or the Hugging Face cache)")
+    bn.add_argument("--model", default="shapes", help="text-to-image model for the P2P-family methods")
+    bn.add_argument("--instruct-model", default="shapes-instruct", help="InstructPix2Pix model for ip2p and lime")
+    bn.add_argument("--inversion", default="null-text", choices=_inversions(),
+                    help="inversion for the methods that take one (default null-text)")
+    bn.add_argument("--preset", choices=["paper", "official"],
+                    help="every method's and inversion's options from the paper's or the authors' code's reading")
+    bn.add_argument("--steps", type=int, default=50)
+    bn.add_argument("--guidance", type=float, default=7.5)
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when available, else cpu")
+    bn.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    add_output_flags(bn)
+
+    rp = sub.add_parser("report", help="average a bench folder per method and edit type; table, plots, gallery")
+    rp.add_argument("folder", help="a folder written by 'locedit bench'")
+    add_output_flags(rp)
+
+    bn.set_defaults(run=cmd_bench)
+    rp.set_defaults(run=cmd_report)
+
+
+def cmd_bench(args) -> dict:
+    import os
+
+    from .common import progress, quiet_libraries
+    from ..bench import BENCH_METHODS, BenchConfig, open_dataset, run_bench
+    from ..bench.runner import INSTRUCT
+    from ..diffusion import load_model
+    from ..errors import LoceditError
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in BENCH_METHODS]
+    if bad or not methods:
+        raise LoceditError(f"unknown method {bad[0] if bad else args.methods!r}; choose from {', '.join(BENCH_METHODS)}")
+    if args.limit is not None and args.limit < 1:
+        raise LoceditError("--limit must be >= 1")
+    items = open_dataset(args.dataset)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    quiet_libraries()
+    t2i = load_model(args.model, device, args.dtype) if any(m not in INSTRUCT for m in methods) else None
+    ip2p = load_model(args.instruct_model, device, args.dtype) if any(m in INSTRUCT for m in methods) else None
+    from ..bench.runner import LearnedMetrics
+
+    learned_names = [m.strip() for m in args.metrics.split(",") if m.strip() and m.strip() not in ("pixel", "shapes")]
+    learned = LearnedMetrics.load(learned_names) if learned_names else None
+    config = BenchConfig(steps=args.steps, guidance=args.guidance, inversion=args.inversion, seed=args.seed,
+                         preset=args.preset,
+                         learned=learned)
+    out = run_bench(items, methods, args.out, t2i, ip2p, config, args.limit, progress(args))
+    from ..bench import load_rows
+
+    return {"out": str(out), "rows": len(load_rows(out))}
+
+
+def cmd_report(args) -> dict:
+    from ..bench.report import write_report
+
+    written = write_report(args.folder)
+    return {"out": str(written["markdown"]), **{k: str(v) for k, v in written.items()}}
+
+

@@ -1,0 +1,156 @@
+"""What every subcommand shares: the one-line-error parser, model flags, progress, model loading,
+and the flags built from options dataclasses (see :mod:`locedit.options`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import LoceditError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line, exit 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return v
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-random", steps: int = 50) -> None:
+    from ..diffusion.loading import BUILTIN_MODELS, DTYPES
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local diffusers folder, or a hub id "
+                        f"(safetensors only). Default: {default_model}")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    g.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="network precision; step math stays fp32")
+    g.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--fit", default="pad", choices=["pad", "resize"],
+                   help="how an image that is not the model's square size is fitted: pad the short side by "
+                        "edge replication (default) or stretch; the result is returned at the input size")
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def progress(args):
+    from ..progress import tqdm_progress
+
+    return None if args.quiet else tqdm_progress
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers'/transformers' own load bars and warnings: our stderr is ours."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+def load_bundle(args):
+    import torch
+
+    from ..diffusion import load_model
+
+    if args.steps < 1:
+        raise LoceditError(f"--steps must be >= 1, got {args.steps}")
+    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+    quiet_libraries()
+    return load_model(args.model, args.device, args.dtype)
+
+
+def fit_image(bundle, image, mode):
+    from ..imaging import Fit
+
+    fit = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, mode)
+    return fit, fit.to_model(image)
+
+
+# ---- flags from options dataclasses ---------------------------------------------------------------------
+def option_flag_table(classes: dict[str, type]) -> dict[str, list[tuple[str, object]]]:
+    """flag -> [(owner name, FlagField)] over the options classes ``{owner: class}``."""
+    from ..options import flag_fields
+
+    table: dict[str, list] = {}
+    for owner, cls in classes.items():
+        for f in flag_fields(cls):
+            table.setdefault(f.flag, []).append((owner, f))
+    return table
+
+
+def add_option_flags(group, table: dict[str, list]) -> None:
+    """One argparse flag per entry of ``table`` (default None, so a given flag can be told apart)."""
+    for flag, owners in table.items():
+        f = owners[0][1]
+        users = sorted({o for o, _ in owners})
+        default = f.default if len({repr(g.default) for _, g in owners}) == 1 else "per method"
+        helptext = f"{f.meta.get('help', flag)} (default {_show(default)}; {', '.join(users)})"
+        kwargs = {"dest": f.dest, "default": None, "help": helptext}
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if "choices" in f.meta:
+                kwargs["choices"] = list(f.meta["choices"])
+            if "metavar" in f.meta:
+                kwargs["metavar"] = f.meta["metavar"]
+            kwargs["type"] = _typed(f.meta.get("type", str), flag)
+            if f.meta.get("repeat"):
+                kwargs["action"] = "append"
+        group.add_argument(f"--{flag}", **kwargs)
+
+
+def _typed(fn, flag):
+    def parse(text):
+        try:
+            return fn(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc) or f"bad value for --{flag}: {text!r}") from None
+
+    parse.__name__ = getattr(fn, "__name__", "value")
+    return parse
+
+
+def _show(value) -> str:
+    if value == ():
+        return "none"
+    return str(value)
+
+
+def apply_option_flags(args, table: dict[str, list], active: dict[str, object], context: str) -> dict[str, object]:
+    """The options objects ``active`` ({owner: options}) with every given flag applied to the active
+    owners that have it; a given flag no active owner has is an error naming ``context``."""
+    from ..options import replace_path
+
+    changes: dict[str, dict] = {owner: {} for owner in active}
+    for flag, owners in table.items():
+        value = getattr(args, owners[0][1].dest, None)
+        if value is None:
+            continue
+        targets = [(o, f) for o, f in owners if o in active]
+        if not targets:
+            raise LoceditError(f"--{flag} is not used by {context}")
+        for owner, f in targets:
+            changes[owner][f.path] = tuple(value) if f.meta.get("repeat") else value
+    out = {}
+    for owner, options in active.items():
+        try:
+            out[owner] = replace_path(options, changes[owner]) if changes[owner] else options
+        except (TypeError, ValueError) as exc:
+            raise LoceditError(str(exc)) from None
+    return out

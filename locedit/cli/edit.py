@@ -1,0 +1,321 @@
+"""``locedit edit`` and ``locedit invert``.
+
+Every method's options become flags through its options dataclass (``locedit methods`` lists
+them); a flag or input the chosen method (or inversion) does not use is an error, so nothing is
+accepted and then ignored, and the PNG metadata records only what shaped the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import LoceditError
+from .common import add_model_args, add_option_flags, add_output_flags, apply_option_flags, option_flag_table
+
+
+def _method_classes() -> dict[str, type]:
+    from ..methods import METHODS
+
+    return {f"method {name}": m.Options for name, m in METHODS.items()}
+
+
+def _inversion_classes() -> dict[str, type]:
+    from ..inversion import INVERSIONS
+
+    return {f"inversion {name}": cls for name, (cls, _) in INVERSIONS.items()}
+
+
+def register(sub) -> None:
+    from ..inversion import INVERSIONS
+    from ..methods import METHODS
+    from ..options import PRESET_NAMES
+
+    e = sub.add_parser(
+        "edit", help="invert an image and edit it with a target prompt",
+        description="Invert IMAGE under --source and edit it towards --target with a method from the registry "
+                    "(`locedit methods` lists them with their options, defaults, papers and equations).",
+        epilog="examples:\n"
+               "  locedit edit cat.png --source 'a cat on the grass' --target 'a dog on the grass' \\\n"
+               "      --inversion null-text --p2p refine --blend-words cat dog --out dog.png\n"
+               "  locedit edit room.png --source 'a red pillow on a sofa' --target 'a green pillow on a sofa' \\\n"
+               "      --method mag-edit --region green=pillow.png --preset official --out green.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("image", nargs="?", help="input image (PNG/JPEG); optional with --from-inversion")
+    e.add_argument("--source", help="prompt describing the input image (default with --from-inversion: its prompt)")
+    e.add_argument("--target", required=True, help="prompt describing the wanted edit")
+    e.add_argument("--from-inversion", metavar="DIR", help="reuse a trajectory saved by 'locedit invert'")
+    add_model_args(e)
+    e.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    m = e.add_argument_group("method")
+    m.add_argument("--method", default="p2p", choices=list(METHODS),
+                   help="; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()) + " (default p2p)")
+    m.add_argument("--preset", choices=PRESET_NAMES,
+                   help="start every option of the method and inversion from the paper's reading or the authors' "
+                        "code's (default: locedit's defaults, the paper's where it is explicit; docs/conformance.md)")
+    m.add_argument("--inversion", choices=list(INVERSIONS),
+                   help="how the image is inverted (default null-text; not with methods that invert themselves, "
+                        "such as locinv)")
+    i = e.add_argument_group("inputs (each method uses some; see `locedit methods`)")
+    i.add_argument("--mask", action="append", default=[],
+                   help="PNG mask of the region to edit (white = edit), the image's size; the local blend keeps "
+                        "everything outside it (repeatable: the union is used)")
+    i.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="a box (input pixels, exclusive ends) used like --mask (repeatable)")
+    i.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
+                   help="local blend from attention: keep everything outside the maps of SRC (source) and TGT (target)")
+    i.add_argument("--region", action="append", default=[], metavar="WORD=MASK",
+                   help="tie a prompt word to its region: WORD=mask.png or WORD=x0,y0,x1,y1 (repeatable); target "
+                        "words for mag-edit and mde-edit (objects), source nouns for locinv")
+    i.add_argument("--attribute", action="append", default=[], metavar="WORD=MASK",
+                   help="mde-edit: an attribute word (colour, texture) and its region (repeatable)")
+    i.add_argument("--bind", action="append", default=[], metavar="ADJ:NOUN",
+                   help="locinv: bind an adjective to a region noun (repeatable)")
+    o = e.add_argument_group("method and inversion options (defaults per method; `locedit methods`)")
+    add_option_flags(o, option_flag_table({**_method_classes(), **_inversion_classes()}))
+    x = e.add_argument_group("SPDInv editing-side extras (any method; off by default)")
+    x.add_argument("--npi-null", action="store_true", help="use the source prompt as the null embedding")
+    x.add_argument("--proximal", type=float, nargs="?", const=0.7, default=None, metavar="Q",
+                   help="soft-threshold the guidance difference at its Q-quantile (0.7 when no Q)")
+    x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
+                   help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
+    out = e.add_argument_group("output")
+    out.add_argument("--out", default="edit.png", help="output PNG (default edit.png)")
+    out.add_argument("--panel", metavar="PNG", help="also write a side-by-side PNG: source | edit | mask "
+                     "(the user mask, or the local-blend mask, or the edit's change when there is neither)")
+    out.add_argument("--save-attention", metavar="PNG",
+                     help="write the edited words' cross-attention maps (map level, averaged over steps) as a grid")
+    add_output_flags(out)
+    e.add_argument("--spec", metavar="FILE",
+                   help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
+                        "'--' (e.g. {\"region\": [\"dog=dog.png\"], \"method\": \"mag-edit\"}); "
+                        "flags given on the command line win")
+    e.set_defaults(run=cmd_edit)
+
+    v = sub.add_parser(
+        "invert", help="invert an image and save the trajectory for later edits",
+        description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
+        epilog="example: locedit invert cat.png --prompt 'a cat on the grass' --inversion spd --out cat_inv/ && "
+               "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("image", help="input image (PNG/JPEG)")
+    v.add_argument("--prompt", required=True, help="prompt describing the image")
+    add_model_args(v)
+    v.add_argument("--guidance", type=float, default=7.5,
+                   help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
+    v.add_argument("--inversion", default="null-text", choices=list(INVERSIONS), help="(default null-text)")
+    v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
+    g = v.add_argument_group("inversion options")
+    add_option_flags(g, option_flag_table(_inversion_classes()))
+    v.add_argument("--out", required=True, help="output folder")
+    add_output_flags(v)
+    v.set_defaults(run=cmd_invert)
+
+
+def _inversion_options(args, name: str, context: str):
+    from ..inversion import INVERSIONS
+    from ..options import preset
+
+    options = preset(INVERSIONS[name][0], args.preset)
+    key = f"inversion {name}"
+    return apply_option_flags(args, option_flag_table(_inversion_classes()), {key: options}, context)[key]
+
+
+def cmd_invert(args) -> dict:
+    from dataclasses import asdict
+
+    from .. import pipeline
+    from ..fileio import load_image
+    from .common import fit_image, load_bundle, progress
+
+    options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
+    image = load_image(args.image)
+    bundle = load_bundle(args)
+    fit, fitted = fit_image(bundle, image, args.fit)
+    traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance, options,
+                           progress(args))
+    out = Path(args.out)
+    tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent if out.parent.exists() else None))
+    try:
+        traj.save(tmp, extra={"image": {"height": fit.height, "width": fit.width, "fit": fit.mode, "source": str(args.image)},
+                              "options": asdict(options), "preset": args.preset})
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out": str(out), "method": traj.method, "unet_calls": traj.stats["unet_calls"],
+            "seconds": round(traj.stats["seconds"], 3)}
+
+
+def _given_inputs(args) -> set[str]:
+    given = set()
+    if args.mask or args.box:
+        given.add("mask")
+    for name in ("blend_words", "region", "attribute", "bind"):
+        if getattr(args, name):
+            given.add({"region": "regions", "attribute": "attributes", "bind": "pairs"}.get(name, name))
+    return given
+
+
+def _flag_of(input_name: str) -> str:
+    return {"mask": "--mask/--box", "blend_words": "--blend-words", "regions": "--region",
+            "attributes": "--attribute", "pairs": "--bind"}[input_name]
+
+
+def cmd_edit(args) -> dict:
+    import torch
+
+    from .. import __version__, pipeline
+    from ..fileio import box_mask, check_user_mask, load_image, load_mask, region_spec, save_png
+    from ..imaging import Fit
+    from ..inversion import Trajectory
+    from ..masks import Region
+    from ..methods import METHODS
+    from ..options import describe, preset
+    from .common import load_bundle, progress
+
+    method = METHODS[args.method]
+    # ---- what the method uses, before anything is loaded --------------------------------------------
+    uses = set(method.uses) | ({"regions"} if "source_regions" in method.uses else set())
+    for name in sorted(_given_inputs(args) - uses):
+        raise LoceditError(f"{_flag_of(name)} is not used by --method {args.method}")
+    uses_inversion = "inversion" in method.uses
+    if args.inversion and not uses_inversion:
+        raise LoceditError(f"--inversion is not used by --method {args.method} (it makes its own inversion)")
+    if args.inversion and args.from_inversion:
+        raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
+    inversion = args.inversion or "null-text"
+    options = preset(method.Options, args.preset)
+    active = {f"method {args.method}": options}
+    context = f"--method {args.method}"
+    if uses_inversion and not args.from_inversion:
+        from ..inversion import INVERSIONS
+
+        active[f"inversion {inversion}"] = preset(INVERSIONS[inversion][0], args.preset)
+        context += f" with --inversion {inversion}"
+    applied = apply_option_flags(args, option_flag_table({**_method_classes(), **_inversion_classes()}), active, context)
+    options = applied[f"method {args.method}"]
+    inversion_options = applied.get(f"inversion {inversion}")
+    try:
+        edit_options = pipeline.EditOptions(guidance=args.guidance, npi_null=args.npi_null,
+                                            proximal_quantile=args.proximal, inversion_guidance_t=args.inversion_guidance)
+    except ValueError as exc:
+        raise LoceditError(str(exc)) from None
+    pairs = []
+    for spec in args.bind:
+        adj, sep, noun = spec.partition(":")
+        if not sep or not adj.strip() or not noun.strip():
+            raise LoceditError(f"--bind {spec!r} is not ADJ:NOUN")
+        pairs.append((adj.strip(), noun.strip()))
+
+    # ---- files -----------------------------------------------------------------------------------------
+    trajectory, manifest = None, None
+    if args.from_inversion:
+        try:
+            trajectory, manifest = Trajectory.load(args.from_inversion)
+        except (OSError, ValueError, KeyError) as exc:
+            raise LoceditError(f"--from-inversion {args.from_inversion!r} is not a saved trajectory ({exc})") from None
+        source = args.source or trajectory.prompt
+        size = manifest.get("image", {})
+        image = load_image(args.image) if args.image else None
+    else:
+        if not args.image:
+            raise LoceditError("edit needs IMAGE (or --from-inversion DIR)")
+        if not args.source:
+            raise LoceditError("edit needs --source (the prompt that describes the input image)")
+        source = args.source
+        image = load_image(args.image)
+    if image is not None:
+        height, width = image.shape[-2:]
+    else:
+        height, width = size.get("height"), size.get("width")
+    masks = [load_mask(p) for p in args.mask] + [box_mask(b, height, width) for b in args.box]
+    for path, m in zip(list(args.mask) + list(args.box), masks):
+        check_user_mask(m, path, height, width)
+    mask = torch.stack(masks).amax(dim=0) if masks else None
+    regions = [region_spec(spec, height, width) for spec in args.region]
+    attributes = [region_spec(spec, height, width) for spec in args.attribute]
+
+    bundle = load_bundle(args)
+    if trajectory is not None and trajectory.model and trajectory.model != bundle.name:
+        raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} (pass --model)")
+    fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
+    fitted = fit.to_model(image) if image is not None else None
+    fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
+    fitted_regions = [Region(w, fit.to_model(m, binary=True)) for w, m in regions]
+    fitted_attrs = [Region(w, fit.to_model(m, binary=True)) for w, m in attributes]
+    words = [w for w, _ in regions + attributes] if "source_regions" not in method.uses else []
+    if not words and args.blend_words:
+        words = [args.blend_words[1]]
+    if not words:
+        src_words = {w.lower() for w in source.split()}
+        words = [w for w in args.target.split() if w.lower() not in src_words][:4]
+    result = pipeline.edit(
+        bundle, fitted, source, args.target, method=args.method, options=options, inversion=inversion,
+        inversion_options=inversion_options, trajectory=trajectory, mask=fitted_mask,
+        blend_words=tuple(args.blend_words) if args.blend_words else None, regions=fitted_regions,
+        attributes=fitted_attrs, pairs=pairs, record_words=tuple(words) if args.save_attention else (),
+        num_steps=args.steps, edit_options=edit_options, progress=progress(args),
+    )
+    edited = fit.from_model(result.edited)
+    meta = {
+        "source": source, "target": args.target, "model": bundle.name, "method": args.method,
+        "preset": args.preset, "options": describe(options),
+        "steps": result.trajectory.num_steps, "seed": args.seed, "guidance": args.guidance,
+        "fit": fit.mode, "dtype": args.dtype, "locedit_version": __version__,
+    }
+    if args.image:
+        meta["input"] = os.path.basename(args.image)
+    if uses_inversion:
+        meta["inversion"] = result.trajectory.method
+        if args.from_inversion:
+            meta["from_inversion"] = str(args.from_inversion)
+        else:
+            meta["inversion_options"] = describe(inversion_options)
+    extras = {k: v for k, v in describe(edit_options).items() if k != "guidance" and v not in (None, False)}
+    if extras:
+        meta["edit_options"] = extras
+    for key, value in (("mask", [os.path.basename(p) for p in args.mask]), ("box", list(args.box)),
+                       ("blend_words", list(args.blend_words or [])), ("region", list(args.region)),
+                       ("attribute", list(args.attribute)), ("bind", list(args.bind))):
+        if value:
+            meta[key] = value
+    if args.panel:
+        panel_mask = mask
+        if panel_mask is None and result.sample.blend_mask is not None:
+            panel_mask = fit.from_model(torch.nn.functional.interpolate(result.sample.blend_mask.float().cpu(),
+                                                                        size=(bundle.image_size,) * 2))
+        source_view = image if image is not None else fit.from_model(result.source.cpu())
+        if panel_mask is None:  # the change itself, normalised
+            diff = (edited - source_view).abs().amax(dim=1, keepdim=True)
+            panel_mask = diff / diff.max().clamp_min(1e-6)
+        save_png(torch.cat([source_view, edited, panel_mask.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
+    if args.save_attention and "attention" in result.stats:
+        save_png(attention_grid(result.stats.pop("attention"), bundle.image_size), args.save_attention, meta)
+    result.stats.pop("attention", None)
+    save_png(edited, args.out, meta)
+    stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items() if k != "guidance_loss"}
+    if "guidance_loss" in result.stats:
+        hist = result.stats["guidance_loss"]
+        stats["guidance_loss_first_last"] = [[round(h[0], 6), round(h[-1], 6)] for h in hist if h]
+    extra = {"panel": str(args.panel)} if args.panel else {}
+    return {"out": str(args.out), **extra, **meta, **stats,
+            "unet_calls": stats["inversion_unet_calls"] + stats["edit_unet_calls"]}
+
+
+def attention_grid(maps: dict, size: int):
+    """word -> (s, s) map  ->  (1, 3, size, size * n) image, each map max-normalised, nearest-upscaled."""
+    import torch
+    import torch.nn.functional as F
+
+    tiles = []
+    for m in maps.values():
+        m = m.float().cpu()
+        m = m / m.max().clamp_min(1e-12)
+        tiles.append(F.interpolate(m[None, None], size=(size, size), mode="nearest").expand(-1, 3, -1, -1))
+    return torch.cat(tiles, dim=3)

@@ -1,0 +1,21 @@
+"""The editing methods: one module each, one line each in :data:`METHODS`.
+
+The pipeline, the CLI, the bench and ``locedit methods`` read this registry; no method's name is
+tested anywhere else.
+"""
+
+from .base import INPUTS, Citation, EditRequest, Method, Plan
+from .locinv import LocInv, LocInvEditOptions
+from .mag_edit import MAGEdit, MAGEditOptions
+from .mde_edit import MDEEdit, MDEEditOptions
+from .p2p import P2P, P2PEditOptions
+
+METHODS: dict[str, type[Method]] = {
+    "p2p": P2P,
+    "mag-edit": MAGEdit,
+    "mde-edit": MDEEdit,
+    "locinv": LocInv,
+}
+
+__all__ = ["INPUTS", "METHODS", "Citation", "EditRequest", "LocInv", "LocInvEditOptions", "MAGEdit", "MAGEditOptions",
+           "MDEEdit", "MDEEditOptions", "Method", "P2P", "P2PEditOptions", "Plan"]

@@ -1,0 +1,104 @@
+"""The method interface: what an editing method declares and what the pipeline asks of it.
+
+A method is a class with class attributes only (no instances): its options dataclass, the inputs
+it uses, the papers it implements, a ``check`` that runs every validation before the first UNet
+call, and a ``build`` that returns what to install for sampling (controllers, latent guidance).
+Methods that bring their own inversion (LocInv) also define ``invert``. The registry in
+:mod:`locedit.methods` lists them; the pipeline, the CLI, the bench and ``locedit methods`` read
+it, so adding a method is one module and one registry line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..attention import AttentionController
+from ..errors import LoceditError
+from ..masks import Region
+from ..options import Citation
+
+# what a request can carry; a method's ``uses`` is a subset
+INPUTS = {
+    "mask": "a user mask of the region to edit (--mask / --box)",
+    "blend_words": "P2P local blend words, a source word and a target word (--blend-words)",
+    "regions": "target-prompt words tied to masks (--region WORD=MASK)",
+    "attributes": "attribute words tied to masks (--attribute WORD=MASK)",
+    "source_regions": "source-prompt nouns tied to priors (--region NOUN=MASK)",
+    "pairs": "adjective-noun bindings (--bind ADJ:NOUN)",
+    "inversion": "any inversion from the registry (--inversion)",
+}
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Everything an edit is asked to do, at the model's size. Masks are (1, 1, S, S) in [0, 1]."""
+
+    source: str
+    target: str
+    mask: torch.Tensor | None = None
+    blend_words: tuple[str, str] | None = None
+    regions: tuple[Region, ...] = ()
+    attributes: tuple[Region, ...] = ()
+    pairs: tuple[tuple[str, str], ...] = ()
+    num_steps: int = 50
+    guidance: float = 7.5
+
+    def given(self) -> set[str]:
+        """The inputs this request sets (as named in :data:`INPUTS`; regions of a method that takes
+        source-prompt nouns are reported as "regions" too and checked by the method)."""
+        out = set()
+        if self.mask is not None:
+            out.add("mask")
+        if self.blend_words is not None:
+            out.add("blend_words")
+        if self.regions:
+            out.add("regions")
+        if self.attributes:
+            out.add("attributes")
+        if self.pairs:
+            out.add("pairs")
+        return out
+
+
+@dataclass
+class Plan:
+    """What :func:`locedit.pipeline.sample` installs: a controller (attention processors for the
+    whole loop, restored after it) and an optional latent-guidance hook run before each step."""
+
+    controller: AttentionController | None
+    guide: object | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base of every editing method (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type]
+    uses: ClassVar[frozenset[str]] = frozenset()
+    papers: ClassVar[tuple[Citation, ...]] = ()
+    own_inversion: ClassVar[bool] = False  # True: ``invert`` makes the trajectory (no --inversion)
+
+    @classmethod
+    def check(cls, bundle, request: EditRequest, options) -> None:
+        """Every validation that can fail, before any UNet call."""
+
+    @classmethod
+    def build(cls, bundle, request: EditRequest, options) -> Plan:
+        raise NotImplementedError
+
+    @classmethod
+    def invert(cls, bundle, image: torch.Tensor, request: EditRequest, options, progress=None):
+        raise LoceditError(f"method {cls.name!r} has no inversion of its own")
+
+    @classmethod
+    def check_inputs(cls, request: EditRequest) -> None:
+        """Refuse inputs this method would ignore (no flag is accepted and then ignored)."""
+        extra = sorted(request.given() - cls.uses - ({"regions"} if "source_regions" in cls.uses else set()))
+        if extra:
+            names = ", ".join(INPUTS[e].split("(")[-1].rstrip(")") for e in extra)
+            raise LoceditError(f"method {cls.name!r} does not use {names}")

@@ -1,0 +1,56 @@
+"""LocInv as an editing method: its own inversion (per-step noun tokens learned from the priors of
+source-prompt nouns, with null-text per step), then Prompt-to-Prompt with the learned tokens
+(Tang et al., 2024; see :mod:`locedit.guidance.locinv`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..control import LocalBlendOptions, P2POptions, check_blend_words
+from ..errors import LoceditError
+from ..guidance.locinv import LocInvOptions, locinv_inversion
+from ..masks import check_mask
+from .base import Citation, Method, Plan
+from .p2p import P2P_PAPER, check_blend, check_p2p, p2p_controller
+
+LOCINV_PAPER = Citation("Tang et al., LocInv: Localization-aware Inversion for Text-Guided Image Editing, "
+                        "CVPR 2024 AI4CC workshop", "Sec. 3.3-3.4, Eq. 5-8",
+                        "wangkai930418/DPL (LocInv scripts: seg and det)")
+
+
+@dataclass(frozen=True)
+class LocInvEditOptions:
+    """Token learning and null-text (``locinv``), then P2P with cross 0.8 and self 0.4 (their
+    editing scripts), refine or replace, optional local blend."""
+
+    locinv: LocInvOptions = LocInvOptions()
+    p2p: P2POptions = P2POptions(mode="refine", cross_replace=0.8, self_replace=0.4)
+    blend: LocalBlendOptions = LocalBlendOptions()
+
+
+class LocInv(Method):
+    name = "locinv"
+    summary = "per-step noun tokens learned from priors of source-prompt nouns (--region NOUN=MASK), then P2P"
+    Options = LocInvEditOptions
+    uses = frozenset({"source_regions", "pairs", "mask", "blend_words"})
+    papers = (LOCINV_PAPER, P2P_PAPER)
+    own_inversion = True
+
+    @classmethod
+    def check(cls, bundle, request, options) -> None:
+        if not request.regions:
+            raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
+        check_p2p(bundle, request, options.p2p)
+        check_blend(request, options.blend)
+        check_blend_words(bundle.tokenizer, request.source, request.target, request.blend_words)
+        if request.mask is not None:
+            check_mask(request.mask, (bundle.image_size, bundle.image_size))
+
+    @classmethod
+    def build(cls, bundle, request, options) -> Plan:
+        return Plan(p2p_controller(bundle, request, options.p2p, options.blend))
+
+    @classmethod
+    def invert(cls, bundle, image, request, options, progress=None):
+        return locinv_inversion(bundle, bundle.encode_image(image), request.source, list(request.regions),
+                                request.num_steps, request.guidance, list(request.pairs), options.locinv, progress)

@@ -1,0 +1,120 @@
+"""Options dataclasses: presets and command-line fields, as data.
+
+Every method and inversion has one frozen options dataclass. Two readings of a method exist where
+its paper and its authors' code differ; a class lists them in ``PRESETS`` (a class attribute, not
+a field): ``{"paper": {field: value}, "official": {field: value}}``, where a value for a nested
+options field is itself such a dict. The dataclass defaults are the paper's reading where the
+paper is explicit and the code's where only the code is (``docs/conformance.md``), so
+``preset(cls, "paper")`` usually equals ``cls()``.
+
+A field becomes a command-line flag when its ``metadata`` has ``"flag"`` (the flag's name without
+dashes) and optionally ``"help"``, ``"choices"``, ``"nargs"``, ``"type"`` (a parser) and
+``"repeat"`` (the flag may be given several times, collected into a tuple).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+PRESET_NAMES = ("paper", "official")
+
+
+@dataclasses.dataclass(frozen=True)
+class Citation:
+    """Where a method or inversion comes from."""
+
+    paper: str  # authors, title, venue
+    equations: str  # the equations / algorithm implemented
+    code: str  # the authors' repository and file
+
+
+def presets_of(cls) -> dict[str, dict]:
+    return dict(getattr(cls, "PRESETS", {}) or {})
+
+
+def apply_preset(options, name: str):
+    """``options`` with the preset ``name`` applied to it and, recursively, to its nested options."""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"preset must be one of {', '.join(PRESET_NAMES)}, got {name!r}")
+    table = presets_of(type(options)).get(name, {})
+    changes = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            nested = apply_preset(value, name)
+            override = table.get(f.name)
+            if isinstance(override, dict):
+                nested = dataclasses.replace(nested, **override)
+            elif override is not None:
+                nested = override
+            changes[f.name] = nested
+        elif f.name in table:
+            changes[f.name] = table[f.name]
+    return dataclasses.replace(options, **changes)
+
+
+def preset(cls, name: str | None = None, **overrides):
+    """An instance of ``cls`` with the preset applied (None: the defaults), then ``overrides``."""
+    options = cls()
+    if name is not None:
+        options = apply_preset(options, name)
+    return replace_path(options, overrides) if overrides else options
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagField:
+    """One command-line flag of an options class: where its value goes and how it is parsed."""
+
+    path: tuple[str, ...]  # field names from the top options object down to the leaf
+    flag: str  # without dashes
+    default: Any
+    meta: dict
+
+    @property
+    def dest(self) -> str:
+        return "opt_" + self.flag.replace("-", "_")
+
+
+def flag_fields(cls_or_options, prefix: tuple[str, ...] = ()) -> Iterator[FlagField]:
+    """The flags of an options class, nested options included (depth first, in field order)."""
+    obj = cls_or_options if not isinstance(cls_or_options, type) else cls_or_options()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from flag_fields(value, prefix + (f.name,))
+        elif "flag" in f.metadata:
+            yield FlagField(prefix + (f.name,), f.metadata["flag"], value, dict(f.metadata))
+
+
+def replace_path(options, values: dict):
+    """``options`` with leaf fields replaced: ``values`` maps a field path (tuple, or a dotted string)
+    to the new value."""
+    grouped: dict[str, Any] = {}
+    nested: dict[str, dict] = {}
+    for path, value in values.items():
+        path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        if len(path) == 1:
+            grouped[path[0]] = value
+        else:
+            nested.setdefault(path[0], {})[path[1:]] = value
+    for name, sub in nested.items():
+        grouped[name] = replace_path(getattr(options, name), sub)
+    return dataclasses.replace(options, **grouped)
+
+
+def describe(options) -> dict:
+    """Options as plain data (for JSON, PNG metadata and ``locedit methods``)."""
+    return dataclasses.asdict(options)
+
+
+def differences(a, b, prefix: str = "") -> dict[str, tuple]:
+    """{dotted field: (a's value, b's value)} where two options objects of one class differ."""
+    out = {}
+    for f in dataclasses.fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(va):
+            out.update(differences(va, vb, f"{prefix}{f.name}."))
+        elif va != vb:
+            out[prefix + f.name] = (va, vb)
+    return out
