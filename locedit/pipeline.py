@@ -251,7 +251,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     controller = plan.controller
     recorder = AttentionRecorder(bundle, target, list(record_words)) if record_words else None
     if recorder is not None:
-        from .guidance import Chain
+        from .attention import Chain
 
         controller = Chain([controller, recorder]) if controller is not None else recorder
     if trajectory is None:

@@ -199,7 +199,7 @@ def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup, 
 
 def test_chain_takes_the_fast_score_path_unless_a_member_rewrites_scores(bundle):
     from locedit.attention import AttentionController, parse_site
-    from locedit.guidance import Chain
+    from locedit.attention import Chain
     from locedit.instruct.lime import AttentionRegularizer
 
     site = parse_site("up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", 2)

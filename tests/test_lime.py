@@ -6,7 +6,7 @@ import torch
 
 from conftest import write_png
 from locedit.attention import BatchLayout, controlled_attention
-from locedit.guidance import Chain
+from locedit.attention import Chain
 from locedit.instruct import IP2P_LAYOUT, IP2POptions, LIMEOptions, content_tokens, instruct_edit, lime_edit
 from locedit.instruct.lime import AttentionRegularizer, cluster, fuse_features, localize, region_of_interest
 from locedit.attention import AttentionController

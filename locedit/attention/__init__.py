@@ -1,12 +1,13 @@
 """Attention sites, processors, controllers and stores on diffusers' attention-processor API."""
 
-from .control import AttentionController, BatchLayout, ControlledAttnProcessor, StepClock, controlled_attention
+from .control import AttentionController, BatchLayout, Chain, ControlledAttnProcessor, StepClock, controlled_attention
 from .sites import Site, SiteSelector, cross_maps_selector, map_level, parse_site, unet_sites
 from .store import MapRequest, TokenMapStore
 
 __all__ = [
     "AttentionController",
     "BatchLayout",
+    "Chain",
     "ControlledAttnProcessor",
     "MapRequest",
     "Site",

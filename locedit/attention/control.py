@@ -95,9 +95,80 @@ class AttentionController:
         """Attention probabilities (B, H, Q, K) -> probabilities."""
         return probs
 
+    def edit_qkv(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, site: Site):
+        """Queries (B, H, Q, D), keys and values (B, H, K, D) -> (query, key, value), before the
+        scores are computed (mutual self-attention, feature injection). Keys and values may take
+        another length K' (e.g. a row attending to its own and another row's tokens)."""
+        return query, key, value
+
+    def rewrites_qkv(self, site: Site) -> bool:
+        """Whether :meth:`edit_qkv` must run at this site."""
+        return type(self).edit_qkv is not AttentionController.edit_qkv
+
     def after_step(self, latents: torch.Tensor) -> torch.Tensor:
         """Called by the loop with the new latents (one row per branch) after each step."""
         return latents
+
+
+class Chain(AttentionController):
+    """Several controllers on one UNet, sharing one clock and one layout, applied in order."""
+
+    def __init__(self, controllers: list[AttentionController]):
+        super().__init__(controllers[0].clock, controllers[0].layout)
+        self.controllers = controllers
+        for c in controllers:
+            c.clock = self.clock
+        self.layout = self._layout  # every member sees the chain's layout, not only the first
+
+    @property
+    def layout(self):
+        return self._layout
+
+    @layout.setter
+    def layout(self, value):
+        self._layout = value
+        for c in getattr(self, "controllers", []):
+            c.layout = value
+
+    def wants(self, site: Site) -> bool:
+        return any(c.wants(site) for c in self.controllers)
+
+    def rewrites_scores(self, site: Site) -> bool:
+        return any(c.wants(site) and c.rewrites_scores(site) for c in self.controllers)
+
+    def edit_scores(self, scores, site):
+        for c in self.controllers:
+            if c.wants(site) and c.rewrites_scores(site):
+                scores = c.edit_scores(scores, site)
+        return scores
+
+    def edit_probs(self, probs, site):
+        for c in self.controllers:
+            if c.wants(site):
+                probs = c.edit_probs(probs, site)
+        return probs
+
+    def rewrites_qkv(self, site: Site) -> bool:
+        return any(c.wants(site) and c.rewrites_qkv(site) for c in self.controllers)
+
+    def edit_qkv(self, query, key, value, site):
+        for c in self.controllers:
+            if c.wants(site) and c.rewrites_qkv(site):
+                query, key, value = c.edit_qkv(query, key, value, site)
+        return query, key, value
+
+    def after_step(self, latents):
+        for c in self.controllers:
+            latents = c.after_step(latents)
+        return latents
+
+    def __getattr__(self, name):  # e.g. last_blend_mask of the engine
+        if name in ("controllers", "_layout"):
+            raise AttributeError(name)
+        for c in self.controllers:
+            if hasattr(c, name):
+                return getattr(c, name)
+        raise AttributeError(name)
 
 
 class ControlledAttnProcessor:
@@ -135,6 +206,8 @@ class ControlledAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         query = attn.head_to_batch_dim(query)
+        if self.controller.rewrites_qkv(self.site):
+            query, key, value = self._qkv(query, key, value, batch)
 
         probs = self._probs(attn, query, key, attention_mask, batch)  # (B*heads, Q, K)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
@@ -144,6 +217,13 @@ class ControlledAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def _qkv(self, query, key, value, batch):
+        def split(x):  # (B*heads, L, D) -> (B, heads, L, D)
+            return x.view(batch, x.shape[0] // batch, *x.shape[1:])
+
+        q, k, v = self.controller.edit_qkv(split(query), split(key), split(value), self.site)
+        return (q.reshape(-1, *q.shape[2:]), k.reshape(-1, *k.shape[2:]), v.reshape(-1, *v.shape[2:]))
 
     def _probs(self, attn, query, key, attention_mask, batch):
         ctrl = self.controller

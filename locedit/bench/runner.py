@@ -31,9 +31,12 @@ INSTRUCT = ("ip2p", "lime")
 # every registry method, plus "<name>-mask" for methods that take a user mask: the item's mask
 # replaces the attention blend (e.g. p2p-mask = P2P with the edited region's exact mask)
 MASK_SUFFIX = "-mask"
-BENCH_METHODS = tuple(
-    [name for name in METHODS] + [name + MASK_SUFFIX for name, m in METHODS.items() if "mask" in m.uses]
-) + INSTRUCT
+
+
+def bench_methods() -> tuple[str, ...]:
+    """Every name ``--methods`` accepts, read from the registries when asked."""
+    return tuple([name for name in METHODS] + [name + MASK_SUFFIX for name, m in METHODS.items() if "mask" in m.uses]
+                 ) + INSTRUCT
 
 
 @dataclass
@@ -236,9 +239,10 @@ def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:
 def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2i=None, ip2p=None,
               config: BenchConfig = BenchConfig(), limit: int | None = None,
               progress: Callable | None = None) -> Path:
-    bad = [m for m in methods if m not in BENCH_METHODS]
+    known = bench_methods()
+    bad = [m for m in methods if m not in known]
     if bad:
-        raise LoceditError(f"unknown method {bad[0]!r}; choose from {', '.join(BENCH_METHODS)}")
+        raise LoceditError(f"unknown method {bad[0]!r}; choose from {', '.join(known)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()

@@ -14,9 +14,9 @@ def _inversions():
 
 
 def _bench_methods():
-    from ..bench import BENCH_METHODS
+    from ..bench import bench_methods
 
-    return list(BENCH_METHODS)
+    return list(bench_methods())
 
 
 def register(sub) -> None:
@@ -63,15 +63,16 @@ def cmd_bench(args) -> dict:
     import os
 
     from .common import progress, quiet_libraries
-    from ..bench import BENCH_METHODS, BenchConfig, open_dataset, run_bench
+    from ..bench import BenchConfig, bench_methods, open_dataset, run_bench
     from ..bench.runner import INSTRUCT
     from ..diffusion import load_model
     from ..errors import LoceditError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in BENCH_METHODS]
+    known = bench_methods()
+    bad = [m for m in methods if m not in known]
     if bad or not methods:
-        raise LoceditError(f"unknown method {bad[0] if bad else args.methods!r}; choose from {', '.join(BENCH_METHODS)}")
+        raise LoceditError(f"unknown method {bad[0] if bad else args.methods!r}; choose from {', '.join(known)}")
     if args.limit is not None and args.limit < 1:
         raise LoceditError("--limit must be >= 1")
     items = open_dataset(args.dataset)

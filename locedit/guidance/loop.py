@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionController, BatchLayout, Site
+from ..attention import AttentionController, BatchLayout, Chain, Site  # noqa: F401 (Chain: re-exported)
 from ..errors import LoceditError, OptimisationError
 
 
@@ -42,58 +42,6 @@ class GuidanceOptions:
             raise LoceditError("guided_steps and iterations must be >= 0")
         if self.step_size < 0:
             raise LoceditError(f"step_size must be >= 0, got {self.step_size}")
-
-
-class Chain(AttentionController):
-    """Several controllers on one UNet, sharing one clock and one layout, applied in order."""
-
-    def __init__(self, controllers: list[AttentionController]):
-        super().__init__(controllers[0].clock, controllers[0].layout)
-        self.controllers = controllers
-        for c in controllers:
-            c.clock = self.clock
-        self.layout = self._layout  # every member sees the chain's layout, not only the first
-
-    @property
-    def layout(self):
-        return self._layout
-
-    @layout.setter
-    def layout(self, value):
-        self._layout = value
-        for c in getattr(self, "controllers", []):
-            c.layout = value
-
-    def wants(self, site: Site) -> bool:
-        return any(c.wants(site) for c in self.controllers)
-
-    def rewrites_scores(self, site: Site) -> bool:
-        return any(c.wants(site) and c.rewrites_scores(site) for c in self.controllers)
-
-    def edit_scores(self, scores, site):
-        for c in self.controllers:
-            if c.wants(site) and c.rewrites_scores(site):
-                scores = c.edit_scores(scores, site)
-        return scores
-
-    def edit_probs(self, probs, site):
-        for c in self.controllers:
-            if c.wants(site):
-                probs = c.edit_probs(probs, site)
-        return probs
-
-    def after_step(self, latents):
-        for c in self.controllers:
-            latents = c.after_step(latents)
-        return latents
-
-    def __getattr__(self, name):  # e.g. last_blend_mask of the engine
-        if name in ("controllers", "_layout"):
-            raise AttributeError(name)
-        for c in self.controllers:
-            if hasattr(c, name):
-                return getattr(c, name)
-        raise AttributeError(name)
 
 
 class MapCapture(AttentionController):

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import map_level, unet_sites
+from ..attention import Chain, map_level, unet_sites
 from ..control import LocalBlendOptions, P2POptions, Prompt2Prompt
 from ..diffusion.text import token_positions
 from ..errors import LoceditError, MaskError, PromptError
 from ..guidance import losses as L
-from ..guidance.loop import Chain, GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
+from ..guidance.loop import GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
 from ..masks import check_mask, dilate
 from .base import Citation, EditRequest, Method, Plan
 from .p2p import P2P_PAPER, check_p2p

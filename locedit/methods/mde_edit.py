@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from ..control import P2POptions
 from ..errors import LoceditError, MaskError
 from ..guidance import losses as L
-from ..guidance.loop import Chain, GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
+from ..attention import Chain
+from ..guidance.loop import GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
 from ..masks import dilate
 from .base import Citation, Method, Plan
 from .mag_edit import MAG_PAPER, check_regions, guided_p2p, map_side

@@ -1,0 +1,342 @@
+"""Conformance with the papers and the authors' code (docs/conformance.md), item by item.
+
+Each test computes the expected value here, from the paper's equation or the rule the authors'
+code follows, on small hand-made tensors, and checks locedit's function against it.
+"""
+
+import math
+
+import pytest
+import torch
+
+from locedit import pipeline
+from locedit.attention import BatchLayout, StepClock, parse_site
+from locedit.control import LocalBlendOptions, P2POptions, Prompt2Prompt, refine_mapping
+from locedit.diffusion.text import token_positions
+from locedit.masks import Region
+from locedit.methods import METHODS, EditRequest
+from locedit.options import preset, replace_path
+
+CROSS = parse_site("down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", 2)  # level 1: the map level
+
+
+# ---- 1. P2P refine alignment -----------------------------------------------------------------------------
+def reference_alignment(src, tgt):
+    """Global alignment, match 1, mismatch -1, gap 0, traceback preferring left, then up, then
+    diagonal (google/prompt-to-prompt seq_aligner): {target index: source index} of aligned tokens."""
+    n, m = len(src), len(tgt)
+    f = {(i, 0): 0 for i in range(n + 1)}
+    f.update({(0, j): 0 for j in range(m + 1)})
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            f[i, j] = max(f[i, j - 1], f[i - 1, j], f[i - 1, j - 1] + (1 if src[i - 1] == tgt[j - 1] else -1))
+    pairs, i, j = {}, n, m
+    while i > 0 and j > 0:
+        if f[i, j] == f[i, j - 1]:
+            j -= 1
+        elif f[i, j] == f[i - 1, j]:
+            i -= 1
+        else:
+            i, j = i - 1, j - 1
+            pairs[j] = i
+    return pairs
+
+
+def aligned_target_words(bundle, src, tgt):
+    tok = bundle.tokenizer
+    matrix, alphas = refine_mapping(tok(src).input_ids, tok(tgt).input_ids, bundle.max_tokens)
+    words = ["<s>"] + tgt.split() + ["</s>"]
+    return {words[j]: int(matrix[:, j].argmax()) for j in range(len(words)) if alphas[j] == 1}, matrix, alphas
+
+
+def test_refine_treats_a_repeated_word_as_new(bundle):
+    tok = bundle.tokenizer
+    _, _, alphas = aligned_target_words(bundle, "a red circle", "a red red circle")
+    # <s> a red red circle </s>: the first 'red' is aligned, the second is new
+    assert alphas[:6].tolist() == [1, 1, 1, 0, 1, 1]
+    assert reference_alignment(tok("a red circle").input_ids, tok("a red red circle").input_ids) == {
+        0: 0, 1: 1, 2: 2, 4: 3, 5: 4}
+
+
+def test_refine_on_swapped_objects_injects_the_first_object_phrase(bundle):
+    src, tgt = "a red circle and a blue square", "a blue square and a red circle"
+    aligned, matrix, alphas = aligned_target_words(bundle, src, tgt)
+    # the authors' alignment injects 'blue square' (source positions 6, 7), not 'and a'
+    assert aligned["blue"] == 6 and aligned["square"] == 7
+    assert alphas[4] == 0  # target 'and' is new
+    tok = bundle.tokenizer
+    ref = reference_alignment(tok(src).input_ids, tok(tgt).input_ids)
+    k = len(tok(tgt).input_ids)
+    assert {j: int(matrix[:, j].argmax()) for j in range(k) if alphas[j] == 1} == ref
+
+
+def test_refine_matches_the_reference_on_random_prompt_pairs(bundle):
+    import random
+
+    rng = random.Random(0)
+    words = "a red blue green cat dog square circle on the and big small".split()
+    tok = bundle.tokenizer
+    for _ in range(200):
+        src = " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
+        tgt = " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
+        s_ids, t_ids = tok(src).input_ids, tok(tgt).input_ids
+        matrix, alphas = refine_mapping(s_ids, t_ids, bundle.max_tokens)
+        got = {j: int(matrix[:, j].argmax()) for j in range(len(t_ids)) if alphas[j] == 1}
+        assert got == reference_alignment(s_ids, t_ids), (src, tgt)
+
+
+def test_refine_maps_target_padding_position_t_to_source_t(bundle):
+    tok = bundle.tokenizer
+    matrix, alphas = refine_mapping(tok("a red cat on the grass").input_ids, tok("a cat").input_ids, bundle.max_tokens)
+    for t in range(4, bundle.max_tokens):  # target: <s> a cat </s> then padding
+        assert matrix[t, t] == 1 and alphas[t] == 1
+
+
+# ---- 2. word swap across a multi-token word ----------------------------------------------------------------
+def test_word_swap_gives_each_token_of_a_three_token_word_a_third_of_the_source_word(bundle):
+    tok = bundle.tokenizer
+    src, tgt = "a cat on the grass", "a dogcat on the grass"
+    assert len(token_positions(tok, tgt, "dogcat")) == 3
+    ctrl = Prompt2Prompt(P2POptions(mode="replace"), tok, src, tgt, num_steps=10, map_level=1,
+                         clock=StepClock(num_steps=10))
+    probs = torch.rand(4, 2, 16, bundle.max_tokens).softmax(-1)
+    ctrl.clock.set(0, 900)
+    out = ctrl.edit_probs(probs, CROSS)
+    src_row, tgt_row = probs[2], out[3]
+    for j in (2, 3, 4):  # the three tokens of 'dogcat' each take a third of 'cat' (source position 2)
+        torch.testing.assert_close(tgt_row[..., j], src_row[..., 2] / 3)
+    torch.testing.assert_close(tgt_row[..., 5], src_row[..., 3])  # 'on' keeps its word
+    torch.testing.assert_close(tgt_row[..., 8], src_row[..., 6])  # the end token
+    torch.testing.assert_close(tgt_row[..., 12], src_row[..., 12])  # padding t <- t
+
+
+def test_word_swap_refuses_only_different_word_counts(bundle):
+    from locedit.errors import PromptError
+    from locedit.control import replace_matrix
+
+    replace_matrix(bundle.tokenizer, "a cat on the grass", "a dogcat on the grass", bundle.max_tokens)  # ok
+    with pytest.raises(PromptError, match="number of words"):
+        replace_matrix(bundle.tokenizer, "a cat", "a big cat", bundle.max_tokens)
+
+
+# ---- 3. LocalBlend takes the target's maps after injection --------------------------------------------------
+def test_local_blend_accumulates_the_injected_target_maps(bundle):
+    tok = bundle.tokenizer
+    src, tgt = "a red cat", "a blue cat"
+    ctrl = Prompt2Prompt(P2POptions(mode="replace"), tok, src, tgt, num_steps=10, map_level=1,
+                         clock=StepClock(num_steps=10), blend_words=("red", "blue"))
+    probs = torch.rand(4, 2, 16, bundle.max_tokens).softmax(-1)
+    ctrl.clock.set(0, 900)  # inside the cross-attention window
+    ctrl.edit_probs(probs, CROSS)
+    # word swap: target 'blue' (position 2) takes source 'red' (position 2); the store holds that
+    expected = probs[2, :, :, 2].mean(0).reshape(4, 4)
+    torch.testing.assert_close(ctrl.store.maps("target")[0], expected)
+    assert not torch.allclose(ctrl.store.maps("target")[0], probs[3, :, :, 2].mean(0).reshape(4, 4))
+
+
+# ---- 4. SPDInv: step, then test; the last iterate ---------------------------------------------------------
+def test_spd_takes_one_paper_gradient_step_then_stops_on_the_tested_residual(bundle, image):
+    from locedit.diffusion import ddim_step
+    from locedit.inversion import SPDOptions
+
+    prompt = "a red square on the gray background"
+    opts = SPDOptions(max_steps=25, threshold=1e9, lr=1e-3)  # paper: SGD on the L2 norm
+    traj = pipeline.invert(bundle, image, prompt, "spd", num_steps=2, options=opts)
+    # expected, by Alg. 1: z_t from Eq. 2, L = ||f(z_t) - z_t||_2, z_t := z_t - eta grad L, then L < delta: stop
+    sched = bundle.schedule(2)
+    cond = bundle.encode_text([prompt])
+    i = 1
+    t, a_from, a_to = sched.timesteps[i], sched.alphas_next[i], sched.alphas[i]
+    z0 = traj.latents[0]
+    with torch.no_grad():
+        x = ddim_step(z0, bundle.predict_eps(z0, t, a_from, cond), a_from, a_to)
+    x = x.clone().requires_grad_(True)
+    loss = (ddim_step(z0, bundle.predict_eps(x, t, a_to, cond), a_from, a_to) - x).flatten().norm()
+    (grad,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(traj.latents[1], (x - 1e-3 * grad).detach(), rtol=1e-5, atol=1e-6)
+    assert traj.stats["iterations"][0] == 1
+
+
+# ---- 5. SPDInv inversion guidance: the mask per latent channel -------------------------------------------
+def test_inversion_guidance_mask_is_per_channel():
+    delta = torch.zeros(1, 4, 6, 6)
+    delta[0, 1, 2, 2] = 5.0  # one channel of one latent is edited
+    z = torch.randn(1, 4, 6, 6)
+    target = torch.randn(1, 4, 6, 6)
+    out = pipeline.inversion_guidance(z, target, delta, torch.tensor(1.0))
+    expected = target.clone()  # everything pulled onto the inversion ...
+    expected[0, 1, 1:4, 1:4] = z[0, 1, 1:4, 1:4]  # ... except the edited channel's 3x3 neighbourhood
+    torch.testing.assert_close(out, expected)
+
+
+# ---- 6. MAG-Edit token ratio ------------------------------------------------------------------------------
+def reference_token_ratio(records, tokens, mask):
+    """Eq. 1 per head and layer over all K token positions (compute_ca_TR), by explicit loops."""
+    losses = []
+    for a in records:
+        heads, pixels, _ = a.shape
+        for h in range(heads):
+            acc = 0.0
+            for p in range(pixels):
+                word = sum(a[h, p, k].item() for k in tokens) / len(tokens)
+                acc += mask[p].item() * word / sum(a[h, p, :].tolist())
+            losses.append((1 - acc / mask.sum().item()) ** 2)
+    return sum(losses) / len(losses)
+
+
+def _capture_with(records):
+    from locedit.guidance import MapCapture
+
+    cap = MapCapture(map_level=1)
+    cap.records = records
+    return cap
+
+
+def test_mag_edit_loss_is_eq1_per_head_over_all_tokens_averaged_over_words(bundle):
+    src, tgt = "a red cat and a red dog", "a blue cat and a green dog"
+    m1 = torch.zeros(1, 1, 64, 64)
+    m1[..., :32, :32] = 1
+    m2 = torch.zeros(1, 1, 64, 64)
+    m2[..., 32:, 20:60] = 1
+    request = EditRequest(src, tgt, regions=(Region("blue", m1), Region("green", m2)), num_steps=4)
+    plan = METHODS["mag-edit"].build(bundle, request, METHODS["mag-edit"].Options())
+    g = torch.Generator().manual_seed(0)
+    records = [torch.rand(2, 64, bundle.max_tokens, generator=g) for _ in range(3)]  # 3 layers, 2 heads, 8x8 maps
+    got = plan.guide.loss(_capture_with(records)).item()
+    # masks nearest-resized to the 8x8 map and binary
+    near = [torch.nn.functional.interpolate(m, size=(8, 8), mode="nearest").flatten() for m in (m1, m2)]
+    expected = (reference_token_ratio(records, [2], near[0]) + reference_token_ratio(records, [6], near[1])) / 2
+    assert math.isclose(got, expected, rel_tol=1e-5)
+
+
+# ---- 7. MDE-Edit: CCL on the injected maps, OAL on the target's own -----------------------------------------
+def _mde(bundle, preset_name):
+    src, tgt = "a red cat on the grass", "a blue dog on the grass"
+    obj = torch.zeros(1, 1, 64, 64)
+    obj[..., 8:40, 8:40] = 1
+    attr = torch.zeros(1, 1, 64, 64)
+    attr[..., 16:48, 16:48] = 1
+    request = EditRequest(src, tgt, regions=(Region("dog", obj),), attributes=(Region("blue", attr),), num_steps=10)
+    options = preset(METHODS["mde-edit"].Options, preset_name)
+    plan = METHODS["mde-edit"].build(bundle, request, options)
+    plan.controller.layout = BatchLayout.single(("source", "target"))
+    plan.controller.clock.num_steps = 10
+    return plan, obj, attr, options
+
+
+def _run_site(plan, probs, scores=None):
+    ctrl = plan.controller
+    ctrl.clock.set(0, 900, "guide")
+    for c in plan.guide.captures:
+        c.begin()
+    if scores is not None:
+        ctrl.edit_scores(scores, CROSS)
+    return ctrl.edit_probs(probs, CROSS)
+
+
+def test_mde_ccl_uses_injected_maps_and_oal_the_targets_own(bundle):
+    from locedit.guidance import losses as L
+
+    plan, obj, attr, options = _mde(bundle, "paper")
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(2, 2, 64, bundle.max_tokens, generator=g).softmax(-1)  # [source, target] rows
+    out = _run_site(plan, probs)
+    own, injected = plan.guide.captures
+    assert torch.equal(own.records[0], probs[1])  # before the engine
+    assert torch.equal(injected.records[0], out[1]) and not torch.equal(out[1], probs[1])  # after it
+    # expected loss: Eq. 4-5 on the own map of 'dog' (position 3) + 1.25 * Eq. 6 on the injected 'blue' (2)
+    dog = probs[1, :, :, 3].mean(0)
+    s = torch.nn.functional.adaptive_avg_pool2d(obj, 8).flatten()
+    peak = dog / dog.max()
+    bce = lambda p, y: -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()  # noqa: E731
+    oal = bce(dog, s) + bce(peak.clamp(max=1 - L.PROB_EPS), s)
+    near = torch.nn.functional.interpolate(attr, size=(8, 8), mode="nearest").flatten()
+    ccl = reference_token_ratio([out[1]], [2], near)
+    got = plan.guide.loss(own, injected).item()
+    assert math.isclose(got, oal.item() + 1.25 * ccl, rel_tol=1e-4)
+
+
+def test_mde_official_preset_is_the_codes_quartic_oal_and_3_minus_4r_ccl_at_weight_1_5(bundle):
+    plan, obj, attr, options = _mde(bundle, "official")
+    assert (options.lambda_ccl, options.oal_form, options.ccl_form) == (1.5, "quartic", "spatial-ratio")
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(2, 2, 64, bundle.max_tokens, generator=g)
+    probs = scores.softmax(-1)
+    out = _run_site(plan, probs, scores)
+    own, injected = plan.guide.captures
+    # OAL: logits bilinearly resized 8 -> 16, softmax over tokens, mean over heads, vs the area-resized mask
+    grid = scores[1].permute(0, 2, 1).reshape(2, -1, 8, 8)
+    up = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bilinear", align_corners=False)
+    dog = up.flatten(2).softmax(1).mean(0)[3]
+    s = torch.nn.functional.adaptive_avg_pool2d(obj, 16).flatten()
+    close = (dog - s).abs() < 0.1
+    smoothed = torch.where(close, s.clamp(0.1, 0.9), dog)
+    oal = ((smoothed - s) ** 4).mean()
+    # CCL: 3 - 4r per head on the injected map of 'blue', r = in-mask share of its map
+    near = torch.nn.functional.interpolate(attr, size=(8, 8), mode="nearest").flatten()
+    blue = out[1, :, :, 2]
+    r = (blue * near).sum(-1) / blue.sum(-1)
+    ccl = (3 - 4 * r).mean()
+    assert math.isclose(plan.guide.loss(own, injected).item(), (oal + 1.5 * ccl).item(), rel_tol=1e-4)
+
+
+# ---- 8. LocInv ------------------------------------------------------------------------------------------
+def test_locinv_binds_adjectives_only_when_asked(bundle, image):
+    from locedit.guidance.locinv import LocInvOptions, locinv_inversion
+    from locedit.inversion import NullTextOptions
+
+    prior = torch.zeros(1, 1, 64, 64)
+    prior[..., 16:40, 20:44] = 1
+    opts = LocInvOptions(max_inner=0, nti=NullTextOptions(inner_steps=0))
+    z0 = bundle.encode_image(image)
+    prompt = "a red square on the gray background"
+    off = locinv_inversion(bundle, z0, prompt, [Region("square", prior)], 2, options=opts)
+    assert off.stats["pairs"] == [] and off.stats["pairs_from"] == "off"
+    on = locinv_inversion(bundle, z0, prompt, [Region("square", prior)], 2,
+                          options=replace_path(opts, {"adj_bind": True, "pair_source": "previous"}))
+    assert on.stats["pairs"] == [["red", "square"]]
+
+
+def test_locinv_restart_nti_runs_31_iterations_from_the_empty_prompt(bundle, image):
+    from locedit.guidance.locinv import LocInvOptions, locinv_inversion
+
+    prior = torch.zeros(1, 1, 64, 64)
+    prior[..., 16:40, 20:44] = 1
+    z0 = bundle.encode_image(image)
+    prompt = "a red square on the gray background"
+    steps = 2
+    calls = bundle.unet_calls
+    traj = locinv_inversion(bundle, z0, prompt, [Region("square", prior)], steps,
+                            options=LocInvOptions(max_inner=0, nti_mode="restart"))
+    # per step: DDIM inversion 1, token learning 1 (max_inner 0), conditional eps 1, null-text 31, eps_u 1
+    assert bundle.unet_calls - calls == steps * (1 + 1 + 1 + 31 + 1)
+    # every step's null embedding starts again from the empty prompt's: with lr 0 it stays exactly that
+    flat = locinv_inversion(bundle, z0, prompt, [Region("square", prior)], steps,
+                            options=replace_path(LocInvOptions(max_inner=0, nti_mode="restart"), {"nti.lr": 1e-12}))
+    empty = bundle.encode_text([""])
+    for null in flat.null_embeddings:
+        torch.testing.assert_close(null, empty, rtol=0, atol=1e-6)
+    assert len(traj.null_embeddings) == steps
+
+
+def test_locinv_box_defaults_scripts_or_det_script():
+    from locedit.guidance.locinv import LOCINV_DEFAULTS, LocInvOptions
+
+    assert LocInvOptions().params("box")["sim"] == (25.0, 0.5, 0.1)
+    assert LocInvOptions(box_defaults="det-script").params("box") == {
+        **LOCINV_DEFAULTS["seg"], "adj": LOCINV_DEFAULTS["adj"]}
+
+
+# ---- presets -------------------------------------------------------------------------------------------
+def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
+    from locedit.inversion import INVERSIONS
+    from locedit.options import differences
+
+    diffs = {name: differences(preset(m.Options, "paper"), preset(m.Options, "official")) for name, m in METHODS.items()}
+    assert diffs["p2p"] == {} and diffs["mag-edit"] == {}
+    assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form"}
+    assert set(diffs["locinv"]) == {"locinv.nti_mode"}
+    spd = differences(preset(INVERSIONS["spd"][0], "paper"), preset(INVERSIONS["spd"][0], "official"))
+    assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
+    for name, m in METHODS.items():  # the defaults are the paper's reading
+        assert differences(m.Options(), preset(m.Options, "paper")) == {}, name
