@@ -76,15 +76,17 @@ class FlagField:
         return "opt_" + self.flag.replace("-", "_")
 
 
-def flag_fields(cls_or_options, prefix: tuple[str, ...] = ()) -> Iterator[FlagField]:
-    """The flags of an options class, nested options included (depth first, in field order)."""
+def flag_fields(cls_or_options, prefix: tuple[str, ...] = (), flag_prefix: str = "") -> Iterator[FlagField]:
+    """The flags of an options class, nested options included (depth first, in field order). A
+    nested options field may carry ``"flag_prefix"`` in its metadata (e.g. "localize-"), put before
+    every flag inside it."""
     obj = cls_or_options if not isinstance(cls_or_options, type) else cls_or_options()
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            yield from flag_fields(value, prefix + (f.name,))
+            yield from flag_fields(value, prefix + (f.name,), flag_prefix + f.metadata.get("flag_prefix", ""))
         elif "flag" in f.metadata:
-            yield FlagField(prefix + (f.name,), f.metadata["flag"], value, dict(f.metadata))
+            yield FlagField(prefix + (f.name,), flag_prefix + f.metadata["flag"], value, dict(f.metadata))
 
 
 def replace_path(options, values: dict):

@@ -340,3 +340,117 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
     for name, m in METHODS.items():  # the defaults are the paper's reading
         assert differences(m.Options(), preset(m.Options, "paper")) == {}, name
+
+
+# ---- 9. LIME -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["ddim", "euler-ancestral"])
+def test_ip2p_loop_equals_diffusers_instructpix2pix_pipeline(instruct_bundle, sampler):
+    """The official sampler is the checkpoint's Euler ancestral run by diffusers' InstructPix2Pix
+    pipeline: same noise, same guidance formula, same latents."""
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    from locedit.instruct import IP2POptions, instruct_edit
+
+    b = instruct_bundle
+    img = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = instruct_edit(b, img, "make it blue", 5, IP2POptions(1.5, 7.5), torch.Generator().manual_seed(7),
+                         sampler=sampler)
+    cls = EulerAncestralDiscreteScheduler if sampler == "euler-ancestral" else DDIMScheduler
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=b.vae, text_encoder=b.text_encoder, tokenizer=b.tokenizer, unet=b.unet,
+        scheduler=cls.from_config(dict(b.scheduler_config)), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("make it blue", image=img, num_inference_steps=5, guidance_scale=7.5, image_guidance_scale=1.5,
+                  generator=torch.Generator().manual_seed(7), output_type="latent").images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_lime_regularisation_rows_levels_and_end_token():
+    from locedit.attention import parse_site
+    from locedit.instruct import IP2P_LAYOUT
+    from locedit.instruct.lime import AttentionRegularizer
+
+    roi = torch.zeros(4, 4, dtype=torch.bool)
+    roi[:2, :2] = True
+    related = [2, 3, 5]  # e.g. 'square', 'blue' and the end token (position 5)
+    reg = AttentionRegularizer(roi, related, 8, (0.0, 1.0), rows="all", levels={0})
+    reg.layout = IP2P_LAYOUT
+    reg.clock.num_steps = 10
+    fine = parse_site("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor", 2)  # level 0
+    coarse = parse_site("down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", 2)  # level 1
+    assert reg.wants(fine) and not reg.wants(coarse)
+    scores = torch.randn(3, 2, 16, 8)
+    out = reg.edit_scores(scores, fine)
+    pix = torch.nn.functional.interpolate(roi.float()[None, None], size=(4, 4), mode="area")[0, 0].flatten() > 0.5
+    for row in range(3):  # all three guidance rows (the code's [:8], [8:16], [-8:])
+        for q in range(16):
+            for k in range(8):
+                blocked = bool(pix[q]) and k not in related
+                assert (out[row, :, q, k] == float("-inf")).all() == blocked
+    text_only = AttentionRegularizer(roi, related, 8, (0.0, 1.0), rows="text")
+    text_only.layout = IP2P_LAYOUT
+    out = text_only.edit_scores(scores, fine)
+    assert torch.equal(out[1:], scores[1:]) and torch.isinf(out[0]).any()
+
+
+def test_lime_tokens_keep_the_end_token_and_drop_verbs_only_with_nltk(instruct_bundle):
+    from locedit.errors import LoceditError
+    from locedit.instruct.lime import content_tokens
+
+    tok = instruct_bundle.tokenizer
+    instr = "make the square blue"
+    n = len(tok(instr).input_ids)
+    assert content_tokens(tok, instr, keep_end=True) == content_tokens(tok, instr) + [n - 1]
+    try:
+        import nltk
+
+        nltk.pos_tag(["make"])
+        have_tagger = True
+    except (ImportError, LookupError):
+        have_tagger = False
+    if have_tagger:
+        assert token_positions(tok, instr, "make")[0] not in content_tokens(tok, instr, drop_verbs=True)
+    else:
+        with pytest.raises(LoceditError, match="nltk"):
+            content_tokens(tok, instr, drop_verbs=True)
+
+
+def test_lime_official_features_come_from_self_and_cross_outputs_at_the_map_levels(instruct_bundle):
+    from locedit.attention import StepClock, map_level, unet_sites
+    from locedit.instruct.lime import feature_hooks
+
+    unet = instruct_bundle.unet
+    level = map_level(unet_sites(unet))
+    clock = StepClock(num_steps=1)
+    x = torch.randn(3, 8, 16, 16)
+    emb = instruct_bundle.encode_text(["a", "b", "c"])
+    with feature_hooks(unet, clock, (0.0, 1.0), 8, 1, ("self", "cross"), {level, level - 1}) as store, torch.no_grad():
+        unet(x, 500, encoder_hidden_states=emb)
+    expected = {s.name for s in unet_sites(unet) if s.level in {level, level - 1} and s.place != "mid"}
+    assert set(store) == expected and any(".attn2." in k for k in store) and any(".attn1." in k for k in store)
+    defaults = preset(METHODS_INSTRUCT()["lime"].Options, "paper")
+    assert (defaults.features, defaults.sites, defaults.sampler) == ("self+cross", "all", "euler-ancestral")
+
+
+def METHODS_INSTRUCT():
+    from locedit.instruct import INSTRUCT_METHODS
+
+    return INSTRUCT_METHODS
+
+
+def test_conformance_doc_names_every_option_where_the_presets_differ():
+    from pathlib import Path
+
+    from locedit.instruct import INSTRUCT_METHODS
+    from locedit.inversion import INVERSIONS
+    from locedit.options import differences, flag_fields
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text()
+    classes = [m.Options for m in METHODS.values()] + [m.Options for m in INSTRUCT_METHODS.values()]
+    classes += [cls for cls, _ in INVERSIONS.values()]
+    for cls in classes:
+        flags = {".".join(f.path): f.flag for f in flag_fields(cls)}
+        for key in differences(preset(cls, "paper"), preset(cls, "official")):
+            needle = f"--{flags[key]}" if key in flags else f"`{key.split('.')[-1]}`"
+            assert needle in doc, (cls.__name__, key, needle)

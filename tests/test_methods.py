@@ -89,7 +89,10 @@ def test_methods_lists_every_registry_entry_with_options_and_papers(capsys):
     code, out, _ = run(["methods", "--json"], capsys)
     assert code == 0
     info = json.loads(out)
-    assert set(info["methods"]) == set(METHODS)
+    from locedit.instruct import INSTRUCT_METHODS
+
+    assert set(info["methods"]) == set(METHODS) | set(INSTRUCT_METHODS)
+    assert info["methods"]["lime"]["official_differs"]["points"] == [100, 1]
     mde = info["methods"]["mde-edit"]
     assert mde["official_differs"]["ccl_form"] == ["token-ratio", "spatial-ratio"]
     flags = {row["flag"]: row for row in mde["options"]}

@@ -25,9 +25,10 @@ from ..imaging import Fit
 from ..metrics import pie_masked, psnr, mse, shapes_metrics, ssim
 from .datasets import EditItem
 
+from ..instruct import INSTRUCT_METHODS
 from ..methods import METHODS
 
-INSTRUCT = ("ip2p", "lime")
+INSTRUCT = tuple(INSTRUCT_METHODS)
 # every registry method, plus "<name>-mask" for methods that take a user mask: the item's mask
 # replaces the attention blend (e.g. p2p-mask = P2P with the edited region's exact mask)
 MASK_SUFFIX = "-mask"
@@ -156,8 +157,6 @@ def _save(image: torch.Tensor, path: Path) -> str:
 def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int, dict]:
     """Edit one item with one method; returns (image at the item's size, UNet calls, extra figures
     such as LIME's RoI IoU with the item's mask)."""
-    from ..instruct import IP2POptions, LIMEOptions, instruct_edit, lime_edit
-
     bundle = ip2p if method in INSTRUCT else t2i
     if bundle is None:
         raise LoceditError(f"method {method!r} needs {'an instruct' if method in INSTRUCT else 'a text-to-image'} model")
@@ -167,14 +166,13 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
     to_model = lambda m: fit.to_model(m, binary=True).to(bundle.device)  # noqa: E731
     calls0 = bundle.unet_calls
     extra: dict = {}
-    g = torch.Generator().manual_seed(config.seed)
-    if method == "ip2p":
-        z = instruct_edit(bundle, image, item.instruction, config.steps, IP2POptions(), g)
-        out = bundle.decode_latents(z)
-    elif method == "lime":
-        res = lime_edit(bundle, image, item.instruction, config.steps, LIMEOptions(seed=config.seed), config.seed)
+    if method in INSTRUCT_METHODS:
+        from ..options import preset
+
+        m = INSTRUCT_METHODS[method]
+        res = m.run(bundle, image, item.instruction, config.steps, preset(m.Options, config.preset), config.seed)
         out = bundle.decode_latents(res.latents)
-        if item.mask is not None:
+        if res.roi is not None and item.mask is not None:
             side = res.roi.shape[-1]
             gt = F.interpolate(fit.to_model(item.mask, binary=True), size=(side, side), mode="area")[0, 0] > 0.5
             roi = res.roi.cpu()

@@ -57,6 +57,18 @@ def describe_registries() -> dict:
             "defaults": describe(m.Options()),
             "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
         }
+    from ..instruct import INSTRUCT_METHODS
+
+    for name, m in INSTRUCT_METHODS.items():
+        paper, official = preset(m.Options, "paper"), preset(m.Options, "official")
+        methods[name] = {
+            "summary": m.summary + " (locedit instruct)",
+            "inputs": {k: INPUTS[k] for k in sorted(m.uses)},
+            "papers": [c.__dict__ for c in m.papers],
+            "options": _options_table(m.Options),
+            "defaults": describe(m.Options()),
+            "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
+        }
     inversions = {}
     for name, (cls, _) in INVERSIONS.items():
         paper, official = preset(cls, "paper"), preset(cls, "official")
@@ -85,7 +97,5 @@ def cmd_methods(args) -> dict:
             for row in d["options"]:
                 extra = "".join(f", {k} {row[k]}" for k in ("paper", "official") if k in row)
                 lines.append(f"      {row['flag']:<20} default {row['default']}{extra}")
-            for key, (p, o) in d["official_differs"].items():
-                lines.append(f"      --preset official: {key} = {o} (paper: {p})")
     print("\n".join(lines))
     return {"out": "-"}

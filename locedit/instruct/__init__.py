@@ -2,9 +2,7 @@
 
 from .ip2p import IP2P_LAYOUT, IP2POptions, instruct_edit
 from .lime import LIMEOptions, LIMEResult, content_tokens, lime_edit, stop_words
+from .methods import INSTRUCT_METHODS, IP2PEditOptions, InstructResult
 
-# method name -> what runs it; the CLI's --method choices come from here
-INSTRUCT_METHODS = ("ip2p", "lime")
-
-__all__ = ["INSTRUCT_METHODS", "IP2P_LAYOUT", "IP2POptions", "LIMEOptions", "LIMEResult", "content_tokens",
-           "instruct_edit", "lime_edit", "stop_words"]
+__all__ = ["INSTRUCT_METHODS", "IP2P_LAYOUT", "IP2PEditOptions", "IP2POptions", "InstructResult", "LIMEOptions",
+           "LIMEResult", "content_tokens", "instruct_edit", "lime_edit", "stop_words"]

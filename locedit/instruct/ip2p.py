@@ -9,7 +9,7 @@ image condition concatenated to the noisy latent's channels and zeros standing f
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,10 +21,15 @@ from ..progress import Progress, track
 IP2P_LAYOUT = BatchLayout((("edit", "image+text"), ("edit", "image"), ("edit", "none")))
 
 
+SAMPLERS = ("ddim", "euler-ancestral")
+
+
 @dataclass(frozen=True)
 class IP2POptions:
-    image_guidance: float = 1.5  # s_I
-    text_guidance: float = 7.5  # s_T
+    image_guidance: float = field(default=1.5, metadata={  # s_I
+        "flag": "image-guidance", "type": float, "help": "image guidance s_I"})
+    text_guidance: float = field(default=7.5, metadata={  # s_T
+        "flag": "text-guidance", "type": float, "help": "text guidance s_T"})
 
     def __post_init__(self):
         if self.image_guidance < 0 or self.text_guidance < 0:
@@ -33,16 +38,20 @@ class IP2POptions:
 
 def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int = 50,
                   options: IP2POptions = IP2POptions(), generator: torch.Generator | None = None,
-                  controller: AttentionController | None = None, progress: Progress | None = None) -> torch.Tensor:
+                  controller: AttentionController | None = None, progress: Progress | None = None,
+                  sampler: str = "ddim") -> torch.Tensor:
     """Edit ``image`` (1, 3, S, S) in [0, 1] by ``instruction``; returns latents (1, C, h, w).
 
     ``controller`` (optional) is installed on the UNet for the loop; its layout is
-    :data:`IP2P_LAYOUT` and its clock is set before every call.
+    :data:`IP2P_LAYOUT` and its clock is set before every call. ``sampler``: "ddim" (deterministic)
+    or "euler-ancestral" (diffusers' ``EulerAncestralDiscreteScheduler`` on the model's betas, the
+    scheduler the released InstructPix2Pix checkpoint ships; its noise comes from ``generator``).
     """
+    if sampler not in SAMPLERS:
+        raise LoceditError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if bundle.unet.config.in_channels != 8:
         raise LoceditError(f"model {bundle.name!r} is not an InstructPix2Pix model (UNet has "
                            f"{bundle.unet.config.in_channels} input channels, expected 8)")
-    sched = bundle.schedule(num_steps)
     cond_img = bundle.encode_image_condition(image)  # (1, 4, h, w)
     text, empty = bundle.encode_text([instruction, ""]).split(1)
     embeds = torch.cat([text, empty, empty])
@@ -53,11 +62,29 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
     ctrl.layout = IP2P_LAYOUT
     ctrl.clock.num_steps = num_steps
     ctx = controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext()
+
+    def guided(x, t, a):  # LIME Eq. 2
+        e_full, e_img, e_none = bundle.predict_eps(x.expand(3, -1, -1, -1), t, a, embeds, image_in).chunk(3)
+        return e_none + options.image_guidance * (e_img - e_none) + options.text_guidance * (e_full - e_img)
+
     with ctx, torch.no_grad():
-        for i in track(progress, range(num_steps), "instruct"):
-            t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
-            ctrl.clock.set(i, t, "sample")
-            e_full, e_img, e_none = bundle.predict_eps(z.expand(3, -1, -1, -1), t, a, embeds, image_in).chunk(3)
-            eps = e_none + options.image_guidance * (e_img - e_none) + options.text_guidance * (e_full - e_img)
-            z = ctrl.after_step(ddim_step(z, eps, a, a_next))
+        if sampler == "ddim":
+            sched = bundle.schedule(num_steps)
+            for i in track(progress, range(num_steps), "instruct"):
+                t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+                ctrl.clock.set(i, t, "sample")
+                z = ctrl.after_step(ddim_step(z, guided(z, t, a), a, a_next))
+        else:
+            from diffusers import EulerAncestralDiscreteScheduler
+
+            euler = EulerAncestralDiscreteScheduler.from_config({**bundle.scheduler_config, "prediction_type": "epsilon"})
+            euler.set_timesteps(num_steps)
+            acp = euler.alphas_cumprod
+            z = z * euler.init_noise_sigma
+            for i in track(progress, range(num_steps), "instruct"):
+                t = euler.timesteps[i]
+                ctrl.clock.set(i, int(t), "sample")
+                a = float(acp[int(round(float(t)))])
+                eps = guided(euler.scale_model_input(z, t), t, a)
+                z = ctrl.after_step(euler.step(eps, t, z, generator=generator).prev_sample)
     return z

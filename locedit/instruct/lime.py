@@ -14,16 +14,28 @@
    instruction tokens) are set to -inf at RoI pixels, so their probability there is exactly zero.
    A user mask may replace the found RoI.
 
-Defaults are the paper's: 100 steps, features from steps 30-50, attention from steps 1-75,
-s_I 1.5 and s_T 7.5 for localisation, s_T 3.5 for the edit, regularisation during steps 1-75.
-The authors' notebook differs (30 steps, top-1 point, one timestep, 5.5/2.0 scales, cuML k-means,
-NLTK stop words downloaded at import); we ship a stop-word list instead.
+Defaults are the paper's where it is explicit: 100 steps, features fused from every resolution
+(Fig. 2: 16, 32 and 64) taken over steps 30-50, attention from steps 1-75, top 100 points, s_I 1.5
+and s_T 7.5 for localisation, s_T 3.5 for the edit, regularisation of every cross-attention layer
+during steps 1-75, features at half the image side (256 of 512). Where the paper is silent they
+are the authors' code's (enisimsar/LIME, ``pipeline.py``, ``utils.py``, ``lime.ipynb``): the
+outputs of both self- and cross-attention layers of the image-only row as features, all three
+guidance rows regularised with the end token counted as related, the checkpoint's Euler ancestral
+sampler, one k-means initialisation. One exception: the code also drops verbs (NLTK's tagger)
+from the localisation tokens; that needs NLTK's tagger data, which cannot ship, so it is an option
+(``drop_verbs``) and off by default.
+
+``preset(LIMEOptions, "official")`` reproduces the notebook (run it with ``--steps 30``): features
+and attention at the "16x16" and "32x32" levels only (SD), from one step (step 10 of 30, the last
+of the localisation range), at a quarter of the image side; verbs dropped; top-1 point; s_T 5.5
+then 2.0; regularisation of the cross-attention layers finer than "16x16" only, during steps 0-26.
+Both readings ship our stop-word list (the code downloads NLTK's at import).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
@@ -34,7 +46,7 @@ from ..attention import AttentionController, Site, unet_sites
 from ..diffusion import ModelBundle
 from ..diffusion.text import word_tokens
 from ..errors import LoceditError
-from .ip2p import IP2P_LAYOUT, IP2POptions, instruct_edit
+from .ip2p import IP2P_LAYOUT, SAMPLERS, IP2POptions, instruct_edit
 
 
 def stop_words() -> frozenset[str]:
@@ -42,27 +54,79 @@ def stop_words() -> frozenset[str]:
     return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#"))
 
 
-def content_tokens(tokenizer, instruction: str) -> list[int]:
-    """Token positions of the instruction's words that are not stop words (start/end excluded)."""
+def content_tokens(tokenizer, instruction: str, drop_verbs: bool = False, keep_end: bool = False) -> list[int]:
+    """Token positions of the instruction's words that are not stop words (start excluded; the end
+    token only with ``keep_end``, as the authors' code keeps it); ``drop_verbs`` also drops the
+    words NLTK's part-of-speech tagger marks as verbs (the code's ``locate_points``)."""
     stops = stop_words()
+    words = word_tokens(tokenizer, instruction)
+    verbs = _verbs([w for w, _ in words]) if drop_verbs else set()
     out = []
-    for word, positions in word_tokens(tokenizer, instruction):
-        if word.strip(".,!?;:'\"").lower() not in stops:
+    for k, (word, positions) in enumerate(words):
+        if word.strip(".,!?;:'\"").lower() not in stops and k not in verbs:
             out.extend(positions)
+    if keep_end:
+        out.append(len(tokenizer(instruction).input_ids) - 1)
     return out
+
+
+def _verbs(words: list[str]) -> set[int]:
+    """Indices of the words NLTK tags VB*; a one-line error when NLTK or its tagger data is missing."""
+    try:
+        import nltk
+
+        tags = nltk.pos_tag([w.strip(".,!?;:'\"") for w in words])
+    except (ImportError, LookupError):
+        raise LoceditError("drop_verbs needs nltk with its tagger data (pip install nltk; python -m nltk.downloader "
+                           "averaged_perceptron_tagger_eng)") from None
+    return {k for k, (_, pos) in enumerate(tags) if pos.startswith("VB")}
+
+
+FEATURES = ("self", "self+cross")
+SITES = ("all", "map-levels")
+REG_ROWS = ("text", "all")
+REG_LEVELS = ("all", "finer-than-map")
 
 
 @dataclass(frozen=True)
 class LIMEOptions:
-    clusters: int = 8
-    points: int = 100
+    """LIME's options; defaults are the paper's, ``PRESETS["official"]`` the authors' notebook."""
+
+    clusters: int = field(default=8, metadata={"flag": "clusters", "type": int, "help": "k-means clusters"})
+    points: int = field(default=100, metadata={"flag": "points", "type": int, "help": "top attention points"})
     feature_steps: tuple[float, float] = (0.30, 0.50)  # fractions of the steps (paper: 30-50 of 100)
     attention_steps: tuple[float, float] = (0.0, 0.75)  # paper: 1-75 of 100
     regularize_steps: tuple[float, float] = (0.0, 0.75)
-    feature_side: int | None = None  # common side of the fused features; None = image side / 2 (paper: 256)
-    localize_guidance: IP2POptions = IP2POptions(1.5, 7.5)
+    feature_scale: float = 0.5  # side of the fused features, as a fraction of the image side (paper 256 of 512)
+    features: str = field(default="self+cross", metadata={
+        "flag": "lime-features", "choices": FEATURES,
+        "help": "attention-layer outputs clustered: self-attention's only, or self- and cross-attention's (the code)"})
+    sites: str = field(default="all", metadata={
+        "flag": "lime-sites", "choices": SITES,
+        "help": "levels the features and the attention come from: all, or the map level and the next finer one "
+                "(SD's 16x16 and 32x32, the code)"})
+    drop_verbs: bool = field(default=False, metadata={
+        "flag": "drop-verbs", "help": "localisation ignores verbs too (the code; needs nltk and its tagger data)"})
+    keep_end_token: bool = field(default=True, metadata={
+        "flag": "keep-end-token", "help": "the end token counts as a related token (the code)"})
+    regularize_rows: str = field(default="all", metadata={
+        "flag": "regularize-rows", "choices": REG_ROWS,
+        "help": "rows whose logits are regularised: all three guidance rows (the code) or the text row only"})
+    regularize_levels: str = field(default="all", metadata={
+        "flag": "regularize-levels", "choices": REG_LEVELS,
+        "help": "cross-attention levels regularised: all (the paper) or those finer than the map level (the code)"})
+    sampler: str = field(default="euler-ancestral", metadata={
+        "flag": "sampler", "choices": SAMPLERS, "help": "euler-ancestral (the checkpoint's, the code) or ddim"})
+    kmeans_init: int = 1  # k-means initialisations (the code's cuML n_init=1)
+    localize_guidance: IP2POptions = field(default=IP2POptions(1.5, 7.5), metadata={"flag_prefix": "localize-"})
     edit_guidance: IP2POptions = IP2POptions(1.5, 3.5)
     seed: int = 0  # k-means
+
+    PRESETS = {"paper": {}, "official": {
+        "points": 1, "feature_steps": (1 / 3, 11 / 30), "attention_steps": (1 / 3, 11 / 30),
+        "regularize_steps": (0.0, 0.9), "feature_scale": 0.25, "sites": "map-levels", "drop_verbs": True,
+        "regularize_levels": "finer-than-map",
+        "localize_guidance": {"text_guidance": 5.5}, "edit_guidance": {"text_guidance": 2.0}}}
 
     def __post_init__(self):
         if self.clusters < 1 or self.points < 1:
@@ -71,27 +135,46 @@ class LIMEOptions:
             lo, hi = getattr(self, name)
             if not 0.0 <= lo <= hi <= 1.0:
                 raise LoceditError(f"{name} must be 0 <= start <= end <= 1, got {(lo, hi)}")
+        for name, allowed in (("features", FEATURES), ("sites", SITES), ("regularize_rows", REG_ROWS),
+                              ("regularize_levels", REG_LEVELS), ("sampler", SAMPLERS)):
+            if getattr(self, name) not in allowed:
+                raise LoceditError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.feature_scale <= 1.0:
+            raise LoceditError(f"feature_scale must be in (0, 1], got {self.feature_scale}")
 
 
 def _in_window(clock, window) -> bool:
-    lo, hi = window
-    return int(lo * clock.num_steps) <= clock.step < max(int(hi * clock.num_steps), int(lo * clock.num_steps) + 1)
+    """Step ``clock.step`` in [round(lo N), round(hi N)), at least one step wide."""
+    lo, hi = round(window[0] * clock.num_steps), round(window[1] * clock.num_steps)
+    return lo <= clock.step < max(hi, lo + 1)
+
+
+def _site_levels(unet, sites: str) -> set[int] | None:
+    """None (every level) or the map level and the next finer one (the code's 16x16 and 32x32)."""
+    if sites == "all":
+        return None
+    from ..attention import map_level
+
+    level = map_level(unet_sites(unet))
+    return {level, level - 1}
 
 
 class LocalisationRecorder(AttentionController):
     """Collects the text row's cross-attention of the kept tokens during the attention steps.
     (Self-attention outputs are taken by forward hooks, see :func:`feature_hooks`.)"""
 
-    def __init__(self, tokens: list[int], side: int, window):
+    def __init__(self, tokens: list[int], side: int, window, levels: set[int] | None = None):
         super().__init__()
         self.tokens = list(tokens)
         self.side = side
         self.window = window
+        self.levels = levels  # None: every level; else down/up sites at these levels
         self.sum = torch.zeros(side, side)
         self.count = 0
 
     def wants(self, site: Site) -> bool:
-        return site.kind == "cross" and _in_window(self.clock, self.window) and bool(self.tokens)
+        return (site.kind == "cross" and _in_window(self.clock, self.window) and bool(self.tokens)
+                and _at(site, self.levels))
 
     def edit_probs(self, probs, site):
         row = self.layout.index("edit", "image+text")
@@ -105,11 +188,16 @@ class LocalisationRecorder(AttentionController):
         return self.sum / max(self.count, 1)
 
 
+def _at(site: Site, levels: set[int] | None) -> bool:
+    return levels is None or (site.level in levels and site.place != "mid")
+
+
 @contextlib.contextmanager
-def feature_hooks(unet, clock, window, side: int, row: int):
-    """Forward hooks on every self-attention module; accumulates its output for batch ``row``,
-    resized to ``side``, during the window's steps. Yields a dict site name -> [sum, count]."""
-    sites = [s for s in unet_sites(unet) if s.kind == "self"]
+def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), levels: set[int] | None = None):
+    """Forward hooks on the attention modules of ``kinds`` at ``levels`` (None: all); accumulates
+    each output for batch ``row``, resized to ``side``, during the window's steps. Yields a dict
+    site name -> [sum, count]."""
+    sites = [s for s in unet_sites(unet) if s.kind in kinds and _at(s, levels)]
     modules = dict(unet.named_modules())
     store: dict[str, list] = {}
     handles = []
@@ -144,14 +232,18 @@ def fuse_features(store: dict[str, list]) -> torch.Tensor:
     return feats / feats.norm(dim=0, keepdim=True).clamp_min(1e-12)
 
 
-def cluster(features: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+def feature_side(bundle, options: LIMEOptions) -> int:
+    return max(1, int(round(bundle.image_size * options.feature_scale)))
+
+
+def cluster(features: torch.Tensor, k: int, seed: int = 0, n_init: int = 3) -> torch.Tensor:
     """k-means labels (S, S) of the fused features' pixels (scikit-learn, seeded)."""
     from sklearn.cluster import KMeans
 
     c, s, _ = features.shape
     x = features.reshape(c, -1).T.numpy().astype(np.float64)
     k = min(k, x.shape[0])
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+    labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
     return torch.from_numpy(labels.reshape(s, s).astype(np.int64))
 
 
@@ -164,18 +256,24 @@ def region_of_interest(labels: torch.Tensor, attention: torch.Tensor, points: in
 
 
 class AttentionRegularizer(AttentionController):
-    """LIME Eq. 3: in the text row, logits of unrelated tokens at RoI pixels -> -inf."""
+    """LIME Eq. 3: logits of unrelated tokens at RoI pixels -> -inf, in the text row (``rows="text"``,
+    the paper) or in all three guidance rows (``"all"``, the code), in every cross-attention layer
+    or only those at ``levels``."""
 
-    def __init__(self, roi: torch.Tensor, related: list[int], num_tokens: int, window):
+    def __init__(self, roi: torch.Tensor, related: list[int], num_tokens: int, window, rows: str = "text",
+                 levels: set[int] | None = None):
         super().__init__()
         self.roi = roi.float()  # (S, S)
         self.unrelated = torch.ones(num_tokens, dtype=torch.bool)
         self.unrelated[list(related)] = False
         self.window = window
+        self.rows = rows
+        self.levels = levels
         self._cache: dict[int, torch.Tensor] = {}
 
     def wants(self, site: Site) -> bool:
-        return site.kind == "cross" and bool(self.roi.any()) and _in_window(self.clock, self.window)
+        return (site.kind == "cross" and bool(self.roi.any()) and _in_window(self.clock, self.window)
+                and (self.levels is None or site.level in self.levels))
 
     def roi_at(self, side: int, device) -> torch.Tensor:
         if side not in self._cache:
@@ -184,12 +282,13 @@ class AttentionRegularizer(AttentionController):
         return self._cache[side]
 
     def edit_scores(self, scores, site):
-        row = self.layout.index("edit", "image+text")
+        rows = [self.layout.index("edit", "image+text")] if self.rows == "text" else list(range(scores.shape[0]))
         side = int(round(scores.shape[2] ** 0.5))
         pix = self.roi_at(side, scores.device)  # (Q,)
         block = pix[:, None] & self.unrelated.to(scores.device)[None, :]  # (Q, K)
         scores = scores.clone()
-        scores[row] = scores[row].masked_fill(block[None], float("-inf"))
+        for row in rows:
+            scores[row] = scores[row].masked_fill(block[None], float("-inf"))
         return scores
 
 
@@ -206,16 +305,19 @@ class LIMEResult:
 def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int, options: LIMEOptions,
              seed: int, progress=None):
     """Run plain IP2P once, recording features and attention; returns (roi, labels, attention, top, tokens)."""
-    tokens = content_tokens(bundle.tokenizer, instruction)
-    if not tokens:
+    tokens = content_tokens(bundle.tokenizer, instruction, options.drop_verbs, options.keep_end_token)
+    if not content_tokens(bundle.tokenizer, instruction):
         raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
-    side = options.feature_side or bundle.image_size // 2
-    rec = LocalisationRecorder(tokens, side, options.attention_steps)
-    with feature_hooks(bundle.unet, rec.clock, options.feature_steps, side, IP2P_LAYOUT.index("edit", "image")) as store:
+    side = feature_side(bundle, options)
+    levels = _site_levels(bundle.unet, options.sites)
+    rec = LocalisationRecorder(tokens, side, options.attention_steps, levels)
+    kinds = ("self", "cross") if options.features == "self+cross" else ("self",)
+    with feature_hooks(bundle.unet, rec.clock, options.feature_steps, side, IP2P_LAYOUT.index("edit", "image"),
+                       kinds, levels) as store:
         instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
-                      torch.Generator().manual_seed(seed), controller=rec, progress=progress)
+                      torch.Generator().manual_seed(seed), controller=rec, progress=progress, sampler=options.sampler)
         feats = fuse_features(store)
-    labels = cluster(feats, options.clusters, options.seed)
+    labels = cluster(feats, options.clusters, options.seed, options.kmeans_init)
     roi, top = region_of_interest(labels, rec.attention(), options.points)
     return roi, labels, rec.attention(), top, tokens, feats
 
@@ -224,16 +326,24 @@ def lime_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_st
               options: LIMEOptions = LIMEOptions(), seed: int = 0, mask: torch.Tensor | None = None,
               progress=None) -> LIMEResult:
     """Localise (or take ``mask`` (1, 1, S, S)) and edit with attention regularisation."""
+    if not content_tokens(bundle.tokenizer, instruction):
+        raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
     if mask is not None:
-        side = options.feature_side or bundle.image_size // 2
+        side = feature_side(bundle, options)
         roi = F.interpolate(mask.float(), size=(side, side), mode="area")[0, 0] > 0.5
         labels = attention = top = None
-        tokens = content_tokens(bundle.tokenizer, instruction)
-        if not tokens:
-            raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
     else:
-        roi, labels, attention, top, tokens, _ = localize(bundle, image, instruction, num_steps, options, seed, progress)
-    reg = AttentionRegularizer(roi.cpu(), tokens, bundle.max_tokens, options.regularize_steps)
+        roi, labels, attention, top, _, _ = localize(bundle, image, instruction, num_steps, options, seed, progress)
+    # the edit's related tokens: every non-stop word (verbs included), the end token as the code keeps it
+    related = content_tokens(bundle.tokenizer, instruction, keep_end=options.keep_end_token)
+    levels = None
+    if options.regularize_levels == "finer-than-map":
+        from ..attention import map_level
+
+        levels = set(range(map_level(unet_sites(bundle.unet))))
+    reg = AttentionRegularizer(roi.cpu(), related, bundle.max_tokens, options.regularize_steps,
+                               options.regularize_rows, levels)
     z = instruct_edit(bundle, image, instruction, num_steps, options.edit_guidance,
-                      torch.Generator().manual_seed(seed), controller=reg if roi.any() else None, progress=progress)
-    return LIMEResult(z, roi, labels, attention, top, tokens)
+                      torch.Generator().manual_seed(seed), controller=reg if roi.any() else None, progress=progress,
+                      sampler=options.sampler)
+    return LIMEResult(z, roi, labels, attention, top, related)

@@ -1,0 +1,71 @@
+"""The instruction-editing methods as a registry, read by ``locedit instruct``, the bench and
+``locedit methods``: InstructPix2Pix alone and LIME on top of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..options import Citation
+from .ip2p import SAMPLERS, IP2POptions, instruct_edit
+from .lime import LIMEOptions, lime_edit
+
+IP2P_PAPER = Citation("Brooks et al., InstructPix2Pix: Learning to Follow Image Editing Instructions, CVPR 2023",
+                      "Eq. 3 (two guidance scales; LIME Eq. 2)", "timothybrooks/instruct-pix2pix")
+LIME_PAPER = Citation("Simsar et al., LIME: Localized Image Editing via Attention Regularization in Diffusion "
+                      "Models, 2024", "Sec. 3.1 (localisation), Eq. 3 (attention regularisation)",
+                      "enisimsar/LIME (pipeline.py, utils.py, lime.ipynb)")
+
+
+@dataclass(frozen=True)
+class IP2PEditOptions:
+    """InstructPix2Pix alone: its two guidance scales and the sampler (DDIM by default; the released
+    checkpoint ships Euler ancestral, ``--preset official``)."""
+
+    guidance: IP2POptions = IP2POptions(1.5, 7.5)
+    sampler: str = field(default="ddim", metadata={
+        "flag": "sampler", "choices": SAMPLERS, "help": "ddim or euler-ancestral (the released checkpoint's)"})
+
+    PRESETS = {"paper": {}, "official": {"sampler": "euler-ancestral"}}
+
+
+@dataclass(frozen=True)
+class InstructResult:
+    latents: torch.Tensor  # (1, C, h, w)
+    roi: torch.Tensor | None = None  # (S, S) bool: the region LIME edited
+
+
+class IP2P:
+    name: ClassVar[str] = "ip2p"
+    summary: ClassVar[str] = "InstructPix2Pix alone (no localisation)"
+    Options: ClassVar[type] = IP2PEditOptions
+    uses: ClassVar[frozenset[str]] = frozenset()
+    makes_roi: ClassVar[bool] = False
+    papers = (IP2P_PAPER,)
+
+    @staticmethod
+    def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:
+        z = instruct_edit(bundle, image, instruction, num_steps, options.guidance, torch.Generator().manual_seed(seed),
+                          progress=progress, sampler=options.sampler)
+        return InstructResult(z)
+
+
+class LIME:
+    name: ClassVar[str] = "lime"
+    summary: ClassVar[str] = "finds the region to edit by itself (or takes --mask) and keeps the edit inside it"
+    Options: ClassVar[type] = LIMEOptions
+    uses: ClassVar[frozenset[str]] = frozenset({"mask"})
+    makes_roi: ClassVar[bool] = True
+    papers = (LIME_PAPER, IP2P_PAPER)
+
+    @staticmethod
+    def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:
+        from dataclasses import replace
+
+        res = lime_edit(bundle, image, instruction, num_steps, replace(options, seed=seed), seed, mask, progress)
+        return InstructResult(res.latents, res.roi)
+
+
+INSTRUCT_METHODS = {"ip2p": IP2P, "lime": LIME}
