@@ -109,6 +109,8 @@ def add_option_flags(group, table: dict[str, list]) -> None:
                 kwargs["choices"] = list(f.meta["choices"])
             if "metavar" in f.meta:
                 kwargs["metavar"] = f.meta["metavar"]
+            elif "choices" not in f.meta:
+                kwargs["metavar"] = {int: "N", float: "X"}.get(f.meta.get("type"), "VALUE")
             kwargs["type"] = _typed(f.meta.get("type", str), flag)
             if f.meta.get("repeat"):
                 kwargs["action"] = "append"
