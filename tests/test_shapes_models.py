@@ -138,3 +138,21 @@ def test_both_presets_run_every_method_on_the_bundled_models(preset_name):
                 options = replace(options, drop_verbs=False)
         res = m.run(ib, x, "make the circle green", 3, options, seed=0)
         assert torch.isfinite(res.latents).all(), name
+
+
+@BUNDLED
+def test_bundled_models_are_diffusers_pipeline_folders():
+    """model_index.json: diffusers' own pipelines load the shipped folders and generate/edit with them."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+
+    t2i = StableDiffusionPipeline.from_pretrained(BUNDLED_DIR / "shapes", torch_dtype=torch.float32)
+    t2i.set_progress_bar_config(disable=True)
+    image = t2i("a red circle on a gray background", num_inference_steps=4, height=64, width=64,
+                generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+    ip2p = StableDiffusionInstructPix2PixPipeline.from_pretrained(BUNDLED_DIR / "shapes-instruct",
+                                                                  torch_dtype=torch.float32)
+    ip2p.set_progress_bar_config(disable=True)
+    edited = ip2p("make the circle green", image=image, num_inference_steps=4,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert edited.shape == (1, 3, 64, 64) and not torch.equal(edited, image)

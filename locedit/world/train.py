@@ -540,7 +540,26 @@ def assemble(args) -> None:
             if info.exists():
                 meta[part] = json.loads(info.read_text())
         (folder / "training.json").write_text(json.dumps(meta, indent=2))
+        write_model_index(folder, instruct=name == "shapes-instruct")
         print(f"wrote {folder}", file=sys.stderr)
+
+
+def write_model_index(folder: Path, instruct: bool) -> None:
+    """``model_index.json``: makes the folder a diffusers pipeline folder, so that
+    ``StableDiffusionPipeline`` (or ``StableDiffusionInstructPix2PixPipeline``) ``.from_pretrained``
+    loads it; no safety checker (the shapes world has nothing to check)."""
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionInstructPix2PixPipeline" if instruct else "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False,
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
