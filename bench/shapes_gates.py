@@ -22,7 +22,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--gates", default="vae,t2i,nti,instruct")
+    p.add_argument("--gates", default="vae,t2i,nti,instruct,p2p-colour,p2p-shape")
     p.add_argument("--model", default="shapes")
     p.add_argument("--instruct-model", default="shapes-instruct")
     p.add_argument("--device", default="auto")
@@ -30,7 +30,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     chosen = args.gates.split(",")
     figures, seconds = {}, {}
-    t2i = load_model(args.model, args.device) if {"vae", "t2i", "nti"} & set(chosen) else None
+    t2i = load_model(args.model, args.device) if {"vae", "t2i", "nti", "p2p-colour", "p2p-shape"} & set(chosen) else None
     for name in chosen:
         t0 = time.time()
         if name == "vae":
@@ -39,6 +39,10 @@ def main(argv=None):
             figures.update(G.gate_t2i(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "nti":
             figures.update(G.gate_nti(t2i, args.n, args.steps, progress=tqdm_progress))
+        elif name == "p2p-colour":
+            figures.update(G.gate_p2p_colour(t2i, args.n, args.steps, progress=tqdm_progress))
+        elif name == "p2p-shape":
+            figures.update(G.gate_p2p_shape(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "instruct":
             figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
                                            progress=tqdm_progress))

@@ -25,6 +25,12 @@ def test_gate_code_paths_run_on_tiny_models(bundle, tiny_instruct):
     assert r["nti_psnr"] > 0
     i = G.gate_instruct(tiny_instruct, n=2, steps=2)
     assert set(i) >= {"instruct_oracle", "instruct_outside_psnr"}
+    c = G.gate_p2p_colour(bundle, n=2, steps=2)
+    s = G.gate_p2p_shape(bundle, n=2, steps=2)
+    assert c["n"] == 2 and c["p2p_colour_outside_psnr"] < G.GATES["p2p_colour_outside_psnr"]  # random model
+    # the mask blend keeps everything outside the object at the source's latents: far closer than the
+    # attention blend of a random model
+    assert s["p2p_shape_outside_psnr"] > c["p2p_colour_outside_psnr"]
 
 
 def test_psnr_by_hand():
