@@ -23,6 +23,7 @@ import torch
 
 from locedit import pipeline
 from locedit.control import P2POptions
+from locedit.methods import P2PEditOptions
 from locedit.diffusion.loading import finish_bundle, resolve_device, resolve_dtype
 from locedit.diffusion.tiny import SD_SCHEDULER_CONFIG, TINY_WORDS, tiny_bundle, word_tokenizer
 from locedit.inversion import INVERSIONS
@@ -94,18 +95,19 @@ def main(argv=None):
         print(f"{name}: {rows[-1]['seconds']:.2f} s", file=sys.stderr)
         if name == "null-text":
             base = traj
-    engines = {
-        "p2p replace": P2POptions(mode="replace"),
-        "p2p refine + word blend": P2POptions(mode="refine", blend_words=("cat", "cat")),
-        "p2p reweight": P2POptions(mode="reweight", reweight=(("blue", 2.0),)),
+    engines = {  # label -> (P2P options, blend words)
+        "p2p replace": (P2POptions(mode="replace"), None),
+        "p2p refine + word blend": (P2POptions(mode="refine"), ("cat", "cat")),
+        "p2p reweight": (P2POptions(mode="reweight", reweight=(("blue", 2.0),)), None),
     }
     if base is None:
         base = pipeline.invert(bundle, image, src, "ddim", args.steps)
-    for label, opts in engines.items():
+    for label, (opts, blend_words) in engines.items():
         _peak_reset(device)
         _sync(device)
         t0 = time.perf_counter()
-        res = pipeline.edit(bundle, None, src, tgt, trajectory=base, engine_options=opts)
+        res = pipeline.edit(bundle, None, src, tgt, trajectory=base, options=P2PEditOptions(opts),
+                            blend_words=blend_words)
         _sync(device)
         rows.append({"stage": "edit", "method": label, "seconds": time.perf_counter() - t0,
                      "unet_calls": res.sample.unet_calls, "peak_gib": _peak(device)})
