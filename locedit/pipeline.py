@@ -42,8 +42,10 @@ class EditOptions:
     inversion_guidance_t: int | None = None
 
     def __post_init__(self):
-        if self.guidance < 0:
-            raise LoceditError(f"guidance must be >= 0, got {self.guidance}")
+        import math
+
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise LoceditError(f"guidance must be a finite number >= 0, got {self.guidance}")
         if self.proximal_quantile is not None and not 0.0 < self.proximal_quantile < 1.0:
             raise LoceditError(f"proximal_quantile must be in (0, 1), got {self.proximal_quantile}")
         if self.inversion_guidance_t is not None and self.proximal_quantile is None:

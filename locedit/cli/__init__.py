@@ -98,11 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = args.run(args)
     except LoceditError as exc:
+        if getattr(args, "debug", False):
+            raise
         sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
+    except Exception as exc:  # a bug, or the machine (out of memory, a full disk): one line, --debug for more
+        if getattr(args, "debug", False):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        kind = "cannot write or read a file" if isinstance(exc, OSError) else "internal error"
+        sys.stderr.write(f"error: {kind}: {type(exc).__name__}: {first[:200]} (run again with --debug for the "
+                         "traceback)\n")
+        return 1
     if getattr(args, "prints_itself", False):
         return 0
     summary["total_seconds"] = round(time.perf_counter() - t0, 3)

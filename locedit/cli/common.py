@@ -35,8 +35,9 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-random
                         f"(safetensors only). Default: {default_model}")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="network precision; step math stays fp32")
-    g.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--steps", type=_positive_int, default=steps,
+                   help=f"sampling steps, 1 to the scheduler's training steps (default {steps})")
+    g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
     g.add_argument("--fit", default="pad", choices=["pad", "resize"],
                    help="how an image that is not the model's square size is fitted: pad the short side by "
                         "edge replication (default) or stretch; the result is returned at the input size")
@@ -45,6 +46,61 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-random
 def add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
+
+
+def add_image_limit_flags(p: argparse.ArgumentParser) -> None:
+    from ..fileio import MAX_BYTES, MAX_PIXELS
+
+    g = p.add_argument_group("input limits")
+    g.add_argument("--max-image-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse input images and masks over N pixels, before decoding them (default {MAX_PIXELS:,})")
+    g.add_argument("--max-image-mb", type=_positive_float, default=MAX_BYTES / 2**20, metavar="MB",
+                   help=f"refuse input files over MB mebibytes (default {MAX_BYTES // 2**20})")
+
+
+def limits(args) -> dict:
+    """Keyword arguments of :func:`locedit.fileio.load_image` / ``load_mask`` from the limit flags."""
+    return {"max_pixels": args.max_image_pixels, "max_bytes": int(args.max_image_mb * 2**20)}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return v
+
+
+def finite_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return v
+
+
+def seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 2**32)")
+    return v
 
 
 def progress(args):
@@ -64,15 +120,19 @@ def quiet_libraries() -> None:
 
 
 def load_bundle(args):
+    """The model named by ``--model``, with ``--steps`` checked against its scheduler before any UNet call."""
     import torch
 
     from ..diffusion import load_model
 
-    if args.steps < 1:
-        raise LoceditError(f"--steps must be >= 1, got {args.steps}")
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries()
-    return load_model(args.model, args.device, args.dtype)
+    bundle = load_model(args.model, args.device, args.dtype)
+    try:
+        bundle.schedule(args.steps)
+    except ValueError as exc:
+        raise LoceditError(f"--steps {args.steps}: {exc}") from None
+    return bundle
 
 
 def fit_image(bundle, image, mode):
@@ -119,6 +179,8 @@ def add_option_flags(group, table: dict[str, list]) -> None:
 
 def _typed(fn, flag):
     def parse(text):
+        if fn is float:
+            return finite_float(text)
         try:
             return fn(text)
         except (TypeError, ValueError) as exc:

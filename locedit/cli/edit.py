@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LoceditError
-from .common import add_model_args, add_option_flags, add_output_flags, apply_option_flags, option_flag_table
+from .common import (add_image_limit_flags, add_model_args, add_option_flags, add_output_flags, apply_option_flags,
+                     finite_float, limits, option_flag_table)
 
 
 def _method_classes() -> dict[str, type]:
@@ -48,7 +49,8 @@ def register(sub) -> None:
     e.add_argument("--target", required=True, help="prompt describing the wanted edit")
     e.add_argument("--from-inversion", metavar="DIR", help="reuse a trajectory saved by 'locedit invert'")
     add_model_args(e)
-    e.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    add_image_limit_flags(e)
+    e.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     m = e.add_argument_group("method")
     m.add_argument("--method", default="p2p", choices=list(METHODS),
                    help="; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()) + " (default p2p)")
@@ -77,7 +79,7 @@ def register(sub) -> None:
     add_option_flags(o, option_flag_table({**_method_classes(), **_inversion_classes()}))
     x = e.add_argument_group("SPDInv editing-side extras (any method; off by default)")
     x.add_argument("--npi-null", action="store_true", help="use the source prompt as the null embedding")
-    x.add_argument("--proximal", type=float, nargs="?", const=0.7, default=None, metavar="Q",
+    x.add_argument("--proximal", type=finite_float, nargs="?", const=0.7, default=None, metavar="Q",
                    help="soft-threshold the guidance difference at its Q-quantile (0.7 when no Q)")
     x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
                    help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
@@ -103,7 +105,8 @@ def register(sub) -> None:
     v.add_argument("image", help="input image (PNG/JPEG)")
     v.add_argument("--prompt", required=True, help="prompt describing the image")
     add_model_args(v)
-    v.add_argument("--guidance", type=float, default=7.5,
+    add_image_limit_flags(v)
+    v.add_argument("--guidance", type=finite_float, default=7.5,
                    help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
     v.add_argument("--inversion", default="null-text", choices=list(INVERSIONS), help="(default null-text)")
     v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
@@ -127,23 +130,39 @@ def cmd_invert(args) -> dict:
     from dataclasses import asdict
 
     from .. import pipeline
-    from ..fileio import load_image
+    from ..fileio import _umask, load_image
     from .common import fit_image, load_bundle, progress
 
     options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
-    image = load_image(args.image)
+    if not args.prompt.strip():
+        raise LoceditError("--prompt is empty")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LoceditError(f"--out {str(out)!r} is a file; give a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoceditError(f"--out {str(out)!r}: {exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
+        raise LoceditError(f"--out {str(out)!r} is not writable")
+    image = load_image(args.image, **limits(args))
     bundle = load_bundle(args)
     fit, fitted = fit_image(bundle, image, args.fit)
     traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance, options,
                            progress(args))
-    out = Path(args.out)
-    tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent if out.parent.exists() else None))
+    # written next to the destination (same filesystem), then renamed into place
+    tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent))
     try:
         traj.save(tmp, extra={"image": {"height": fit.height, "width": fit.width, "fit": fit.mode, "source": str(args.image)},
                               "options": asdict(options), "preset": args.preset})
+        mode = 0o666 & ~_umask()
+        for f in tmp.iterdir():
+            os.chmod(f, mode)
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
+    except OSError as exc:
+        raise LoceditError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     finally:
         import shutil
 
@@ -171,7 +190,7 @@ def cmd_edit(args) -> dict:
     import torch
 
     from .. import __version__, pipeline
-    from ..fileio import box_mask, check_user_mask, load_image, load_mask, region_spec, save_png
+    from ..fileio import OutputSet, box_mask, check_output, check_user_mask, load_image, load_mask, region_spec
     from ..imaging import Fit
     from ..inversion import Trajectory
     from ..masks import Region
@@ -180,6 +199,18 @@ def cmd_edit(args) -> dict:
     from .common import load_bundle, progress
 
     method = METHODS[args.method]
+    if not args.target.strip():
+        raise LoceditError("--target is empty")
+    if args.source is not None and not args.source.strip():
+        raise LoceditError("--source is empty")
+    check_output(args.out)
+    if args.panel:
+        check_output(args.panel, "--panel")
+    if args.save_attention:
+        check_output(args.save_attention, "--save-attention")
+    if len({str(Path(p).resolve()) for p in (args.out, args.panel, args.save_attention) if p}) < \
+            len([p for p in (args.out, args.panel, args.save_attention) if p]):
+        raise LoceditError("--out, --panel and --save-attention must be different files")
     # ---- what the method uses, before anything is loaded --------------------------------------------
     uses = set(method.uses) | ({"regions"} if "source_regions" in method.uses else set())
     for name in sorted(_given_inputs(args) - uses):
@@ -216,34 +247,34 @@ def cmd_edit(args) -> dict:
     # ---- files -----------------------------------------------------------------------------------------
     trajectory, manifest = None, None
     if args.from_inversion:
-        try:
-            trajectory, manifest = Trajectory.load(args.from_inversion)
-        except (OSError, ValueError, KeyError) as exc:
-            raise LoceditError(f"--from-inversion {args.from_inversion!r} is not a saved trajectory ({exc})") from None
+        trajectory, manifest = Trajectory.load(args.from_inversion)
         source = args.source or trajectory.prompt
         size = manifest.get("image", {})
-        image = load_image(args.image) if args.image else None
+        image = load_image(args.image, **limits(args)) if args.image else None
     else:
         if not args.image:
             raise LoceditError("edit needs IMAGE (or --from-inversion DIR)")
         if not args.source:
             raise LoceditError("edit needs --source (the prompt that describes the input image)")
         source = args.source
-        image = load_image(args.image)
+        image = load_image(args.image, **limits(args))
     if image is not None:
         height, width = image.shape[-2:]
     else:
         height, width = size.get("height"), size.get("width")
-    masks = [load_mask(p) for p in args.mask] + [box_mask(b, height, width) for b in args.box]
+    masks = [load_mask(p, **limits(args)) for p in args.mask] + [box_mask(b, height, width) for b in args.box]
     for path, m in zip(list(args.mask) + list(args.box), masks):
         check_user_mask(m, path, height, width)
     mask = torch.stack(masks).amax(dim=0) if masks else None
-    regions = [region_spec(spec, height, width) for spec in args.region]
-    attributes = [region_spec(spec, height, width) for spec in args.attribute]
+    regions = [region_spec(spec, height, width, **limits(args)) for spec in args.region]
+    attributes = [region_spec(spec, height, width, **limits(args)) for spec in args.attribute]
 
     bundle = load_bundle(args)
-    if trajectory is not None and trajectory.model and trajectory.model != bundle.name:
-        raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} (pass --model)")
+    if trajectory is not None:
+        if trajectory.model and trajectory.model != bundle.name:
+            raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} "
+                               "(pass --model)")
+        trajectory.check_against(bundle)
     fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
     fitted = fit.to_model(image) if image is not None else None
     fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
@@ -285,6 +316,7 @@ def cmd_edit(args) -> dict:
                        ("attribute", list(args.attribute)), ("bind", list(args.bind))):
         if value:
             meta[key] = value
+    outputs = OutputSet()
     if args.panel:
         panel_mask = mask
         if panel_mask is None and result.sample.blend_mask is not None:
@@ -294,11 +326,12 @@ def cmd_edit(args) -> dict:
         if panel_mask is None:  # the change itself, normalised
             diff = (edited - source_view).abs().amax(dim=1, keepdim=True)
             panel_mask = diff / diff.max().clamp_min(1e-6)
-        save_png(torch.cat([source_view, edited, panel_mask.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
+        outputs.add(torch.cat([source_view, edited, panel_mask.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
     if args.save_attention and "attention" in result.stats:
-        save_png(attention_grid(result.stats.pop("attention"), bundle.image_size), args.save_attention, meta)
+        outputs.add(attention_grid(result.stats.pop("attention"), bundle.image_size), args.save_attention, meta)
     result.stats.pop("attention", None)
-    save_png(edited, args.out, meta)
+    outputs.add(edited, args.out, meta)
+    outputs.commit()  # all files or none
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items() if k != "guidance_loss"}
     if "guidance_loss" in result.stats:
         hist = result.stats["guidance_loss"]

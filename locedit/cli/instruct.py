@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_option_flags, add_output_flags, apply_option_flags, option_flag_table
+from .common import (add_image_limit_flags, add_option_flags, add_output_flags, apply_option_flags, limits,
+                     option_flag_table, seed)
 
 
 def _classes() -> dict[str, type]:
@@ -42,7 +43,8 @@ def register(sub) -> None:
     n.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     n.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision")
     n.add_argument("--steps", type=int, default=100, help="sampling steps (default 100, as the LIME paper)")
-    n.add_argument("--seed", type=int, default=0, help="random seed of the starting noise and k-means (default 0)")
+    n.add_argument("--seed", type=seed, default=0, help="random seed of the starting noise and k-means (default 0)")
+    add_image_limit_flags(n)
     n.add_argument("--fit", default="pad", choices=["pad", "resize"], help="how a non-square image is fitted")
     n.add_argument("--out", default="instruct.png", help="output PNG (default instruct.png)")
     n.add_argument("--panel", metavar="PNG", help="also write source | edit | region side by side")
@@ -56,13 +58,19 @@ def cmd_instruct(args) -> dict:
 
     from .. import __version__
     from ..errors import LoceditError
-    from ..fileio import check_user_mask, load_image, load_mask, save_png
+    from ..fileio import OutputSet, check_output, check_user_mask, load_image, load_mask
     from ..imaging import Fit
     from ..instruct import INSTRUCT_METHODS
     from ..options import describe, preset
     from .common import load_bundle, progress
 
     method = INSTRUCT_METHODS[args.method]
+    if not args.instruction.strip():
+        raise LoceditError("--instruction is empty")
+    check_output(args.out)
+    for flag, path in (("--panel", args.panel), ("--save-roi", args.save_roi)):
+        if path:
+            check_output(path, flag)
     if args.mask and "mask" not in method.uses:
         raise LoceditError(f"--mask is not used by --method {args.method}")
     if args.save_roi and not method.makes_roi:
@@ -70,11 +78,11 @@ def cmd_instruct(args) -> dict:
     key = f"method {args.method}"
     options = apply_option_flags(args, option_flag_table(_classes()), {key: preset(method.Options, args.preset)},
                                  f"--method {args.method}")[key]
-    image = load_image(args.image)
+    image = load_image(args.image, **limits(args))
     height, width = image.shape[-2:]
     mask = None
     if args.mask:
-        mask = load_mask(args.mask)
+        mask = load_mask(args.mask, **limits(args))
         check_user_mask(mask, args.mask, height, width)
     bundle = load_bundle(args)
     bundle.token_ids(args.instruction)
@@ -91,16 +99,18 @@ def cmd_instruct(args) -> dict:
     if args.mask:
         meta["mask"] = os.path.basename(args.mask)
     roi_img = None
+    outputs = OutputSet()
     if res.roi is not None:
         roi_img = fit.from_model(F.interpolate(res.roi.float()[None, None], size=(bundle.image_size,) * 2,
                                                mode="nearest"))
         roi_img = (roi_img > 0.5).float()
         if args.save_roi:
-            save_png(roi_img.expand(-1, 3, -1, -1), args.save_roi, meta)
+            outputs.add(roi_img.expand(-1, 3, -1, -1), args.save_roi, meta)
     if args.panel:
         third = roi_img if roi_img is not None else (edited - image).abs().amax(1, keepdim=True)
-        save_png(torch.cat([image, edited, third.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
-    save_png(edited, args.out, meta)
+        outputs.add(torch.cat([image, edited, third.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
+    outputs.add(edited, args.out, meta)
+    outputs.commit()  # all files or none
     out = {"out": str(args.out), **meta, "unet_calls": bundle.unet_calls}
     if res.roi is not None:
         out["roi_fraction"] = round(float(res.roi.float().mean()), 4)

@@ -83,17 +83,20 @@ class DDIMSchedule:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         sched = DDIMScheduler.from_config(dict(config))
         total = sched.config.num_train_timesteps
-        if num_steps > total:
-            raise ValueError(f"num_steps must be <= {total}, got {num_steps}")
         spacing = sched.config.timestep_spacing
-        if spacing == "leading":
-            ratio = total // num_steps
-            ts = [k * ratio + sched.config.steps_offset for k in range(num_steps)][::-1]
-        elif spacing == "trailing":
-            ratio = total / num_steps
-            ts = [int(round(total - k * ratio)) - 1 for k in range(num_steps)]
-        else:
+        if spacing not in ("leading", "trailing"):
             raise ValueError(f"timestep_spacing {spacing!r} is not supported (use leading or trailing)")
+
+        def timesteps(n: int) -> list[int]:
+            if spacing == "leading":
+                return [k * (total // n) + sched.config.steps_offset for k in range(n)][::-1]
+            return [int(round(total - k * total / n)) - 1 for k in range(n)]
+
+        if num_steps > total or max(timesteps(num_steps)) >= total:
+            most = next(n for n in range(min(num_steps, total), 0, -1) if max(timesteps(n)) < total)
+            raise ValueError(f"num_steps must be between 1 and {most} for this scheduler "
+                             f"({total} training steps), got {num_steps}")
+        ts = timesteps(num_steps)
         acp = sched.alphas_cumprod.double()
         final = 1.0 if sched.config.set_alpha_to_one else float(acp[0])
         # diffusers' DDIMScheduler steps to t - total // num_steps for every spacing

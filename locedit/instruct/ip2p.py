@@ -32,8 +32,10 @@ class IP2POptions:
         "flag": "text-guidance", "type": float, "help": "text guidance s_T"})
 
     def __post_init__(self):
-        if self.image_guidance < 0 or self.text_guidance < 0:
-            raise LoceditError("image_guidance and text_guidance must be >= 0")
+        import math
+
+        if not all(math.isfinite(v) and v >= 0 for v in (self.image_guidance, self.text_guidance)):
+            raise LoceditError("image_guidance and text_guidance must be finite numbers >= 0")
 
 
 def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int = 50,

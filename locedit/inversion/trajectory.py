@@ -126,13 +126,30 @@ class Trajectory:
 
     @classmethod
     def load(cls, folder: str | Path) -> tuple["Trajectory", dict]:
-        """Returns the trajectory and the whole manifest (with any extra keys saved beside it)."""
+        """Returns the trajectory and the whole manifest (with any extra keys saved beside it).
+        Anything unreadable, truncated or inconsistent is a one-line :class:`LoceditError`."""
+        from ..errors import LoceditError
+
+        try:
+            return cls._load(Path(folder))
+        except LoceditError:
+            raise
+        except Exception as exc:  # json, safetensors (truncated files), missing keys, bad values
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LoceditError(f"--from-inversion {str(folder)!r} is not a readable saved trajectory: {first[:160]}") from None
+
+    @classmethod
+    def _load(cls, folder: Path) -> tuple["Trajectory", dict]:
         from safetensors.torch import load_file
 
-        folder = Path(folder)
+        from ..errors import LoceditError
+
+        if not (folder / "manifest.json").is_file() or not (folder / "trajectory.safetensors").is_file():
+            raise LoceditError(f"--from-inversion {str(folder)!r} has no manifest.json and trajectory.safetensors "
+                               "(write one with 'locedit invert')")
         manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported trajectory format {manifest.get('format')!r}")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported trajectory format {manifest.get('format') if isinstance(manifest, dict) else manifest!r}")
         tensors = load_file(str(folder / "trajectory.safetensors"))
         nulls = tensors.get("null_embeddings")
         traj = cls(
@@ -149,3 +166,31 @@ class Trajectory:
             token_vectors={k[len("token:"):]: v for k, v in tensors.items() if k.startswith("token:")},
         )
         return traj, manifest
+
+    def check_against(self, bundle) -> None:
+        """Refuse a trajectory that does not fit ``bundle`` before any UNet call: latent shape and
+        dtype, the number of steps for its scheduler, the null embeddings' and token vectors' shapes."""
+        from ..errors import LoceditError
+
+        side = int(bundle.unet.config.sample_size)
+        want = (1, int(bundle.unet.config.out_channels), side, side)
+        for k, z in enumerate(self.latents):
+            if tuple(z.shape) != want:
+                raise LoceditError(f"the saved trajectory's latents are {tuple(z.shape)}, not {want} as model "
+                                   f"{bundle.name!r} makes (latent {k}); invert again with this model")
+            if z.dtype != torch.float32 or not torch.isfinite(z).all():
+                raise LoceditError(f"the saved trajectory's latent {k} is not finite float32")
+        try:
+            bundle.schedule(self.num_steps)
+        except ValueError as exc:
+            raise LoceditError(f"the saved trajectory's {self.num_steps} steps do not fit model {bundle.name!r}: {exc}") from None
+        dim = int(bundle.unet.config.cross_attention_dim)
+        for e in self.null_embeddings or []:
+            if tuple(e.shape) != (1, bundle.max_tokens, dim):
+                raise LoceditError(f"the saved trajectory's null embeddings are {tuple(e.shape)}, not "
+                                   f"{(1, bundle.max_tokens, dim)} as model {bundle.name!r} needs")
+        width = bundle.token_embedding_table().weight.shape[1]
+        for word, v in self.token_vectors.items():
+            if v.ndim != 3 or v.shape[0] != self.num_steps or v.shape[2] != width:
+                raise LoceditError(f"the saved trajectory's token vectors of {word!r} are {tuple(v.shape)}, which do "
+                                   f"not fit model {bundle.name!r}")
