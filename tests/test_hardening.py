@@ -194,3 +194,61 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(scene_png, 
     assert code == 1 and err.strip().count("\n") == 0 and "internal error: RuntimeError: boom" in err
     with pytest.raises(RuntimeError, match="boom"):
         main(["edit", img, *EDIT, "--out", str(tmp_path / "o.png"), "--debug", *FAST])
+
+
+# ---- bench and report ----------------------------------------------------------------------------------------
+BENCH = ["bench", "--model", "tiny-random", "--steps", "2", "--quiet", "--inversion", "ddim"]
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("shapes:n=abc", "n='abc' is not an integer"),
+    ("shapes:n=2,kinds=colour+zebra", "unknown ShapesEdit kind 'zebra'"),
+    ("shapes:n=0", "must be >= 1"),
+])
+def test_malformed_dataset_specs(tmp_path, capsys, spec, needle):
+    refused(BENCH + ["--dataset", spec, "--methods", "p2p", "--out", str(tmp_path / "b")], capsys, needle)
+
+
+def test_jsonl_rows_are_checked_with_their_line_number(scene_png, tmp_path, capsys):
+    img, _ = scene_png
+    spec = tmp_path / "edits.jsonl"
+    good = json.dumps({"image": os.path.basename(img), "source_prompt": "a red square", "target_prompt": "a blue square"})
+    spec.write_text(good + "\n[1, 2]\n")
+    refused(BENCH + ["--dataset", f"jsonl:{spec}", "--methods", "p2p", "--out", str(tmp_path / "b")], capsys,
+            "edits.jsonl:2: not a JSON object")
+    spec.write_text(good + "\n" + json.dumps({"image": "nowhere.png"}) + "\n")
+    refused(BENCH + ["--dataset", f"jsonl:{spec}", "--methods", "p2p", "--out", str(tmp_path / "b")], capsys,
+            "edits.jsonl:2: names a missing file 'nowhere.png'")
+
+
+def test_failed_rows_are_retried_and_other_settings_refused(tmp_path, capsys, monkeypatch):
+    import locedit.bench.runner as runner
+    from locedit.errors import LoceditError
+
+    out = tmp_path / "b"
+    args = BENCH + ["--dataset", "shapes:n=2,kinds=colour", "--methods", "p2p", "--out", str(out)]
+    real = runner.run_method
+    monkeypatch.setattr(runner, "run_method", lambda *a, **k: (_ for _ in ()).throw(LoceditError("flaky")))
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert [r.get("error") for r in runner.load_rows(out)] == ["flaky", "flaky"]
+    monkeypatch.setattr(runner, "run_method", real)
+    code, _, err = run(args + ["--no-retry"], capsys)  # kept as they are
+    assert code == 0 and all("error" in r for r in runner.load_rows(out))
+    code, _, err = run(args, capsys)  # retried
+    assert code == 0, err
+    rows = runner.load_rows(out)
+    assert len(rows) == 2 and not any("error" in r for r in rows)
+    refused(["bench", "--model", "tiny-random", "--steps", "3", "--quiet", "--inversion", "ddim", "--dataset",
+             "shapes:n=2,kinds=colour", "--methods", "p2p", "--out", str(out)], capsys, "steps=2, not 3")
+
+
+def test_report_skips_rows_without_an_id(tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"id": "a", "method": "p2p", "bg_psnr": 20.0}) + "\n"
+                                       + json.dumps({"method": "p2p", "bg_psnr": 1.0}) + "\n[]\n")
+    code, _, err = run(["report", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    text = (out / "report.md").read_text()
+    assert "2 line(s) without an id and a method were skipped: results.jsonl:2, results.jsonl:3" in text

@@ -68,11 +68,29 @@ def _load_mask(path: Path) -> torch.Tensor:
 
 
 def load_pie_bench(folder: str | Path) -> Iterator[EditItem]:
+    """PIE-Bench: ``mapping_file.json`` and ``annotation_images/``; every entry and image path is
+    checked before the first item is made."""
     folder = Path(folder)
     mapping = folder / "mapping_file.json"
     if not mapping.exists():
         raise LoceditError(f"{folder} is not a PIE-Bench folder (no mapping_file.json)")
-    data = json.loads(mapping.read_text())
+    try:
+        data = json.loads(mapping.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LoceditError(f"{mapping}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LoceditError(f"{mapping}: not a JSON object of entries")
+    for key, row in data.items():
+        missing = [k for k in ("image_path", "original_prompt", "editing_prompt", "mask") if not isinstance(row, dict)
+                   or k not in row]
+        if missing:
+            raise LoceditError(f"{mapping}: entry {key!r} has no {', '.join(missing)}")
+        if not (folder / "annotation_images" / row["image_path"]).is_file():
+            raise LoceditError(f"{mapping}: entry {key!r} names a missing image {row['image_path']!r}")
+    return _pie_items(folder, data)
+
+
+def _pie_items(folder: Path, data: dict) -> Iterator[EditItem]:
     for key in sorted(data):
         row = data[key]
         image = _load_image(folder / "annotation_images" / row["image_path"])
@@ -90,18 +108,40 @@ def load_pie_bench(folder: str | Path) -> Iterator[EditItem]:
 # ---- generic JSONL -----------------------------------------------------------------------------------------
 def load_jsonl(path: str | Path) -> Iterator[EditItem]:
     """One edit per line: image (or source_image), source_prompt, target_prompt, instruction, mask
-    (a PNG), object_masks with words, boxes, target_image, kind; paths relative to the file."""
+    (a PNG), object_masks with words, boxes, target_image, kind; paths relative to the file. Every
+    line is checked (a JSON object, an image, every file it names present) before the first item is
+    made; a bad line is reported with its line number."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise LoceditError(f"JSONL edit spec {path} does not exist")
     base = path.parent
-    for n, line in enumerate(path.read_text().splitlines()):
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoceditError(f"{path}: not readable text ({exc})") from None
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LoceditError(f"{path}:{n + 1}: not JSON ({exc.msg})") from None
+            raise LoceditError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise LoceditError(f"{path}:{n}: not a JSON object")
+        if not (row.get("image") or row.get("source_image")):
+            raise LoceditError(f"{path}:{n}: no 'image'")
+        files = [row.get("image") or row["source_image"], row.get("mask"), row.get("target_image")]
+        files += list(row.get("object_masks") or [])
+        for f in files:
+            if f is not None and (not isinstance(f, str) or not (base / f).is_file()):
+                raise LoceditError(f"{path}:{n}: names a missing file {f!r}")
+        rows.append((n, row))
+    return _jsonl_items(base, rows)
+
+
+def _jsonl_items(base: Path, rows) -> Iterator[EditItem]:
+    for n, row in rows:
         image = _load_image(base / (row.get("image") or row["source_image"]))
         mask = _load_mask(base / row["mask"]) if row.get("mask") else None
         words = row.get("words") or []
@@ -114,7 +154,7 @@ def load_jsonl(path: str | Path) -> Iterator[EditItem]:
                 source_regions.append((pair[0], loaded))
         blend = tuple(words[0]) if words and isinstance(words[0], list) and len(words[0]) == 2 else None
         yield EditItem(
-            id=str(row.get("id", n)), image=image, source_prompt=row.get("source_prompt", ""),
+            id=str(row.get("id", n - 1)), image=image, source_prompt=row.get("source_prompt", ""),
             target_prompt=row.get("target_prompt", ""), instruction=row.get("instruction", ""), mask=mask,
             regions=regions, source_regions=source_regions, blend_words=blend,
             edit_type=str(row.get("kind", row.get("edit_type", "unknown"))),
@@ -124,8 +164,9 @@ def load_jsonl(path: str | Path) -> Iterator[EditItem]:
 
 # ---- ShapesEdit ---------------------------------------------------------------------------------------------
 def load_shapes(spec: str = "") -> Iterator[EditItem]:
-    """``n=100,seed=0,size=64,kinds=colour+shape``: deterministic shapes-world edits with targets."""
-    from ..world.edits import EDIT_KINDS, sample_edit
+    """``n=100,seed=0,size=64,kinds=colour+shape``: deterministic shapes-world edits with targets.
+    The options are checked when called, before the first item is made."""
+    from ..world.edits import EDIT_KINDS
 
     opts = {"n": "100", "seed": "0", "size": "64", "kinds": "+".join(EDIT_KINDS)}
     for part in filter(None, spec.split(",")):
@@ -133,8 +174,24 @@ def load_shapes(spec: str = "") -> Iterator[EditItem]:
         if k not in opts:
             raise LoceditError(f"unknown ShapesEdit option {k!r}; use n, seed, size, kinds")
         opts[k] = v
-    n, seed, size = int(opts["n"]), int(opts["seed"]), int(opts["size"])
+    values = {}
+    for k, lo in (("n", 1), ("seed", 0), ("size", 16)):
+        try:
+            values[k] = int(opts[k])
+        except ValueError:
+            raise LoceditError(f"ShapesEdit option {k}={opts[k]!r} is not an integer") from None
+        if values[k] < lo:
+            raise LoceditError(f"ShapesEdit option {k}={values[k]} must be >= {lo}")
     kinds = opts["kinds"].split("+")
+    bad = [k for k in kinds if k not in EDIT_KINDS]
+    if bad:
+        raise LoceditError(f"unknown ShapesEdit kind {bad[0]!r}; choose from {'+'.join(EDIT_KINDS)}")
+    return _shapes_items(values["n"], values["seed"], values["size"], kinds)
+
+
+def _shapes_items(n: int, seed: int, size: int, kinds: list[str]) -> Iterator[EditItem]:
+    from ..world.edits import sample_edit
+
     rng = random.Random(seed)
     for k in range(n):
         e = sample_edit(rng, rng.choice(kinds))

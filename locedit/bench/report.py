@@ -110,12 +110,19 @@ def gallery(rows: list[dict], out: Path) -> Path:
 
 def write_report(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
-    rows = load_rows(folder)
+    if not folder.is_dir():
+        raise LoceditError(f"{folder} is not a folder written by 'locedit bench'")
+    malformed: list = []
+    rows = load_rows(folder, malformed)
     if not rows:
         raise LoceditError(f"{folder} holds no results*.jsonl rows (run 'locedit bench' first)")
     summary = summarise(rows)
     md = folder / "report.md"
-    md.write_text("# Benchmark report\n\n## Per method\n\n" + markdown_table(summary, edit_types=False)
+    skipped = ""
+    if malformed:
+        where = ", ".join(f"{f}:{n}" for f, n in malformed[:10]) + (" ..." if len(malformed) > 10 else "")
+        skipped = f"{len(malformed)} line(s) without an id and a method were skipped: {where}\n\n"
+    md.write_text("# Benchmark report\n\n" + skipped + "## Per method\n\n" + markdown_table(summary, edit_types=False)
                   + "\n\n## Per method and edit type\n\n" + markdown_table(summary) + "\n")
     written = {"markdown": md, "gallery": gallery(rows, folder)}
     for p in plots(summary, folder):

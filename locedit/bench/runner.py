@@ -114,22 +114,48 @@ def _repair(path: Path) -> None:
             f.truncate(keep)
 
 
-def load_rows(out: Path) -> list[dict]:
-    """All complete rows of every rank's results file, first occurrence of each (id, method)."""
-    rows, seen = [], set()
+def load_rows(out: Path, malformed: list | None = None) -> list[dict]:
+    """All complete rows of every rank's results file, one per (id, method): the last one written
+    (a retried row supersedes the failed one), in the order each key first appeared. Lines that
+    are not JSON objects with an ``id`` and a ``method`` are skipped and appended to ``malformed``
+    as ``(file name, line number)``."""
+    rows: dict[tuple, dict] = {}
     for path in sorted(Path(out).glob("results*.jsonl")):
-        for line in path.read_text().splitlines():
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or "id" not in row or "method" not in row:
+                if malformed is not None:
+                    malformed.append((path.name, n))
                 continue
-            key = (row["id"], row["method"])
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
-    return rows
+            rows[(str(row["id"]), row["method"])] = row
+    return list(rows.values())
+
+
+RUN_FILE = "run.json"
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Store the run's settings beside its rows, or refuse to resume a run made with other ones."""
+    path = out / RUN_FILE
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise LoceditError(f"{path} is not readable JSON; remove it or use another --out") from None
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            k, (a, b) = next(iter(changed.items()))
+            raise LoceditError(f"{out} holds a run with {k}={a!r}, not {b!r}: resume it with the same settings "
+                               f"or use another --out ({len(changed)} setting(s) differ)")
+        return
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -234,19 +260,30 @@ def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:
             for k, v in out.items()}
 
 
+def run_settings(config: BenchConfig, t2i=None, ip2p=None, dataset: str = "") -> dict:
+    from .. import __version__
+
+    return {"dataset": dataset, "model": getattr(t2i, "name", None), "instruct_model": getattr(ip2p, "name", None),
+            "steps": config.steps, "guidance": config.guidance, "inversion": config.inversion, "preset": config.preset,
+            "seed": config.seed, "fit": config.fit, "locedit_version": __version__}
+
+
 def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2i=None, ip2p=None,
               config: BenchConfig = BenchConfig(), limit: int | None = None,
-              progress: Callable | None = None) -> Path:
+              progress: Callable | None = None, retry: bool = True, dataset: str = "") -> Path:
+    """Run ``methods`` on ``items`` into ``out``; resumable. A resumed run retries the rows that
+    failed unless ``retry`` is False, and is refused if its settings differ from the stored ones."""
     known = bench_methods()
     bad = [m for m in methods if m not in known]
     if bad:
         raise LoceditError(f"unknown method {bad[0]!r}; choose from {', '.join(known)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, run_settings(config, t2i, ip2p, dataset))
     rank, world = rank_and_world()
     path = results_path(out, rank, world)
     _repair(path)
-    done = {(r["id"], r["method"]) for r in load_rows(out)}
+    done = {(r["id"], r["method"]) for r in load_rows(out) if not (retry and "error" in r)}
     items = list(items)[: limit if limit else None]
     mine = [it for k, it in enumerate(items) if k % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_output_flags
+from .common import _positive_int, add_output_flags, finite_float, seed
 
 
 def _inversions():
@@ -34,6 +34,8 @@ def register(sub) -> None:
                          "the attention blend)")
     bn.add_argument("--out", required=True, help="output folder (results*.jsonl, images/)")
     bn.add_argument("--limit", type=int, help="only the first N items")
+    bn.add_argument("--no-retry", action="store_true",
+                    help="on resume, keep the rows that failed instead of running them again")
     bn.add_argument("--metrics", default="pixel,shapes",
                     help="pixel (PSNR/MSE/SSIM on the unedited part, PIE-Bench convention) and shapes (ground truth, "
                          "oracle) are always computed; add lpips-alex, lpips-squeeze, clip, dino (pretrained weights "
@@ -44,9 +46,9 @@ def register(sub) -> None:
                     help="inversion for the methods that take one (default null-text)")
     bn.add_argument("--preset", choices=["paper", "official"],
                     help="every method's and inversion's options from the paper's or the authors' code's reading")
-    bn.add_argument("--steps", type=int, default=50)
-    bn.add_argument("--guidance", type=float, default=7.5)
-    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
+    bn.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    bn.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     bn.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when available, else cpu")
     bn.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     add_output_flags(bn)
@@ -75,7 +77,7 @@ def cmd_bench(args) -> dict:
         raise LoceditError(f"unknown method {bad[0] if bad else args.methods!r}; choose from {', '.join(known)}")
     if args.limit is not None and args.limit < 1:
         raise LoceditError("--limit must be >= 1")
-    items = open_dataset(args.dataset)
+    items = open_dataset(args.dataset)  # checked here, before any model is loaded
     device = args.device
     if device == "auto":
         import torch
@@ -91,7 +93,8 @@ def cmd_bench(args) -> dict:
     config = BenchConfig(steps=args.steps, guidance=args.guidance, inversion=args.inversion, seed=args.seed,
                          preset=args.preset,
                          learned=learned)
-    out = run_bench(items, methods, args.out, t2i, ip2p, config, args.limit, progress(args))
+    out = run_bench(items, methods, args.out, t2i, ip2p, config, args.limit, progress(args),
+                    retry=not args.no_retry, dataset=args.dataset)
     from ..bench import load_rows
 
     return {"out": str(out), "rows": len(load_rows(out))}
