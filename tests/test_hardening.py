@@ -106,7 +106,7 @@ def test_empty_prompts(scene_png, tmp_path, capsys):
     out = tmp_path / "o.png"
     refused(["edit", img, "--source", "a red square", "--target", "", "--out", str(out), *FAST], capsys,
             "--target is empty", out)
-    refused(["invert", img, "--prompt", " ", "--out", str(tmp_path / "inv"), *FAST], capsys, "--prompt is empty")
+    refused(["invert", img, "--prompt", " ", "--out", str(tmp_path / "inv"), *FAST], capsys, "--source is empty")
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------

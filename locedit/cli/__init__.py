@@ -22,7 +22,10 @@ SUBCOMMANDS = ("edit", "instruct", "bench", "world", "methods")  # modules; edit
 def build_parser() -> Parser:
     import importlib
 
+    from .. import __version__
+
     parser = Parser(prog="locedit", description="Localized text-guided editing of real images with diffusion models.")
+    parser.add_argument("--version", action="version", version=f"locedit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -26,13 +26,16 @@ def fraction(text: str) -> float:
     return v
 
 
-def add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-random", steps: int = 50) -> None:
+DEFAULT_MODEL = "shapes"
+
+
+def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str = "") -> None:
     from ..diffusion.loading import BUILTIN_MODELS, DTYPES
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model,
+    g.add_argument("--model", default=None,
                    help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local diffusers folder, or a hub id "
-                        f"(safetensors only). Default: {default_model}")
+                        f"(safetensors only). Default: {DEFAULT_MODEL}{model_help}")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="network precision; step math stays fp32")
     g.add_argument("--steps", type=_positive_int, default=steps,
@@ -127,7 +130,7 @@ def load_bundle(args):
 
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries()
-    bundle = load_model(args.model, args.device, args.dtype)
+    bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
     try:
         bundle.schedule(args.steps)
     except ValueError as exc:

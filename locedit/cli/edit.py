@@ -48,7 +48,7 @@ def register(sub) -> None:
     e.add_argument("--source", help="prompt describing the input image (default with --from-inversion: its prompt)")
     e.add_argument("--target", required=True, help="prompt describing the wanted edit")
     e.add_argument("--from-inversion", metavar="DIR", help="reuse a trajectory saved by 'locedit invert'")
-    add_model_args(e)
+    add_model_args(e, model_help=" (with --from-inversion: the model the trajectory was made with)")
     add_image_limit_flags(e)
     e.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     m = e.add_argument_group("method")
@@ -103,7 +103,8 @@ def register(sub) -> None:
                "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("image", help="input image (PNG/JPEG)")
-    v.add_argument("--prompt", required=True, help="prompt describing the image")
+    v.add_argument("--source", "--prompt", dest="prompt", required=True,
+                   help="prompt describing the image (the edit's --source)")
     add_model_args(v)
     add_image_limit_flags(v)
     v.add_argument("--guidance", type=finite_float, default=7.5,
@@ -135,7 +136,7 @@ def cmd_invert(args) -> dict:
 
     options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
     if not args.prompt.strip():
-        raise LoceditError("--prompt is empty")
+        raise LoceditError("--source is empty")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LoceditError(f"--out {str(out)!r} is a file; give a folder")
@@ -248,6 +249,8 @@ def cmd_edit(args) -> dict:
     trajectory, manifest = None, None
     if args.from_inversion:
         trajectory, manifest = Trajectory.load(args.from_inversion)
+        if args.model is None and trajectory.model:
+            args.model = trajectory.model  # the model the trajectory was made with
         source = args.source or trajectory.prompt
         size = manifest.get("image", {})
         image = load_image(args.image, **limits(args)) if args.image else None

@@ -11,15 +11,15 @@ def register(sub) -> None:
     w = sub.add_parser("world", help="write shapes-world scenes or edit sets (exact ground truth) to disk",
                        description="The synthetic shapes world: seeded scenes of 1-3 objects with exact masks, "
                                    "and edits with their exact target renders.",
-                       epilog="example: locedit world edits --n 30 --kinds colour,shape --out shapes-edits/",
+                       epilog="example: locedit world edits --n 30 --kinds colour+shape --out shapes-edits/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("what", choices=["sample", "edits"], help="sample: scenes with captions and masks; "
                    "edits: source/target pairs with captions, instructions, masks and boxes")
     w.add_argument("--n", type=int, default=16, help="how many (default 16)")
     w.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     w.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    w.add_argument("--kinds", default="colour,shape,texture,background,two",
-                   help="edit kinds, comma-separated (edits only)")
+    w.add_argument("--kinds", default="colour+shape+texture+background+two",
+                   help="edit kinds joined by + (as in the bench's shapes:kinds=...; commas work too; edits only)")
     w.add_argument("--out", required=True, help="output folder")
     add_output_flags(w)
     w.set_defaults(run=cmd_world)
@@ -36,7 +36,7 @@ def cmd_world(args) -> dict:
     if args.what == "sample":
         out = write_scenes(args.out, args.n, args.seed, args.size, progress(args))
         return {"out": str(out), "scenes": args.n, "index": str(out / "scenes.jsonl")}
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    kinds = tuple(k.strip() for k in args.kinds.replace(",", "+").split("+") if k.strip())
     bad = [k for k in kinds if k not in EDIT_KINDS]
     if bad or not kinds:
         raise LoceditError(f"unknown edit kind {bad[0] if bad else args.kinds!r}; choose from {', '.join(EDIT_KINDS)}")
