@@ -246,9 +246,15 @@ def test_failed_rows_are_retried_and_other_settings_refused(tmp_path, capsys, mo
 def test_report_skips_rows_without_an_id(tmp_path, capsys):
     out = tmp_path / "b"
     out.mkdir()
-    (out / "results.jsonl").write_text(json.dumps({"id": "a", "method": "p2p", "bg_psnr": 20.0}) + "\n"
+    (out / "results.jsonl").write_text(json.dumps({"id": "a", "method": "p2p", "bg_psnr": 20.0,
+                                                   "background_psnr": 30.0}) + "\n"
                                        + json.dumps({"method": "p2p", "bg_psnr": 1.0}) + "\n[]\n")
+    (out / "run.json").write_text(json.dumps({"model": "shapes", "steps": 50}))
     code, _, err = run(["report", str(out), "--quiet"], capsys)
     assert code == 0, err
     text = (out / "report.md").read_text()
     assert "2 line(s) without an id and a method were skipped: results.jsonl:2, results.jsonl:3" in text
+    assert "Settings: model `shapes`, steps `50`" in text
+    # one name per metric, with what it measures and its unit; an earlier run's name is mapped to it
+    assert "PSNR outside the edited objects, against the source [dB] (`outside_psnr`)" in text
+    assert "background_psnr" not in text

@@ -14,7 +14,40 @@ from pathlib import Path
 from ..errors import LoceditError
 from .runner import load_rows
 
-_NOT_METRICS = {"id", "method", "edit_type", "output", "rank", "error"}
+_NOT_METRICS = {"id", "method", "edit_type", "output", "rank", "error", "source_prompt", "target_prompt", "instruction"}
+
+# one name per metric, with what it measures and its unit (a header of the report)
+METRICS = {
+    "bg_psnr": "PSNR of the unedited part, PIE-Bench convention (full frame times 1 - mask) [dB]",
+    "bg_mse": "MSE of the unedited part, PIE-Bench convention",
+    "bg_ssim": "SSIM of the unedited part, PIE-Bench convention",
+    "psnr": "PSNR against the source, whole image [dB]",
+    "ssim": "SSIM against the source, whole image",
+    "outside_psnr": "PSNR outside the edited objects, against the source [dB]",
+    "outside_ssim": "SSIM outside the edited objects, against the source",
+    "outside_mse": "MSE outside the edited objects, against the source",
+    "inside_psnr_to_target": "PSNR inside the edited objects, against the exact target [dB]",
+    "inside_mse_to_target": "MSE inside the edited objects, against the exact target",
+    "psnr_to_target": "PSNR against the exact target, whole image [dB]",
+    "oracle_success": "oracle sees the edit [fraction]",
+    "roi_iou": "LIME region of interest: IoU with the edited region",
+    "seconds": "time per edit [s]",
+    "unet_calls": "UNet evaluations per edit",
+    "lpips_alex": "LPIPS (AlexNet), unedited part", "lpips_squeeze": "LPIPS (SqueezeNet), unedited part",
+    "clip_whole": "CLIP score, whole image", "clip_edited": "CLIP score, edited part",
+    "structure_distance": "DINO structure distance",
+}
+# names written by earlier versions of the runner -> the one name
+RENAMED = {"background_psnr": "outside_psnr", "background_ssim": "outside_ssim", "outside_mse_to_source": "outside_mse"}
+
+
+def canonical(rows: list[dict]) -> list[dict]:
+    """Rows with the metrics of earlier runner versions under their current names."""
+    return [{RENAMED.get(k, k): v for k, v in r.items()} for r in rows]
+
+
+def label(metric: str) -> str:
+    return METRICS.get(metric, metric)
 
 
 def summarise(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, int, int]]]:
@@ -39,7 +72,7 @@ def summarise(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, 
 def markdown_table(summary, edit_types: bool = True) -> str:
     keys = sorted(k for k in summary if edit_types or k[1] == "all")
     metrics = sorted({m for k in keys for m in summary[k] if m != "errors"})
-    lines = ["| method | edit type | n | " + " | ".join(metrics) + " | errors |",
+    lines = ["| method | edit type | n | " + " | ".join(f"{label(m)} (`{m}`)" for m in metrics) + " | errors |",
              "|---|---|---:|" + "---:|" * len(metrics) + "---:|"]
     for k in keys:
         s = summary[k]
@@ -70,7 +103,9 @@ def plots(summary, out: Path) -> list[Path]:
         vals = [summary.get((meth, "all"), {}).get(m, (float("nan"), 0, 0))[0] for meth in methods]
         fig, ax = plt.subplots(figsize=(max(3, 1.2 * len(methods)), 3))
         ax.bar(methods, [0 if math.isnan(v) else v for v in vals], color="#4477aa")
-        ax.set_title(m)
+        ax.set_title(label(m), fontsize=9)
+        ax.set_xlabel("method")
+        ax.set_ylabel(m)
         ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
         path = out / f"plot_{m}.png"
@@ -92,7 +127,12 @@ def gallery(rows: list[dict], out: Path) -> Path:
              "<style>img{width:160px;image-rendering:pixelated}td,th{padding:4px;font:12px sans-serif}</style>",
              f"<table><tr><th>item</th><th>source</th>{head}{'<th>target</th>' if has_target else ''}</tr>"]
     for item in sorted(by_item):
-        cells = [f"<td>{html.escape(item)}</td>", f"<td><img src='images/source/{html.escape(item)}.png'></td>"]
+        first = next(iter(by_item[item].values()))
+        prompts = " &rarr; ".join(html.escape(first[k]) for k in ("source_prompt", "target_prompt") if first.get(k))
+        if first.get("instruction"):
+            prompts += (f"<br><i>{html.escape(first['instruction'])}</i>")
+        cells = [f"<td>{html.escape(item)}<br>{prompts}</td>",
+                 f"<td><img src='images/source/{html.escape(item)}.png'></td>"]
         for m in methods:
             r = by_item[item].get(m)
             if r and "output" in r:
@@ -113,16 +153,26 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise LoceditError(f"{folder} is not a folder written by 'locedit bench'")
     malformed: list = []
-    rows = load_rows(folder, malformed)
+    rows = canonical(load_rows(folder, malformed))
     if not rows:
         raise LoceditError(f"{folder} holds no results*.jsonl rows (run 'locedit bench' first)")
     summary = summarise(rows)
+    settings = ""
+    run_file = folder / "run.json"
+    if run_file.exists():
+        import json
+
+        try:
+            info = json.loads(run_file.read_text())
+            settings = "Settings: " + ", ".join(f"{k} `{v}`" for k, v in info.items() if v is not None) + "\n\n"
+        except (OSError, ValueError):
+            settings = ""
     md = folder / "report.md"
     skipped = ""
     if malformed:
         where = ", ".join(f"{f}:{n}" for f, n in malformed[:10]) + (" ..." if len(malformed) > 10 else "")
         skipped = f"{len(malformed)} line(s) without an id and a method were skipped: {where}\n\n"
-    md.write_text("# Benchmark report\n\n" + skipped + "## Per method\n\n" + markdown_table(summary, edit_types=False)
+    md.write_text("# Benchmark report\n\n" + settings + skipped + "## Per method\n\n" + markdown_table(summary, edit_types=False)
                   + "\n\n## Per method and edit type\n\n" + markdown_table(summary) + "\n")
     written = {"markdown": md, "gallery": gallery(rows, folder)}
     for p in plots(summary, folder):

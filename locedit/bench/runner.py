@@ -168,15 +168,11 @@ def append_row(path: Path, row: dict) -> None:
         os.close(fd)
 
 
-def _save(image: torch.Tensor, path: Path) -> str:
-    import numpy as np
-    from PIL import Image
+def _save(image: torch.Tensor, path: Path, metadata: dict | None = None) -> str:
+    """One image of the bench, atomically, with its metadata (the method, the item, the run's settings)."""
+    from ..fileio import save_png
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    save_png(image, path, metadata or {})
     return str(path)
 
 
@@ -303,8 +299,12 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
         seconds = time.perf_counter() - t0
         row = {"id": item.id, "method": method, "edit_type": item.edit_type, "seconds": round(seconds, 4),
                "unet_calls": calls, "rank": rank}
+        row.update({k: v for k, v in (("source_prompt", item.source_prompt), ("target_prompt", item.target_prompt),
+                                      ("instruction", item.instruction)) if v})
         if edited is not None:
-            row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png"), out)
+            meta = {"id": item.id, "method": method, **run_settings(config, t2i, ip2p, dataset),
+                    **{k: v for k, v in row.items() if k.endswith("prompt") or k == "instruction"}}
+            row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png", meta), out)
             row.update(item_metrics(item, edited))
             row.update(extra)
             if config.learned is not None:

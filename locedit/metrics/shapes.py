@@ -22,9 +22,9 @@ def shapes_metrics(edited: torch.Tensor, source: torch.Tensor, target: torch.Ten
     out = {
         "inside_mse_to_target": float(mse(edited, target, inside)[0]) if inside.any() else float("nan"),
         "inside_psnr_to_target": float(psnr(edited, target, inside)[0]) if inside.any() else float("nan"),
-        "outside_mse_to_source": float(mse(edited, source, outside)[0]) if outside.any() else float("nan"),
-        "background_psnr": float(psnr(edited, source, outside)[0]) if outside.any() else float("nan"),
-        "background_ssim": float(ssim(edited, source, outside)[0]) if outside.any() else float("nan"),
+        "outside_mse": float(mse(edited, source, outside)[0]) if outside.any() else float("nan"),
+        "outside_psnr": float(psnr(edited, source, outside)[0]) if outside.any() else float("nan"),
+        "outside_ssim": float(ssim(edited, source, outside)[0]) if outside.any() else float("nan"),
         "psnr_to_target": float(psnr(edited, target)[0]),
     }
     if oracle_ok is not None:
