@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..control import LocalBlendOptions, P2POptions, check_blend_words
+from ..control import LocalBlendOptions, P2POptions
 from ..errors import LoceditError
 from ..guidance.locinv import LocInvOptions, locinv_inversion
-from ..masks import check_mask
 from .base import Citation, Method, Plan
-from .p2p import P2P_PAPER, check_blend, check_p2p, p2p_controller
+from .p2p import P2P, P2P_PAPER
 
 LOCINV_PAPER = Citation("Tang et al., LocInv: Localization-aware Inversion for Text-Guided Image Editing, "
                         "CVPR 2024 AI4CC workshop", "Sec. 3.3-3.4, Eq. 5-8",
@@ -40,15 +39,11 @@ class LocInv(Method):
     def check(cls, bundle, request, options) -> None:
         if not request.regions:
             raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
-        check_p2p(bundle, request, options.p2p)
-        check_blend(request, options.blend)
-        check_blend_words(bundle.tokenizer, request.source, request.target, request.blend_words)
-        if request.mask is not None:
-            check_mask(request.mask, (bundle.image_size, bundle.image_size))
+        P2P.check(bundle, request, options)  # the engine's checks (options.p2p, options.blend)
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
-        return Plan(p2p_controller(bundle, request, options.p2p, options.blend))
+        return P2P.build(bundle, request, options)  # P2P; the learned tokens come with the trajectory
 
     @classmethod
     def invert(cls, bundle, image, request, options, progress=None):
