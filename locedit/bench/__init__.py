@@ -1,7 +1,12 @@
-"""Datasets, the resumable benchmark runner, and reports."""
+"""Benchmarks: datasets, the resumable runner and reports (imported on first use)."""
 
-from .datasets import DATASETS, EditItem, decode_pie_mask, open_dataset, strip_brackets
-from .runner import BenchConfig, bench_methods, load_rows, run_bench
+from .._lazy import lazy_attributes
+from .names import bench_methods
 
-__all__ = ["bench_methods", "BenchConfig", "DATASETS", "EditItem", "decode_pie_mask", "load_rows", "open_dataset",
+__getattr__ = lazy_attributes(__name__, {
+    "DATASETS": ".datasets", "EditItem": ".datasets", "decode_pie_mask": ".datasets", "open_dataset": ".datasets",
+    "strip_brackets": ".datasets", "BenchConfig": ".runner", "load_rows": ".runner", "run_bench": ".runner",
+})
+
+__all__ = ["BenchConfig", "DATASETS", "EditItem", "bench_methods", "decode_pie_mask", "load_rows", "open_dataset",
            "run_bench", "strip_brackets"]

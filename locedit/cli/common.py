@@ -30,14 +30,14 @@ DEFAULT_MODEL = "shapes"
 
 
 def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str = "") -> None:
-    from ..diffusion.loading import BUILTIN_MODELS, DTYPES
+    from ..diffusion.names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
-                   help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local diffusers folder, or a hub id "
+                   help=f"built-in name ({', '.join(BUILTIN_MODEL_NAMES)}), a local diffusers folder, or a hub id "
                         f"(safetensors only). Default: {DEFAULT_MODEL}{model_help}")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="network precision; step math stays fp32")
+    g.add_argument("--dtype", default="fp32", choices=list(DTYPE_NAMES), help="network precision; step math stays fp32")
     g.add_argument("--steps", type=_positive_int, default=steps,
                    help=f"sampling steps, 1 to the scheduler's training steps (default {steps})")
     g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")

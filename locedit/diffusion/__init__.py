@@ -1,7 +1,10 @@
-"""Model bundle and loading, DDIM math, text and image encoding."""
+"""Model bundle and loading, DDIM math, text and image encoding (imported on first use)."""
 
-from .ddim import DDIMSchedule, ddim_step, predicted_x0, to_epsilon
-from .loading import BUILTIN_MODELS, load_model, save_model
-from .model import ModelBundle
+from .._lazy import lazy_attributes
+
+__getattr__ = lazy_attributes(__name__, {
+    "DDIMSchedule": ".ddim", "ddim_step": ".ddim", "predicted_x0": ".ddim", "to_epsilon": ".ddim",
+    "BUILTIN_MODELS": ".loading", "load_model": ".loading", "save_model": ".loading", "ModelBundle": ".model",
+})
 
 __all__ = ["BUILTIN_MODELS", "DDIMSchedule", "ModelBundle", "ddim_step", "load_model", "predicted_x0", "save_model", "to_epsilon"]

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .model import ModelBundle
+from .names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -55,6 +56,7 @@ BUILTIN_MODELS: dict[str, Callable[[torch.device, torch.dtype], ModelBundle]] = 
     "shapes-instruct": _bundled("shapes-instruct"),
     "tiny-random": _tiny_random,
 }
+assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES and tuple(DTYPES) == DTYPE_NAMES  # the CLI's light copies
 
 
 def resolve_device(device: str) -> torch.device:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -46,69 +45,18 @@ from ..attention import BatchLayout, controlled_attention, map_level, unet_sites
 from ..diffusion import ModelBundle, ddim_step
 from ..diffusion.text import token_positions, word_tokens
 from ..errors import LoceditError, OptimisationError, PromptError
-from ..inversion import NullTextOptions, Trajectory, ddim_latents
+from ..inversion import Trajectory, ddim_latents
 from ..inversion.null_text import optimise_null
 from ..masks import Region, check_mask
 from ..progress import Progress, track
 from . import losses as L
 from .loop import MapCapture, map_mask_from
-
-# (alpha, beta, lambda) per loss and prior kind, from the authors' scripts
-LOCINV_DEFAULTS = {
-    "seg": {"sim": (50.0, 0.7, 1.0), "ov": (25.0, 0.7, 1.0)},
-    "box": {"sim": (25.0, 0.5, 0.1), "ov": (25.0, 0.5, 1.0)},
-    "adj": (50.0, 0.1, 2.0),
-}
-PAIR_SOURCES = ("auto", "user", "parser", "previous")
-NTI_MODES = ("carry", "restart")
-BOX_DEFAULTS = ("scripts", "det-script")
-RESTART_ITERATIONS = 31  # the code's fixed null-text iterations per step
-
+from .options import (BOX_DEFAULTS, LOCINV_DEFAULTS, NTI_MODES, PAIR_SOURCES,  # noqa: F401 (re-exported)
+                      RESTART_ITERATIONS, LocInvOptions)
 
 def threshold(i: int, alpha: float, beta: float) -> float:
     """tau(i) = beta * exp(-i / alpha) (LocInv, per-step loss thresholds)."""
     return beta * math.exp(-i / alpha)
-
-
-@dataclass(frozen=True)
-class LocInvOptions:
-    max_inner: int = field(default=31, metadata={
-        "flag": "locinv-inner", "type": int, "help": "max token-learning steps per sampling step"})
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    # (alpha, beta, lambda); None = the authors' value for the prior kind
-    sim: tuple[float, float, float] | None = None
-    ov: tuple[float, float, float] | None = None
-    adj: tuple[float, float, float] = LOCINV_DEFAULTS["adj"]
-    adj_bind: bool = field(default=False, metadata={
-        "flag": "adj-bind", "help": "bind adjectives to the region nouns found automatically (--pair-source); "
-                                    "--bind ADJ:NOUN gives them explicitly"})
-    pair_source: str = field(default="auto", metadata={
-        "flag": "pair-source", "choices": PAIR_SOURCES,
-        "help": "with --adj-bind: auto (spaCy when installed, else the word before each noun), parser, previous"})
-    nti_mode: str = field(default="carry", metadata={
-        "flag": "nti-mode", "choices": NTI_MODES,
-        "help": "per-step null-text: carry (NTI, the paper) or restart (from the empty prompt, 31 iterations, the code)"})
-    box_defaults: str = field(default="scripts", metadata={
-        "flag": "box-defaults", "choices": BOX_DEFAULTS,
-        "help": "box-prior hyperparameters: the older shell scripts' (default) or the current det script's"})
-    nti: NullTextOptions = field(default_factory=NullTextOptions)
-
-    PRESETS = {"paper": {}, "official": {"nti_mode": "restart"}}
-
-    def __post_init__(self):
-        if self.pair_source not in PAIR_SOURCES:
-            raise LoceditError(f"pair_source must be one of {', '.join(PAIR_SOURCES)}, got {self.pair_source!r}")
-        if self.nti_mode not in NTI_MODES:
-            raise LoceditError(f"nti_mode must be one of {', '.join(NTI_MODES)}, got {self.nti_mode!r}")
-        if self.box_defaults not in BOX_DEFAULTS:
-            raise LoceditError(f"box_defaults must be one of {', '.join(BOX_DEFAULTS)}, got {self.box_defaults!r}")
-        if self.max_inner < 0 or self.lr <= 0:
-            raise LoceditError("max_inner must be >= 0 and lr > 0")
-
-    def params(self, kind: str) -> dict[str, tuple[float, float, float]]:
-        d = LOCINV_DEFAULTS["seg" if kind == "box" and self.box_defaults == "det-script" else kind]
-        return {"sim": self.sim or d["sim"], "ov": self.ov or d["ov"], "adj": self.adj}
 
 
 # ---- adjective-noun pairs ---------------------------------------------------------------------------

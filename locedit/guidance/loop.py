@@ -14,34 +14,14 @@ latents outside M are untouched by the update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionController, BatchLayout, Chain, Site  # noqa: F401 (Chain: re-exported)
-from ..errors import LoceditError, OptimisationError
-
-
-@dataclass(frozen=True)
-class GuidanceOptions:
-    """The latent-guidance loop's schedule and step (MAG-Edit Sec. 3.3, Alg. 1)."""
-
-    guided_steps: int = field(default=25, metadata={  # tau: guide sampling steps 0 .. tau-1
-        "flag": "guided-steps", "type": int, "help": "sampling steps with latent guidance (the first N)"})
-    iterations: int = field(default=15, metadata={  # MAX_IT
-        "flag": "iterations", "type": int, "help": "guidance iterations per guided step (MAX_IT)"})
-    step_size: float = field(default=2.5, metadata={  # delta
-        "flag": "step-size", "type": float, "help": "guidance step size delta"})
-    sigma_scaling: bool = field(default=True, metadata={
-        "flag": "sigma-scaling", "help": "scale the step by sigma_t = sqrt((1 - abar_t) / abar_t) (the authors' code)"})
-
-    def __post_init__(self):
-        if self.guided_steps < 0 or self.iterations < 0:
-            raise LoceditError("guided_steps and iterations must be >= 0")
-        if self.step_size < 0:
-            raise LoceditError(f"step_size must be >= 0, got {self.step_size}")
+from ..errors import OptimisationError
+from .options import GuidanceOptions  # noqa: F401 (re-exported)
 
 
 class MapCapture(AttentionController):

@@ -9,33 +9,15 @@ image condition concatenated to the noisy latent's channels and zeros standing f
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-
 import torch
 
 from ..attention import AttentionController, BatchLayout, controlled_attention
 from ..diffusion import ModelBundle, ddim_step
 from ..errors import LoceditError
 from ..progress import Progress, track
+from .options import SAMPLERS, IP2POptions  # noqa: F401 (re-exported)
 
 IP2P_LAYOUT = BatchLayout((("edit", "image+text"), ("edit", "image"), ("edit", "none")))
-
-
-SAMPLERS = ("ddim", "euler-ancestral")
-
-
-@dataclass(frozen=True)
-class IP2POptions:
-    image_guidance: float = field(default=1.5, metadata={  # s_I
-        "flag": "image-guidance", "type": float, "help": "image guidance s_I"})
-    text_guidance: float = field(default=7.5, metadata={  # s_T
-        "flag": "text-guidance", "type": float, "help": "text guidance s_T"})
-
-    def __post_init__(self):
-        import math
-
-        if not all(math.isfinite(v) and v >= 0 for v in (self.image_guidance, self.text_guidance)):
-            raise LoceditError("image_guidance and text_guidance must be finite numbers >= 0")
 
 
 def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int = 50,

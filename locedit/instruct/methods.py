@@ -1,16 +1,14 @@
 """The instruction-editing methods as a registry, read by ``locedit instruct``, the bench and
-``locedit methods``: InstructPix2Pix alone and LIME on top of it."""
+``locedit methods``: InstructPix2Pix alone and LIME on top of it. Light: each ``run`` imports its
+code when it is called."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from ..options import Citation
-from .ip2p import SAMPLERS, IP2POptions, instruct_edit
-from .lime import LIMEOptions, lime_edit
+from .options import IP2PEditOptions, LIMEOptions
 
 IP2P_PAPER = Citation("Brooks et al., InstructPix2Pix: Learning to Follow Image Editing Instructions, CVPR 2023",
                       "Eq. 3 (two guidance scales; LIME Eq. 2)", "timothybrooks/instruct-pix2pix")
@@ -20,21 +18,9 @@ LIME_PAPER = Citation("Simsar et al., LIME: Localized Image Editing via Attentio
 
 
 @dataclass(frozen=True)
-class IP2PEditOptions:
-    """InstructPix2Pix alone: its two guidance scales and the sampler (DDIM by default; the released
-    checkpoint ships Euler ancestral, ``--preset official``)."""
-
-    guidance: IP2POptions = IP2POptions(1.5, 7.5)
-    sampler: str = field(default="ddim", metadata={
-        "flag": "sampler", "choices": SAMPLERS, "help": "ddim or euler-ancestral (the released checkpoint's)"})
-
-    PRESETS = {"paper": {}, "official": {"sampler": "euler-ancestral"}}
-
-
-@dataclass(frozen=True)
 class InstructResult:
-    latents: torch.Tensor  # (1, C, h, w)
-    roi: torch.Tensor | None = None  # (S, S) bool: the region LIME edited
+    latents: "torch.Tensor"  # (1, C, h, w)
+    roi: "torch.Tensor | None" = None  # (S, S) bool: the region LIME edited
 
 
 class IP2P:
@@ -47,6 +33,10 @@ class IP2P:
 
     @staticmethod
     def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:
+        import torch
+
+        from .ip2p import instruct_edit
+
         z = instruct_edit(bundle, image, instruction, num_steps, options.guidance, torch.Generator().manual_seed(seed),
                           progress=progress, sampler=options.sampler)
         return InstructResult(z)
@@ -63,6 +53,8 @@ class LIME:
     @staticmethod
     def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:
         from dataclasses import replace
+
+        from .lime import lime_edit
 
         res = lime_edit(bundle, image, instruction, num_steps, replace(options, seed=seed), seed, mask, progress)
         return InstructResult(res.latents, res.roi)

@@ -4,21 +4,37 @@ Every entry of :data:`INVERSIONS` is ``name -> (options dataclass, function)`` w
 signature ``(bundle, z0, prompt, num_steps, guidance, options, progress) -> Trajectory``.
 """
 
-from .ddim import DDIMInversionOptions, ddim_inversion, ddim_latents
-from .null_text import NullTextOptions, null_text_inversion
-from .simple import DirectInversionOptions, NegativePromptOptions, direct_inversion, negative_prompt_inversion
-from .spd import SPDOptions, spd_inversion
-from .trajectory import Trajectory
-
+from .._lazy import lazy_attributes
 from ..options import Citation
+from .options import (DDIMInversionOptions, DirectInversionOptions, NegativePromptOptions, NullTextOptions,
+                      SPDOptions)
+
+
+def _later(module: str, name: str):
+    """The inversion function ``name`` of ``module``, imported when it is first called."""
+
+    def run(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module, __name__), name)(*args, **kwargs)
+
+    run.__name__ = name
+    return run
+
 
 INVERSIONS = {
-    "ddim": (DDIMInversionOptions, ddim_inversion),
-    "null-text": (NullTextOptions, null_text_inversion),
-    "npi": (NegativePromptOptions, negative_prompt_inversion),
-    "direct": (DirectInversionOptions, direct_inversion),
-    "spd": (SPDOptions, spd_inversion),
+    "ddim": (DDIMInversionOptions, _later(".ddim", "ddim_inversion")),
+    "null-text": (NullTextOptions, _later(".null_text", "null_text_inversion")),
+    "npi": (NegativePromptOptions, _later(".simple", "negative_prompt_inversion")),
+    "direct": (DirectInversionOptions, _later(".simple", "direct_inversion")),
+    "spd": (SPDOptions, _later(".spd", "spd_inversion")),
 }
+
+__getattr__ = lazy_attributes(__name__, {
+    "Trajectory": ".trajectory", "ddim_inversion": ".ddim", "ddim_latents": ".ddim",
+    "null_text_inversion": ".null_text", "direct_inversion": ".simple", "negative_prompt_inversion": ".simple",
+    "spd_inversion": ".spd",
+})
 
 INVERSION_PAPERS = {
     "ddim": (Citation("Song et al., Denoising Diffusion Implicit Models, ICLR 2021", "Eq. 12, reversed (sigma = 0)",

@@ -6,18 +6,12 @@ the source prompt only (guidance 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..diffusion import ModelBundle, ddim_step
 from ..progress import Progress, track
+from .options import DDIMInversionOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
-
-
-@dataclass(frozen=True)
-class DDIMInversionOptions:
-    """Plain DDIM inversion has no options."""
 
 
 @torch.no_grad()

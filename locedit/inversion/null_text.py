@@ -13,8 +13,6 @@ eps is computed once per step (it does not depend on the null embedding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
@@ -22,26 +20,8 @@ from ..diffusion import ModelBundle, ddim_step
 from ..errors import LoceditError, OptimisationError
 from ..progress import Progress, track
 from .ddim import ddim_latents
+from .options import NullTextOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
-
-
-@dataclass(frozen=True)
-class NullTextOptions:
-    """Null-text inversion's per-step optimiser (Mokady et al., Sec. 3.3; their code agrees)."""
-
-    inner_steps: int = field(default=10, metadata={
-        "flag": "nti-steps", "type": int, "help": "null-text: max Adam steps per sampling step"})
-    lr: float = field(default=1e-2, metadata={
-        "flag": "nti-lr", "type": float, "help": "null-text: Adam learning rate at step 0"})
-    lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i)
-    epsilon: float = 1e-5  # early-stop threshold at step 0
-    epsilon_growth: float = 2e-5  # added per step
-
-    def __post_init__(self):
-        if self.inner_steps < 0:
-            raise LoceditError(f"inner_steps must be >= 0, got {self.inner_steps}")
-        if self.lr <= 0:
-            raise LoceditError(f"lr must be > 0, got {self.lr}")
 
 
 def optimise_null(bundle: ModelBundle, z: torch.Tensor, target: torch.Tensor, cond_eps: torch.Tensor,

@@ -11,24 +11,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..diffusion import ModelBundle
 from ..progress import Progress
 from .ddim import ddim_latents
+from .options import DirectInversionOptions, NegativePromptOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
-
-
-@dataclass(frozen=True)
-class NegativePromptOptions:
-    """Negative-prompt inversion has no options."""
-
-
-@dataclass(frozen=True)
-class DirectInversionOptions:
-    """Direct inversion has no options."""
 
 
 def negative_prompt_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,

@@ -26,51 +26,14 @@ Per-step residuals of the DDIM start and of the last evaluated iterate are kept 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
 from ..diffusion import ModelBundle, ddim_step
 from ..errors import LoceditError, OptimisationError
 from ..progress import Progress, track
+from .options import SPD_OBJECTIVES, SPD_OPTIMIZERS, SPDOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
-
-SPD_OPTIMIZERS = ("adamw", "sgd")
-SPD_OBJECTIVES = ("mse", "l2")
-
-
-@dataclass(frozen=True)
-class SPDOptions:
-    """SPDInv's search (Alg. 1): K = 25, delta = 5e-6, eta = 1e-3 (Sec. 4.4), all from the paper."""
-
-    max_steps: int = field(default=25, metadata={  # K
-        "flag": "spd-steps", "type": int, "help": "spd: max search steps K per inversion step"})
-    threshold: float = field(default=5e-6, metadata={  # delta
-        "flag": "spd-threshold", "type": float, "help": "spd: stop once the residual is below delta"})
-    lr: float = field(default=1e-3, metadata={  # eta
-        "flag": "spd-lr", "type": float, "help": "spd: learning rate eta"})
-    optimizer: str = field(default="sgd", metadata={
-        "flag": "spd-optimizer", "choices": SPD_OPTIMIZERS,
-        "help": "spd: sgd (the paper's gradient descent) or adamw (the authors' code)"})
-    weight_decay: float = 0.01  # AdamW only
-    objective: str = field(default="l2", metadata={
-        "flag": "spd-objective", "choices": SPD_OBJECTIVES,
-        "help": "spd: residual measure, l2 norm (paper) or mse (code)"})
-
-    PRESETS = {"paper": {"optimizer": "sgd", "objective": "l2"},
-               "official": {"optimizer": "adamw", "objective": "mse"}}
-
-    def __post_init__(self):
-        if self.optimizer not in SPD_OPTIMIZERS:
-            raise LoceditError(f"optimizer must be one of {', '.join(SPD_OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.objective not in SPD_OBJECTIVES:
-            raise LoceditError(f"objective must be one of {', '.join(SPD_OBJECTIVES)}, got {self.objective!r}")
-        if self.max_steps < 1:
-            raise LoceditError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.lr <= 0:
-            raise LoceditError(f"lr must be > 0, got {self.lr}")
-
 
 def fixed_point_residual(fx: torch.Tensor, x: torch.Tensor, objective: str) -> torch.Tensor:
     """L(x) = mse(f(x), x) or ||f(x) - x||_2."""

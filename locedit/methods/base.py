@@ -11,14 +11,16 @@ it, so adding a method is one module and one registry line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from ..attention import AttentionController
 from ..errors import LoceditError
-from ..masks import Region
 from ..options import Citation
+
+if TYPE_CHECKING:  # the registry stays light: no torch until a method runs
+    import torch
+
+    from ..attention import AttentionController
+    from ..masks import Region
 
 # what a request can carry; a method's ``uses`` is a subset
 INPUTS = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..control import LocalBlendOptions, P2POptions
+from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError
-from ..guidance.locinv import LocInvOptions, locinv_inversion
+from ..guidance.options import LocInvOptions
 from .base import Citation, Method, Plan
 from .p2p import P2P, P2P_PAPER
 
@@ -47,5 +47,7 @@ class LocInv(Method):
 
     @classmethod
     def invert(cls, bundle, image, request, options, progress=None):
+        from ..guidance.locinv import locinv_inversion
+
         return locinv_inversion(bundle, bundle.encode_image(image), request.source, list(request.regions),
                                 request.num_steps, request.guidance, list(request.pairs), options.locinv, progress)

@@ -26,15 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from ..attention import Chain, map_level, unet_sites
-from ..control import LocalBlendOptions, P2POptions, Prompt2Prompt
-from ..diffusion.text import token_positions
+from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError, MaskError, PromptError
-from ..guidance import losses as L
-from ..guidance.loop import GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
-from ..masks import check_mask, dilate
+from ..guidance.options import GuidanceOptions
 from .base import Citation, EditRequest, Method, Plan
 from .p2p import P2P_PAPER, check_p2p
 
@@ -75,6 +69,9 @@ class MAGEditOptions:
 
 def check_regions(bundle, prompt: str, regions, what: str = "region") -> list[list[int]]:
     """Token positions of each region's word in ``prompt``; masks checked against the model size."""
+    from ..diffusion.text import token_positions
+    from ..masks import check_mask
+
     size = (bundle.image_size, bundle.image_size)
     out = []
     words = [r.word.lower() for r in regions]
@@ -90,9 +87,12 @@ def check_regions(bundle, prompt: str, regions, what: str = "region") -> list[li
     return out
 
 
-def guided_p2p(bundle, request: EditRequest, p2p: P2POptions, blend_last: int, blend_mask: torch.Tensor):
+def guided_p2p(bundle, request: EditRequest, p2p: P2POptions, blend_last: int, blend_mask):
     """The P2P engine of the guidance methods: the given injection, and for the last ``blend_last``
     steps the source branch outside ``blend_mask`` (1, 1, h, w)."""
+    from ..attention import map_level, unet_sites
+    from ..control.p2p import Prompt2Prompt
+
     level = map_level(unet_sites(bundle.unet))
     n = request.num_steps
     engine = Prompt2Prompt(p2p, bundle.tokenizer, request.source, request.target, n, level,
@@ -114,6 +114,8 @@ class MAGEdit(Method):
 
     @classmethod
     def check(cls, bundle, request, options) -> None:
+        from ..diffusion.text import token_positions
+
         if not request.regions:
             raise MaskError("mag-edit needs at least one region: --region WORD=MASK.png (or WORD=x0,y0,x1,y1)")
         check_p2p(bundle, request, options.p2p)
@@ -126,6 +128,14 @@ class MAGEdit(Method):
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
+        import torch
+
+        from ..attention import Chain
+        from ..diffusion.text import token_positions
+        from ..guidance import losses as L
+        from ..guidance.loop import LatentGuidance, MapCapture, latent_mask_from, map_mask_from
+        from ..masks import dilate
+
         regions = list(request.regions)
         edit_tokens = check_regions(bundle, request.target, regions)
         neg_tokens = [p for w in options.negative_words for p in token_positions(bundle.tokenizer, request.target, w)]
@@ -141,7 +151,7 @@ class MAGEdit(Method):
                 return L.token_ratio_loss(records, tokens, mask)
             return L.spatial_ratio_loss(records, tokens, mask, options.spatial_lambda)
 
-        def loss(cap: MapCapture) -> torch.Tensor:
+        def loss(cap):
             total = 0.0
             for tokens, m in zip(edit_tokens, masks):
                 neg = constraint(cap.records, neg_tokens, m) if neg_tokens else None

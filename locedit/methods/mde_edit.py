@@ -30,15 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
-from ..control import P2POptions
+from ..control.options import P2POptions
 from ..errors import LoceditError, MaskError
-from ..guidance import losses as L
-from ..attention import Chain
-from ..guidance.loop import GuidanceOptions, LatentGuidance, MapCapture, latent_mask_from, map_mask_from
-from ..masks import dilate
+from ..guidance.options import GuidanceOptions
 from .base import Citation, Method, Plan
 from .mag_edit import MAG_PAPER, check_regions, guided_p2p, map_side
 from .p2p import P2P_PAPER, check_p2p
@@ -81,10 +75,13 @@ class MDEEditOptions:
             raise LoceditError(f"ccl_form must be one of {', '.join(CCL_FORMS)}, got {self.ccl_form!r}")
 
 
-def quartic_maps(records: list[torch.Tensor], tokens: list[list[int]], side: int) -> torch.Tensor:
+def quartic_maps(records: list, tokens: list[list[int]], side: int):
     """The MDE-Edit code's OAL maps (``AttentionHook2.compute``, softmax axis fixed): each layer's
     logits (heads, P, K) bilinearly resized from ``side`` to ``2 side``, softmax over tokens,
     averaged over layers and heads; each word's tokens summed. Returns (words, 4 P)."""
+    import torch
+    import torch.nn.functional as F
+
     probs = []
     for r in records:
         h, p, k = r.shape
@@ -112,6 +109,13 @@ class MDEEdit(Method):
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
+        import torch
+
+        from ..attention import Chain
+        from ..guidance import losses as L
+        from ..guidance.loop import LatentGuidance, MapCapture, latent_mask_from, map_mask_from
+        from ..masks import dilate
+
         objects, attributes = list(request.regions), list(request.attributes)
         obj_tokens = check_regions(bundle, request.target, objects)
         attr_tokens = check_regions(bundle, request.target, attributes, "attribute")
@@ -134,7 +138,7 @@ class MDEEdit(Method):
             oal_targets = torch.stack([map_mask_from(r.mask, s) for r in objects]).to(bundle.device) if objects else None
         ccl_masks = [map_mask_from(r.mask, s, "nearest").to(bundle.device) for r in attributes]
 
-        def loss(own_cap: MapCapture, inj_cap: MapCapture) -> torch.Tensor:
+        def loss(own_cap, inj_cap):
             total = 0.0
             if objects:
                 if quartic:

@@ -3,13 +3,10 @@ local blend from attention (blend words) or from a user mask."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..attention import map_level, unet_sites
-from ..control import LocalBlendOptions, P2POptions, Prompt2Prompt, check_blend_words
-from ..diffusion.text import token_positions
+from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError
-from ..masks import check_mask, to_latent_mask
 from .base import Citation, EditRequest, Method, Plan
 
 P2P_PAPER = Citation("Hertz et al., Prompt-to-Prompt Image Editing with Cross-Attention Control, ICLR 2023",
@@ -28,6 +25,8 @@ class P2PEditOptions:
 
 def latent_user_mask(bundle, mask):
     """(1, 1, S, S) image mask -> binary (1, 1, h, w) latent mask (a cell is in when any pixel is)."""
+    from ..masks import check_mask, to_latent_mask
+
     mask = check_mask(mask, (bundle.image_size, bundle.image_size))
     side = bundle.image_size // bundle.vae_scale
     return to_latent_mask(mask, (side, side)).to(bundle.device)
@@ -36,6 +35,7 @@ def latent_user_mask(bundle, mask):
 def check_p2p(bundle, request: EditRequest, p2p: P2POptions) -> None:
     """Prompt-level checks of the P2P engine, before any UNet call."""
     from ..control.alignment import replace_matrix
+    from ..diffusion.text import token_positions
 
     bundle.token_ids(request.source)
     bundle.token_ids(request.target)
@@ -55,7 +55,10 @@ def check_blend(request: EditRequest, blend: LocalBlendOptions) -> None:
         raise LoceditError("--blend-words and --mask both define the blend mask: give one")
 
 
-def p2p_controller(bundle, request: EditRequest, p2p: P2POptions, blend: LocalBlendOptions) -> Prompt2Prompt:
+def p2p_controller(bundle, request: EditRequest, p2p: P2POptions, blend: LocalBlendOptions):
+    from ..attention import map_level, unet_sites
+    from ..control.p2p import Prompt2Prompt
+
     user = latent_user_mask(bundle, request.mask) if request.mask is not None else None
     level = map_level(unet_sites(bundle.unet))
     return Prompt2Prompt(p2p, bundle.tokenizer, request.source, request.target, request.num_steps, level,
@@ -71,6 +74,9 @@ class P2P(Method):
 
     @classmethod
     def check(cls, bundle, request, options) -> None:
+        from ..control.p2p import check_blend_words
+        from ..masks import check_mask
+
         check_p2p(bundle, request, options.p2p)
         check_blend(request, options.blend)
         check_blend_words(bundle.tokenizer, request.source, request.target, request.blend_words)

@@ -1,0 +1,4 @@
+"""Names the command line offers before anything heavy is imported."""
+
+BUILTIN_MODEL_NAMES = ("shapes", "shapes-instruct", "tiny-random")  # locedit.diffusion.loading.BUILTIN_MODELS
+DTYPE_NAMES = ("fp32", "fp16", "bf16")  # locedit.diffusion.loading.DTYPES

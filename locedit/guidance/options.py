@@ -1,0 +1,81 @@
+"""Options of the latent-guidance loop and of LocInv's token learning (light: no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import LoceditError
+from ..inversion.options import NullTextOptions
+
+
+@dataclass(frozen=True)
+class GuidanceOptions:
+    """The latent-guidance loop's schedule and step (MAG-Edit Sec. 3.3, Alg. 1)."""
+
+    guided_steps: int = field(default=25, metadata={  # tau: guide sampling steps 0 .. tau-1
+        "flag": "guided-steps", "type": int, "help": "sampling steps with latent guidance (the first N)"})
+    iterations: int = field(default=15, metadata={  # MAX_IT
+        "flag": "iterations", "type": int, "help": "guidance iterations per guided step (MAX_IT)"})
+    step_size: float = field(default=2.5, metadata={  # delta
+        "flag": "step-size", "type": float, "help": "guidance step size delta"})
+    sigma_scaling: bool = field(default=True, metadata={
+        "flag": "sigma-scaling", "help": "scale the step by sigma_t = sqrt((1 - abar_t) / abar_t) (the authors' code)"})
+
+    def __post_init__(self):
+        if self.guided_steps < 0 or self.iterations < 0:
+            raise LoceditError("guided_steps and iterations must be >= 0")
+        if self.step_size < 0:
+            raise LoceditError(f"step_size must be >= 0, got {self.step_size}")
+
+
+# (alpha, beta, lambda) per loss and prior kind, from the authors' scripts
+LOCINV_DEFAULTS = {
+    "seg": {"sim": (50.0, 0.7, 1.0), "ov": (25.0, 0.7, 1.0)},
+    "box": {"sim": (25.0, 0.5, 0.1), "ov": (25.0, 0.5, 1.0)},
+    "adj": (50.0, 0.1, 2.0),
+}
+PAIR_SOURCES = ("auto", "user", "parser", "previous")
+NTI_MODES = ("carry", "restart")
+BOX_DEFAULTS = ("scripts", "det-script")
+RESTART_ITERATIONS = 31  # the code's fixed null-text iterations per step
+
+
+@dataclass(frozen=True)
+class LocInvOptions:
+    max_inner: int = field(default=31, metadata={
+        "flag": "locinv-inner", "type": int, "help": "max token-learning steps per sampling step"})
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    # (alpha, beta, lambda); None = the authors' value for the prior kind
+    sim: tuple[float, float, float] | None = None
+    ov: tuple[float, float, float] | None = None
+    adj: tuple[float, float, float] = LOCINV_DEFAULTS["adj"]
+    adj_bind: bool = field(default=False, metadata={
+        "flag": "adj-bind", "help": "bind adjectives to the region nouns found automatically (--pair-source); "
+                                    "--bind ADJ:NOUN gives them explicitly"})
+    pair_source: str = field(default="auto", metadata={
+        "flag": "pair-source", "choices": PAIR_SOURCES,
+        "help": "with --adj-bind: auto (spaCy when installed, else the word before each noun), parser, previous"})
+    nti_mode: str = field(default="carry", metadata={
+        "flag": "nti-mode", "choices": NTI_MODES,
+        "help": "per-step null-text: carry (NTI, the paper) or restart (from the empty prompt, 31 iterations, the code)"})
+    box_defaults: str = field(default="scripts", metadata={
+        "flag": "box-defaults", "choices": BOX_DEFAULTS,
+        "help": "box-prior hyperparameters: the older shell scripts' (default) or the current det script's"})
+    nti: NullTextOptions = field(default_factory=NullTextOptions)
+
+    PRESETS = {"paper": {}, "official": {"nti_mode": "restart"}}
+
+    def __post_init__(self):
+        if self.pair_source not in PAIR_SOURCES:
+            raise LoceditError(f"pair_source must be one of {', '.join(PAIR_SOURCES)}, got {self.pair_source!r}")
+        if self.nti_mode not in NTI_MODES:
+            raise LoceditError(f"nti_mode must be one of {', '.join(NTI_MODES)}, got {self.nti_mode!r}")
+        if self.box_defaults not in BOX_DEFAULTS:
+            raise LoceditError(f"box_defaults must be one of {', '.join(BOX_DEFAULTS)}, got {self.box_defaults!r}")
+        if self.max_inner < 0 or self.lr <= 0:
+            raise LoceditError("max_inner must be >= 0 and lr > 0")
+
+    def params(self, kind: str) -> dict[str, tuple[float, float, float]]:
+        d = LOCINV_DEFAULTS["seg" if kind == "box" and self.box_defaults == "det-script" else kind]
+        return {"sim": self.sim or d["sim"], "ov": self.ov or d["ov"], "adj": self.adj}
