@@ -50,7 +50,7 @@ def register(sub) -> None:
     bn.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     bn.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     bn.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when available, else cpu")
-    bn.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    bn.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision (default fp32)")
     add_output_flags(bn)
 
     rp = sub.add_parser("report", help="average a bench folder per method and edit type; table, plots, gallery")
