@@ -86,7 +86,9 @@ def flag_fields(cls_or_options, prefix: tuple[str, ...] = (), flag_prefix: str =
         if dataclasses.is_dataclass(value):
             yield from flag_fields(value, prefix + (f.name,), flag_prefix + f.metadata.get("flag_prefix", ""))
         elif "flag" in f.metadata:
-            yield FlagField(prefix + (f.name,), flag_prefix + f.metadata["flag"], value, dict(f.metadata))
+            meta = dict(f.metadata)
+            meta["aliases"] = tuple(flag_prefix + a for a in meta.get("aliases", ()))
+            yield FlagField(prefix + (f.name,), flag_prefix + f.metadata["flag"], value, meta)
 
 
 def replace_path(options, values: dict):

@@ -177,7 +177,8 @@ def add_option_flags(group, table: dict[str, list]) -> None:
             kwargs["type"] = _typed(f.meta.get("type", str), flag)
             if f.meta.get("repeat"):
                 kwargs["action"] = "append"
-        group.add_argument(f"--{flag}", **kwargs)
+        aliases = [f"--{a}" for a in f.meta.get("aliases", ())]
+        group.add_argument(f"--{flag}", *aliases, **kwargs)
 
 
 def _typed(fn, flag):

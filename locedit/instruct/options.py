@@ -14,7 +14,8 @@ class IP2POptions:
     image_guidance: float = field(default=1.5, metadata={  # s_I
         "flag": "image-guidance", "type": float, "help": "image guidance s_I"})
     text_guidance: float = field(default=7.5, metadata={  # s_T
-        "flag": "text-guidance", "type": float, "help": "text guidance s_T"})
+        "flag": "text-guidance", "aliases": ("guidance",), "type": float,
+        "help": "text guidance s_T (--guidance: the same, as in locedit edit)"})
 
     def __post_init__(self):
         import math
