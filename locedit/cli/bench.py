@@ -32,7 +32,8 @@ def register(sub) -> None:
     bn.add_argument("--methods", required=True,
                     help="comma-separated: " + ", ".join(_bench_methods()) + " (NAME-mask: the item's mask replaces "
                          "the attention blend)")
-    bn.add_argument("--out", required=True, help="output folder (results*.jsonl, images/)")
+    bn.add_argument("--out-dir", "--out", dest="out", required=True,
+                    help="output folder (results*.jsonl, run.json, images/); --out is the same")
     bn.add_argument("--limit", type=int, help="only the first N items")
     bn.add_argument("--no-retry", action="store_true",
                     help="on resume, keep the rows that failed instead of running them again")

@@ -84,7 +84,8 @@ def register(sub) -> None:
     x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
                    help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
     out = e.add_argument_group("output")
-    out.add_argument("--out", default="edit.png", help="output PNG (default edit.png)")
+    out.add_argument("--out", default="edit.png",
+                     help="output image file, .png (default edit.png), .jpg or .webp; folders are --out-dir")
     out.add_argument("--panel", metavar="PNG", help="also write a side-by-side PNG: source | edit | mask "
                      "(the user mask, or the local-blend mask, or the edit's change when there is neither)")
     out.add_argument("--save-attention", metavar="PNG",
@@ -99,7 +100,7 @@ def register(sub) -> None:
     v = sub.add_parser(
         "invert", help="invert an image and save the trajectory for later edits",
         description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
-        epilog="example: locedit invert cat.png --prompt 'a cat on the grass' --inversion spd --out cat_inv/ && "
+        epilog="example: locedit invert cat.png --source 'a cat on the grass' --inversion spd --out-dir cat_inv/ && "
                "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("image", help="input image (PNG/JPEG)")
@@ -113,7 +114,8 @@ def register(sub) -> None:
     v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
     g = v.add_argument_group("inversion options")
     add_option_flags(g, option_flag_table(_inversion_classes()))
-    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--out-dir", "--out", dest="out", required=True,
+                   help="output folder (manifest.json, trajectory.safetensors); --out is the same")
     add_output_flags(v)
     v.set_defaults(run=cmd_invert)
 
@@ -139,13 +141,13 @@ def cmd_invert(args) -> dict:
         raise LoceditError("--source is empty")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise LoceditError(f"--out {str(out)!r} is a file; give a folder")
+        raise LoceditError(f"--out-dir {str(out)!r} is a file; give a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LoceditError(f"--out {str(out)!r}: {exc.strerror or exc}") from None
+        raise LoceditError(f"--out-dir {str(out)!r}: {exc.strerror or exc}") from None
     if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
-        raise LoceditError(f"--out {str(out)!r} is not writable")
+        raise LoceditError(f"--out-dir {str(out)!r} is not writable")
     image = load_image(args.image, **limits(args))
     bundle = load_bundle(args)
     fit, fitted = fit_image(bundle, image, args.fit)

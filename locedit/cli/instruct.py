@@ -46,7 +46,8 @@ def register(sub) -> None:
     n.add_argument("--seed", type=seed, default=0, help="random seed of the starting noise and k-means (default 0)")
     add_image_limit_flags(n)
     n.add_argument("--fit", default="pad", choices=["pad", "resize"], help="how a non-square image is fitted")
-    n.add_argument("--out", default="instruct.png", help="output PNG (default instruct.png)")
+    n.add_argument("--out", default="instruct.png",
+                   help="output image file, .png (default instruct.png), .jpg or .webp")
     n.add_argument("--panel", metavar="PNG", help="also write source | edit | region side by side")
     add_output_flags(n)
     n.set_defaults(run=cmd_instruct)

@@ -11,7 +11,7 @@ def register(sub) -> None:
     w = sub.add_parser("world", help="write shapes-world scenes or edit sets (exact ground truth) to disk",
                        description="The synthetic shapes world: seeded scenes of 1-3 objects with exact masks, "
                                    "and edits with their exact target renders.",
-                       epilog="example: locedit world edits --n 30 --kinds colour+shape --out shapes-edits/",
+                       epilog="example: locedit world edits --n 30 --kinds colour+shape --out-dir shapes-edits/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("what", choices=["sample", "edits"], help="sample: scenes with captions and masks; "
                    "edits: source/target pairs with captions, instructions, masks and boxes")
@@ -20,7 +20,8 @@ def register(sub) -> None:
     w.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     w.add_argument("--kinds", default="colour+shape+texture+background+two",
                    help="edit kinds joined by + (as in the bench's shapes:kinds=...; commas work too; edits only)")
-    w.add_argument("--out", required=True, help="output folder")
+    w.add_argument("--out-dir", "--out", dest="out", required=True,
+                   help="output folder (images, masks, scenes.jsonl or edits.jsonl); --out is the same")
     add_output_flags(w)
     w.set_defaults(run=cmd_world)
 
