@@ -84,7 +84,7 @@ def cmd_bench(args) -> dict:
         import torch
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    quiet_libraries()
+    quiet_libraries(args.verbose)
     t2i = load_model(args.model, device, args.dtype) if any(m not in INSTRUCT for m in methods) else None
     ip2p = load_model(args.instruct_model, device, args.dtype) if any(m in INSTRUCT for m in methods) else None
     from ..bench.runner import LearnedMetrics

@@ -50,6 +50,8 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
+    p.add_argument("--verbose", action="store_true",
+                   help="let diffusers and transformers print their own warnings and loading bars")
 
 
 def add_image_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -112,8 +114,10 @@ def progress(args):
     return None if args.quiet else tqdm_progress
 
 
-def quiet_libraries() -> None:
-    """Silence diffusers'/transformers' own load bars and warnings: our stderr is ours."""
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silence diffusers'/transformers' own load bars and warnings (our stderr is ours) unless ``verbose``."""
+    if verbose:
+        return
     import diffusers
     import transformers
 
@@ -129,7 +133,7 @@ def load_bundle(args):
     from ..diffusion import load_model
 
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
-    quiet_libraries()
+    quiet_libraries(getattr(args, "verbose", False))
     bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
     try:
         bundle.schedule(args.steps)
