@@ -38,8 +38,9 @@ def register(sub) -> None:
     g = n.add_argument_group("method options (defaults per method; `locedit methods`)")
     add_option_flags(g, option_flag_table(_classes()))
     n.add_argument("--save-roi", metavar="PNG", help="lime: write the region of interest it edited")
-    n.add_argument("--model", default="shapes-instruct",
-                   help="an InstructPix2Pix model: built-in name, local diffusers folder or hub id (default shapes-instruct)")
+    n.add_argument("--model", "--instruct-model", dest="model", default="shapes-instruct",
+                   help="an InstructPix2Pix model: built-in name, local diffusers folder or hub id (default "
+                        "shapes-instruct; --instruct-model, the bench's name for it, is the same)")
     n.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     n.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision")
     n.add_argument("--steps", type=int, default=100, help="sampling steps (default 100, as the LIME paper)")
