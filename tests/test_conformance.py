@@ -11,7 +11,7 @@ import torch
 
 from locedit import pipeline
 from locedit.attention import BatchLayout, StepClock, parse_site
-from locedit.control import LocalBlendOptions, P2POptions, Prompt2Prompt, refine_mapping
+from locedit.control import P2POptions, Prompt2Prompt, refine_mapping
 from locedit.diffusion.text import token_positions
 from locedit.masks import Region
 from locedit.methods import METHODS, EditRequest

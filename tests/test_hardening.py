@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_png
 from locedit.cli import main
 
 FAST = ["--steps", "2", "--quiet", "--model", "tiny-random"]

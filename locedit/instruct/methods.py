@@ -5,10 +5,13 @@ code when it is called."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..options import Citation
 from .options import IP2PEditOptions, LIMEOptions
+
+if TYPE_CHECKING:
+    import torch
 
 IP2P_PAPER = Citation("Brooks et al., InstructPix2Pix: Learning to Follow Image Editing Instructions, CVPR 2023",
                       "Eq. 3 (two guidance scales; LIME Eq. 2)", "timothybrooks/instruct-pix2pix")

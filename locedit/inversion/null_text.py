@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import ModelBundle, ddim_step
-from ..errors import LoceditError, OptimisationError
+from ..errors import OptimisationError
 from ..progress import Progress, track
 from .ddim import ddim_latents
 from .options import NullTextOptions  # noqa: F401 (re-exported)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import ModelBundle, ddim_step
-from ..errors import LoceditError, OptimisationError
+from ..errors import OptimisationError
 from ..progress import Progress, track
 from .options import SPD_OBJECTIVES, SPD_OPTIMIZERS, SPDOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
