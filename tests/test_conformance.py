@@ -454,3 +454,16 @@ def test_conformance_doc_names_every_option_where_the_presets_differ():
         for key in differences(preset(cls, "paper"), preset(cls, "official")):
             needle = f"--{flags[key]}" if key in flags else f"`{key.split('.')[-1]}`"
             assert needle in doc, (cls.__name__, key, needle)
+
+
+def test_mde_update_and_blend_masks_are_the_codes(bundle):
+    """The update mask: attribute masks as they are, object masks 3x3-dilated; the final blend: the
+    union of both, dilated once (update_latents2 and text2image_ldm_stable_MDE)."""
+    from locedit.masks import dilate
+
+    plan, obj, attr, _ = _mde(bundle, "paper")
+    near = lambda m: (torch.nn.functional.interpolate(m, size=(16, 16), mode="nearest") > 0).float()  # noqa: E731
+    o, a = near(obj), near(attr)
+    torch.testing.assert_close(plan.guide.latent_mask, torch.maximum(dilate(o, 1), a))
+    engine = [c for c in plan.controller.controllers if hasattr(c, "user_mask")][0]
+    torch.testing.assert_close(engine.user_mask, dilate(torch.maximum(o, a), 1))

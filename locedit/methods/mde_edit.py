@@ -127,7 +127,9 @@ class MDEEdit(Method):
         parts = [m for m in (dilate(obj_latent, options.dilate) if obj_latent is not None else None, attr_latent)
                  if m is not None]
         update = torch.stack(parts).amax(0)  # Eq. 8's M: the union (objects dilated, as the code)
-        engine, level = guided_p2p(bundle, request, options.p2p, options.blend_last, dilate(update, options.dilate))
+        # the final blend: the union of all masks, each dilated once (the code's max-pooled masks)
+        union = torch.stack([m for m in (obj_latent, attr_latent) if m is not None]).amax(0)
+        engine, level = guided_p2p(bundle, request, options.p2p, options.blend_last, dilate(union, options.dilate))
         s = map_side(bundle, level)
         quartic = options.oal_form == "quartic"
         own = MapCapture(level, scores=quartic)  # before the engine: the target's own maps (OAL)
