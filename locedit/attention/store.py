@@ -21,16 +21,11 @@ class MapRequest:
 
 
 class TokenMapStore:
-    """Accumulates cross-attention maps (T, side, side) per request.
+    """Accumulates cross-attention maps (T, side, side) per request, detached, summed over steps
+    until :meth:`reset` (guidance losses that need gradients use :class:`locedit.guidance.MapCapture`)."""
 
-    ``keep_grad``: keep the autograd graph (for guidance losses); otherwise maps are detached.
-    ``accumulate``: sum over steps until :meth:`reset`; otherwise :meth:`start_step` clears.
-    """
-
-    def __init__(self, requests: dict[str, MapRequest], keep_grad: bool = False, accumulate: bool = True):
+    def __init__(self, requests: dict[str, MapRequest]):
         self.requests = dict(requests)
-        self.keep_grad = keep_grad
-        self.accumulate = accumulate
         self.reset()
 
     def reset(self) -> None:
@@ -42,13 +37,10 @@ class TokenMapStore:
         if self._layers:
             self._steps.append(self._layers)
         self._layers = 0
-        if not self.accumulate:
-            self.reset()
 
     def add(self, probs: torch.Tensor, site: Site) -> None:
         """``probs`` (B, H, Q, K) from one cross-attention site."""
-        if not self.keep_grad:
-            probs = probs.detach()
+        probs = probs.detach()
         side = int(round(probs.shape[2] ** 0.5))
         for key, req in self.requests.items():
             m = probs[req.row, :, :, list(req.tokens)].mean(0)  # (Q, T)

@@ -184,11 +184,6 @@ def _given_inputs(args) -> set[str]:
     return given
 
 
-def _flag_of(input_name: str) -> str:
-    return {"mask": "--mask/--box", "blend_words": "--blend-words", "regions": "--region",
-            "attributes": "--attribute", "pairs": "--bind"}[input_name]
-
-
 def cmd_edit(args) -> dict:
     import torch
 
@@ -198,6 +193,7 @@ def cmd_edit(args) -> dict:
     from ..inversion import Trajectory
     from ..masks import Region
     from ..methods import METHODS
+    from ..methods.base import INPUT_FLAGS
     from ..options import describe, preset
     from .common import load_bundle, progress
 
@@ -215,9 +211,8 @@ def cmd_edit(args) -> dict:
             len([p for p in (args.out, args.panel, args.save_attention) if p]):
         raise LoceditError("--out, --panel and --save-attention must be different files")
     # ---- what the method uses, before anything is loaded --------------------------------------------
-    uses = set(method.uses) | ({"regions"} if "source_regions" in method.uses else set())
-    for name in sorted(_given_inputs(args) - uses):
-        raise LoceditError(f"{_flag_of(name)} is not used by --method {args.method}")
+    for name in method.unused(_given_inputs(args)):
+        raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {args.method}")
     uses_inversion = "inversion" in method.uses
     if args.inversion and not uses_inversion:
         raise LoceditError(f"--inversion is not used by --method {args.method} (it makes its own inversion)")

@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # the registry stays light: no torch until a method runs
     from ..attention import AttentionController
     from ..masks import Region
 
+# the command-line flags that give each input
+INPUT_FLAGS = {"mask": "--mask/--box", "blend_words": "--blend-words", "regions": "--region",
+               "attributes": "--attribute", "pairs": "--bind"}
+
 # what a request can carry; a method's ``uses`` is a subset
 INPUTS = {
     "mask": "a user mask of the region to edit (--mask / --box)",
@@ -98,9 +102,13 @@ class Method:
         raise LoceditError(f"method {cls.name!r} has no inversion of its own")
 
     @classmethod
+    def unused(cls, given: set[str]) -> list[str]:
+        """The inputs of ``given`` (names of :data:`INPUTS`) this method would ignore; source-prompt
+        nouns come as "regions" too."""
+        return sorted(given - cls.uses - ({"regions"} if "source_regions" in cls.uses else set()))
+
+    @classmethod
     def check_inputs(cls, request: EditRequest) -> None:
         """Refuse inputs this method would ignore (no flag is accepted and then ignored)."""
-        extra = sorted(request.given() - cls.uses - ({"regions"} if "source_regions" in cls.uses else set()))
-        if extra:
-            names = ", ".join(INPUTS[e].split("(")[-1].rstrip(")") for e in extra)
-            raise LoceditError(f"method {cls.name!r} does not use {names}")
+        for name in cls.unused(request.given()):
+            raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {cls.name}")

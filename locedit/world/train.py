@@ -114,16 +114,11 @@ def _log(out: Path, step: int, **values) -> None:
 
 
 def _warmup_cosine(opt, steps: int, warmup: int = 100):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the peak."""
-    import math
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the peak (:func:`_lr_factor`)."""
+    from types import SimpleNamespace
 
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    plan = SimpleNamespace(steps=steps, warmup=warmup, schedule="cosine")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, plan))
 
 
 def _encode(tokenizer, text_encoder, prompts, device):
