@@ -1,0 +1,92 @@
+"""PnPInversion (Ju et al., ICLR 2024; cure-lab/PnPInversion): DDIM, null-text, negative-prompt and
+direct inversion, each with Prompt-to-Prompt, through its ``models/p2p_editor.py`` as its
+``run_editing_p2p.py`` runs PIE-Bench: refine + reweight (the target blend word x2), local blend on
+the blend words, cross-attention injection 0.4, self-attention 0.6, guidance 7.5, seed 1234.
+
+The locedit side runs the same edit with ``--preset official`` options set to those values.
+"""
+
+from __future__ import annotations
+
+from common import Patch, Peer
+
+METHODS = {  # their method name -> locedit inversion
+    "ddim+p2p": "ddim",
+    "null-text-inversion+p2p": "null-text",
+    "negative-prompt-inversion+p2p": "npi",
+    "directinversion+p2p": "direct",
+}
+
+
+def patches(size: int, device: str) -> list[Patch]:
+    """Sizes and devices only. At 512 px on CUDA only the model id changes."""
+    latent, maps, self_max = size // 8, size // 32, size // 16
+    out = [Patch("models/p2p_editor.py", '"CompVis/stable-diffusion-v1-4"', '__import__("os").environ["LOCEDIT_PEER_MODEL"]',
+                 why="the model: the random-weight folder instead of the hub id")]
+    if size != 512:
+        out += [
+            Patch("utils/utils.py", "resize((512, 512))", f"resize(({size}, {size}))", why="input size"),
+            Patch("utils/utils.py", "target_size=[512,512]", f"target_size=[{size},{size}]",
+                  why="size of the prompt panel the editor concatenates with the images"),
+            Patch("models/p2p/p2p_guidance_forward.py", "height = width = 512", f"height = width = {size}", 4,
+                  why="image size of the sampling loops"),
+            Patch("models/p2p/proximal_guidance_forward.py", "height = width = 512", f"height = width = {size}", 1,
+                  why="image size of the NPI sampling loop"),
+            Patch("models/p2p/attention_control.py", "LATENT_SIZE = (64, 64)", f"LATENT_SIZE = ({latent}, {latent})",
+                  why="latent size of the local-blend mask"),
+            Patch("models/p2p/attention_control.py", "1, 16, 16, MAX_NUM_WORDS", f"1, {maps}, {maps}, MAX_NUM_WORDS",
+                  why="the local blend's maps are the latent/4 level (16x16 at 512 px)"),
+            Patch("models/p2p/attention_control.py", "32 ** 2", f"{self_max} ** 2", 2,
+                  why="maps stored and self-attention injected up to the latent/2 level (32x32 at 512 px)"),
+        ]
+    if device == "cpu":
+        out.append(Patch("models/p2p/attention_control.py", 'device="cuda"', 'device="cpu"', 6,
+                         why="controller defaults put their tensors on CUDA"))
+    return out
+
+
+PEER = Peer(
+    name="pnpinversion",
+    repository="https://github.com/cure-lab/PnPInversion",
+    requirements=("diffusers==0.10.0", "ftfy", "safetensors"),
+    adjustments=(
+        ("transformers==4.29.2", "unpinned upstream; the release of diffusers 0.10's time that imports here"),
+        ("huggingface_hub==0.19.4", "diffusers 0.10 imports cached_download, removed in huggingface_hub 0.26"),
+        ("numpy<2", "transformers 4.29 and the code's np.fromstring/tostring need numpy 1.x"),
+        ("matplotlib<3.8", "unpinned upstream; txt_draw uses FigureCanvasAgg.tostring_argb, removed in 3.8+"),
+        ("Pillow<10", "unpinned upstream; txt_draw uses Image.ANTIALIAS, removed in Pillow 10"),
+    ),
+    patches=patches,
+    methods=tuple(METHODS),
+    notes=("opencv-python, ipywidgets and accelerate (environment/p2p_requirements.txt) are not installed: "
+           "the P2P editor imports none of them",),
+)
+
+DRIVER = "pnpinversion_official.py"
+
+
+def official_args(spec: dict) -> dict:
+    return spec
+
+
+def locedit_run(spec: dict, bundle, image):
+    """The same edit with locedit: P2P reweight (refine + the target blend word x2), blend words,
+    cross 0.4, self 0.6, the inversion's official preset; returns (edited latents, target uint8)."""
+    import numpy as np
+
+    from locedit import pipeline
+    from locedit.control import P2POptions
+    from locedit.inversion import INVERSIONS
+    from locedit.methods import P2PEditOptions
+    from locedit.options import apply_preset
+
+    src_word, tgt_word = spec["blend_words"]
+    inversion = METHODS[spec["method"]]
+    options = apply_preset(P2PEditOptions(P2POptions(mode="reweight", cross_replace=0.4, self_replace=0.6,
+                                                     reweight=((tgt_word, 2.0),))), "official")
+    inv_options = apply_preset(INVERSIONS[inversion][0](), "official")
+    res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="p2p", options=options,
+                        inversion=inversion, inversion_options=inv_options, blend_words=(src_word, tgt_word),
+                        num_steps=spec["steps"])
+    picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)  # as their latent2image
+    return res.sample.latents, picture

@@ -1,0 +1,167 @@
+"""locedit side by side with the authors' code: the same output, in less time and memory?
+
+    python bench/peers/run.py pnpinversion --checkout ~/src/PnPInversion            # CPU, 256 px, 10 steps
+    python bench/peers/run.py pnpinversion --checkout ~/src/PnPInversion --device cuda --size 512 --steps 50
+
+For one official implementation (``--checkout``: your own clone of it; nothing of it is vendored or
+committed) this builds its pinned environment from the package registries (once, under
+``--work``), copies the checkout and adapts sizes and devices by the exact patches its module lists,
+writes one random-weight SD 1.x model folder that both sides load, and runs each of its methods and
+locedit's ``--preset official`` equivalent on the same image, prompts and steps: every run in a
+fresh process, the two sides alternated, ``--repeats`` times. It prints a Markdown table (largest
+output differences, wall time min/median, UNet calls by batch size, peak memory) and writes the
+figures as JSON (``--json``). docs/peers.md holds the results and every adjustment made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DEFAULT_WORK, DRIVERS, PeerError, build_env, checkout_commit, compare, make_image,  # noqa: E402
+                    make_model, prepare_checkout, run_process, summarise)
+
+PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv"}  # name -> module under bench/peers
+SOURCE, TARGET, BLEND = "a cat sitting on the grass", "a dog sitting on the grass", ("cat", "dog")
+
+
+def _calls(c: dict) -> str:
+    return " + ".join(f"{n}x{b}" for b, n in sorted(c.items(), key=lambda kv: int(kv[0])))
+
+
+def run(args) -> dict:
+    mod = importlib.import_module(PEERS[args.peer])
+    peer = mod.PEER
+    work = Path(args.work).expanduser()
+    checkout = Path(args.checkout).expanduser().resolve()
+    methods = args.methods.split(",") if args.methods else list(peer.methods)
+    unknown = [m for m in methods if m not in peer.methods]
+    if unknown:
+        raise PeerError(f"{peer.name} has no method {unknown[0]!r}; choose from {', '.join(peer.methods)}")
+    python = build_env(peer, work)
+    src = prepare_checkout(peer, checkout, work, args.size, args.device)
+    common = work / f"model-sd15-{args.size}"
+    make_model(common, args.size)
+    image = make_image(work / f"input-{args.size}.png", args.size)
+    runs = work / peer.name / "runs"
+    base = {"model": str(common), "image": str(image), "source": SOURCE, "target": TARGET, "size": args.size}
+    run_process(python, DRIVERS / "components.py", base, runs / "components-official.json")
+    run_process(sys.executable, DRIVERS / "components.py", base, runs / "components-locedit.json")
+    model_diff = compare_components(runs / "components-official.npz", runs / "components-locedit.npz")
+    print(f"[{peer.name}] the model as both environments read it: " +
+          ", ".join(f"{k} {v:.1e}" for k, v in model_diff.items()), file=sys.stderr)
+    rows = []
+    for method in methods:
+        spec = {**base, "blend_words": list(BLEND), "steps": args.steps, "device": args.device,
+                "method": method, "src": str(src), "peer": PEERS[args.peer]}
+        if args.threads:
+            spec["threads"] = args.threads
+        sides = {"official": [], "locedit": []}
+        for r in range(args.repeats):
+            order = ("official", "locedit") if r % 2 == 0 else ("locedit", "official")
+            for side in order:
+                out = runs / f"{method}-{side}-{r}.json"
+                if side == "official":
+                    fig = run_process(python, DRIVERS / mod.DRIVER, mod.official_args(spec), out,
+                                      python_path=[src, *(src / p for p in peer.python_path)])
+                else:
+                    fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec, out)
+                sides[side].append(fig)
+                print(f"[{peer.name}] {method} {side} #{r}: {fig['seconds']:.1f} s, "
+                      f"UNet {_calls(fig['unet_calls'])}, peak RSS {fig['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+        diff = compare(runs / f"{method}-official-0.npz", runs / f"{method}-locedit-0.npz")
+        row = {"method": method, **diff}
+        for side, figs in sides.items():
+            row[side] = {key: summarise([f[key] for f in figs])
+                         for key in ("seconds", "peak_rss_gib", "base_rss_gib", "work_rss_gib")}
+            row[side]["unet_calls"] = figs[0]["unet_calls"]
+            if "unet_efficiency" in figs[0]:
+                row[side]["unet_efficiency"] = summarise([f["unet_efficiency"] for f in figs])
+            if "cuda_peak_gib" in figs[0]:
+                row[side]["cuda_peak_gib"] = summarise([f["cuda_peak_gib"] for f in figs])
+        rows.append(row)
+    return {"peer": peer.name, "repository": peer.repository, "commit": checkout_commit(checkout),
+            "model_diff": model_diff, "size": args.size, "steps": args.steps, "device": args.device, "repeats": args.repeats,
+            "machine": f"{platform.machine()}, {platform.python_version()}", "rows": rows,
+            "environment": [*peer.requirements, *(r for r, _ in peer.adjustments)],
+            "patches": [{"file": p.file, "old": p.old, "new": p.new, "why": p.why}
+                        for p in peer.patches(args.size, args.device)]}
+
+
+def compare_components(official: Path, ours: Path) -> dict:
+    import numpy as np
+
+    a, b = np.load(official), np.load(ours)
+    return {k: float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a.files}
+
+
+def table(result: dict) -> str:
+    gpu = result["device"].startswith("cuda")
+    mem, mem_label = ("cuda_peak_gib", "peak GPU GiB") if gpu else ("work_rss_gib", "working RSS GiB")
+    lines = [f"{result['peer']} @ {result['commit'][:10]}, {result['size']} px, {result['steps']} steps, "
+             f"{result['device']}, {result['repeats']} repeats (time: min / median; memory: median)", "",
+             f"| method | max diff latents (of max) | max diff image (levels) | official s | locedit s | speed-up | "
+             f"UNet calls official | UNet calls locedit | peak RSS GiB official / locedit | "
+             f"{mem_label} official / locedit | ratio | locedit UNet efficiency |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        o, l = r["official"], r["locedit"]
+        speed = o["seconds"]["median"] / l["seconds"]["median"]
+        ratio = l[mem]["median"] / o[mem]["median"]
+        lines.append(
+            f"| {r['method']} | {r.get('max_diff_latents', float('nan')):.1e} ({r.get('latent_scale', 0):.1f}) | "
+            f"{r.get('max_diff_image', float('nan')):.0f} | {o['seconds']['min']:.1f} / {o['seconds']['median']:.1f} | "
+            f"{l['seconds']['min']:.1f} / {l['seconds']['median']:.1f} | {speed:.2f}x | {_calls(o['unet_calls'])} | "
+            f"{_calls(l['unet_calls'])} | {o['peak_rss_gib']['median']:.2f} / {l['peak_rss_gib']['median']:.2f} | "
+            f"{o[mem]['median']:.2f} / {l[mem]['median']:.2f} | {ratio:.2f} | "
+            f"{l.get('unet_efficiency', {}).get('median', float('nan')):.2f} |")
+    md = result.get("model_diff", {})
+    if md:
+        lines += ["", "The model as both environments read it (largest difference): " +
+                  ", ".join(f"{k} {v:.1e}" for k, v in md.items())]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:  # re-print the table of a saved --json file
+        if len(argv) != 2 or not Path(argv[1]).is_file():
+            print("usage: run.py table FIGURES.json", file=sys.stderr)
+            return 2
+        print(table(json.loads(Path(argv[1]).read_text())))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="python bench/peers/run.py table FIGURES.json re-prints a saved table")
+    p.add_argument("peer", choices=sorted(PEERS))
+    p.add_argument("--checkout", required=True, help="your clone of the official repository")
+    p.add_argument("--work", default=str(DEFAULT_WORK), help="environments, adapted copies, model, runs")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels, a multiple of 64 (default 256)")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps (default 10; the papers use 50)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
+    p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
+    p.add_argument("--json", default="", help="write the figures here")
+    args = p.parse_args(argv)
+    if args.size % 64 or not 64 <= args.size <= 1024:
+        p.error("--size must be a multiple of 64 between 64 and 1024")
+    if not 1 <= args.steps <= 999 or args.repeats < 1:
+        p.error("--steps must be in 1..999 and --repeats >= 1")
+    try:
+        result = run(args)
+    except PeerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

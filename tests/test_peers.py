@@ -1,0 +1,120 @@
+"""bench/peers: the pieces that run without an official checkout (the side-by-side runs themselves
+need the authors' code and their environments, and are a benchmark, not a test)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PEERS = Path(__file__).resolve().parents[1] / "bench" / "peers"
+sys.path.insert(0, str(PEERS))
+sys.path.insert(0, str(PEERS / "drivers"))
+
+import common  # noqa: E402
+import measure  # noqa: E402
+import pnpinversion  # noqa: E402
+
+
+def _tiny(seed, image_size, in_channels):
+    from locedit.diffusion.tiny import tiny_components
+
+    return tiny_components(seed=seed, image_size=image_size)
+
+
+def test_model_folder_loads_in_locedit_with_the_same_networks(tmp_path):
+    """The folder written for both environments (legacy VAE attention names, text_model. prefixes,
+    vocab.json/merges.txt) loads through locedit's loader into exactly the networks that were built."""
+    from safetensors.torch import load_file
+
+    from locedit.diffusion.loading import load_model
+
+    folder = common.make_model(tmp_path / "m", 64, components=_tiny)
+    vae_keys = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").keys()
+    assert any(".proj_attn." in k for k in vae_keys) and not any(".to_q." in k for k in vae_keys)
+    assert all(k.startswith("text_model.") for k in load_file(folder / "text_encoder" / "model.safetensors"))
+    assert json.loads((folder / "tokenizer" / "vocab.json").read_text())["<|endoftext|>"] == 1
+    unet, vae, te, tok, _ = _tiny(0, 64, 4)
+    bundle = load_model(str(folder))
+    prompt = "a cat sitting on the grass"
+    assert bundle.tokenizer(prompt).input_ids == tok(prompt).input_ids
+    ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.text_encoder(ids)[0], te.eval()(ids)[0], rtol=0, atol=1e-6)
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        torch.testing.assert_close(bundle.vae.encode(x).latent_dist.mean, vae.eval().encode(x).latent_dist.mean,
+                                   rtol=0, atol=1e-6)
+        z, emb = torch.randn(1, 4, 16, 16), te(ids)[0]
+        torch.testing.assert_close(bundle.unet(z, 500, emb).sample, unet.eval()(z, 500, emb).sample, rtol=0, atol=1e-6)
+    # written once: a second call with the same settings keeps the folder
+    stamp = (folder / "locedit-peer.json").stat().st_mtime_ns
+    common.make_model(folder, 64, components=_tiny)
+    assert (folder / "locedit-peer.json").stat().st_mtime_ns == stamp
+
+
+def _fake_checkout(root: Path, size_texts: dict[str, str]) -> Path:
+    for rel, text in size_texts.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def _pnp_files() -> dict[str, str]:
+    """Just the lines PnPInversion's patches look for, as many times as the real files hold them."""
+    return {
+        "models/p2p_editor.py": 'pipe = from_pretrained("CompVis/stable-diffusion-v1-4", scheduler=s)\n',
+        "utils/utils.py": "image.resize((512, 512))\ndef txt_draw(text, target_size=[512,512]):\n",
+        "models/p2p/p2p_guidance_forward.py": "    height = width = 512\n" * 4,
+        "models/p2p/proximal_guidance_forward.py": "    height = width = 512\n",
+        "models/p2p/attention_control.py": ('LATENT_SIZE = (64, 64)\nreshape(b, -1, 1, 16, 16, MAX_NUM_WORDS)\n'
+                                            'if attn.shape[1] <= 32 ** 2:\nif att.shape[2] <= 32 ** 2:\n'
+                                            + 'def f(device="cuda"):\n' * 6),
+    }
+
+
+def test_pnpinversion_patches_adapt_sizes_and_devices_only(tmp_path):
+    checkout = _fake_checkout(tmp_path / "PnPInversion", _pnp_files())
+    peer = pnpinversion.PEER
+    src = common.prepare_checkout(peer, checkout, tmp_path / "work", 256, "cpu")
+    ac = (src / "models/p2p/attention_control.py").read_text()
+    assert "LATENT_SIZE = (32, 32)" in ac and "1, 8, 8, MAX_NUM_WORDS" in ac and ac.count("16 ** 2") == 2
+    assert ac.count('device="cpu"') == 6 and "cuda" not in ac
+    assert (src / "models/p2p/p2p_guidance_forward.py").read_text().count("height = width = 256") == 4
+    assert "LOCEDIT_PEER_MODEL" in (src / "models/p2p_editor.py").read_text()
+    assert (checkout / "utils/utils.py").read_text() == _pnp_files()["utils/utils.py"]  # the checkout is untouched
+    # at the authors' own size on a GPU, only the model id changes
+    assert [p.file for p in peer.patches(512, "cuda")] == ["models/p2p_editor.py"]
+
+
+def test_a_checkout_that_differs_is_refused(tmp_path):
+    files = _pnp_files()
+    files["models/p2p/p2p_guidance_forward.py"] = "    height = width = 512\n" * 3  # one loop fewer
+    checkout = _fake_checkout(tmp_path / "PnPInversion", files)
+    with pytest.raises(common.PeerError, match="expected 4 occurrence"):
+        common.prepare_checkout(pnpinversion.PEER, checkout, tmp_path / "work", 256, "cpu")
+    with pytest.raises(common.PeerError, match="not a folder"):
+        common.prepare_checkout(pnpinversion.PEER, tmp_path / "nowhere", tmp_path / "work", 256, "cpu")
+
+
+def test_meter_counts_unet_calls_by_batch_and_compare_finds_the_largest_difference(tmp_path):
+    from locedit.diffusion.tiny import tiny_components
+
+    unet = tiny_components()[0].eval()
+    emb = torch.zeros(1, 32, 32)
+    with torch.no_grad(), measure.Meter(unet, "cpu", [unet]) as meter:
+        for b in (1, 4, 4):
+            unet(torch.zeros(b, 4, 16, 16), 10, encoder_hidden_states=emb.expand(b, -1, -1))
+        big = torch.ones(64, 1024, 1024)  # 256 MiB held during the work
+    fig = meter.figures()
+    assert fig["unet_calls"] == {"1": 1, "4": 2}
+    assert fig["work_rss_gib"] > 0.2
+    del big
+    a, b = np.zeros((2, 4, 8, 8), np.float32), np.zeros((2, 4, 8, 8), np.float32)
+    b[1, 2, 3, 4] = 0.5
+    img = np.zeros((8, 8, 3), np.uint8)
+    measure.write(str(tmp_path / "a.json"), fig, torch.from_numpy(a), img)
+    measure.write(str(tmp_path / "b.json"), fig, torch.from_numpy(b), img + 3)
+    diff = common.compare(tmp_path / "a.npz", tmp_path / "b.npz")
+    assert diff["max_diff_latents"] == 0.5 and diff["max_diff_image"] == 3
