@@ -25,30 +25,14 @@ from locedit import pipeline
 from locedit.control import P2POptions
 from locedit.methods import P2PEditOptions
 from locedit.diffusion.loading import finish_bundle, resolve_device, resolve_dtype
-from locedit.diffusion.tiny import SD_SCHEDULER_CONFIG, TINY_WORDS, tiny_bundle, word_tokenizer
+from locedit.diffusion.tiny import sd15_components, tiny_bundle
 from locedit.inversion import INVERSIONS
 
 
 def sd15_bundle(device, dtype):
-    """Stable Diffusion 1.x architecture (diffusers' default configs = SD 1.x), random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tok = word_tokenizer(TINY_WORDS, model_max_length=77)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2, latent_channels=4, sample_size=512,
-        )
-        te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
-                                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                          pad_token_id=tok.pad_token_id))
-    return finish_bundle(unet, vae, te, tok, SD_SCHEDULER_CONFIG, "sd15-random", device, dtype)
+    """Stable Diffusion 1.x architecture at 512x512, random weights (:func:`sd15_components`)."""
+    unet, vae, te, tok, cfg = sd15_components(seed=0, image_size=512)
+    return finish_bundle(unet, vae, te, tok, cfg, "sd15-random", device, dtype)
 
 
 def _sync(device):

@@ -83,12 +83,38 @@ def inversion_guidance(z_next: torch.Tensor, target: torch.Tensor, delta: torch.
     return z_next - (z_next - target) * (1 - edited)
 
 
+def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: AttentionController | None,
+                options: EditOptions, unc: torch.Tensor, conds: torch.Tensor) -> tuple[str, ...]:
+    """The branches whose unconditional row the UNet must evaluate at this step.
+
+    The source's is left out when its noise prediction is known or unused and no controller reads
+    or rewrites that row's attention (``controller.reads`` / ``writes``; None means any row):
+    - known: its embedding equals the source's conditional one (negative-prompt inversion, the
+      ``npi_null`` option) and no controller rewrites the source's conditional row, so both rows
+      compute the same thing and the conditional prediction serves for both;
+    - unused: the trajectory pins the source branch (direct inversion), whose step is then replaced,
+      and no proximal threshold is taken over every row's guidance difference.
+    The edit is unchanged; the UNet batch is one row smaller (3 instead of 4 for an edit).
+    """
+    if not branches or branches[0] != "source":
+        return branches
+    reads = frozenset() if controller is None else controller.reads
+    writes = frozenset() if controller is None else controller.writes
+    if reads is None or writes is None or ("source", "uncond") in reads | writes:
+        return branches
+    pinned = traj.source_follows and options.proximal_quantile is None
+    known = ("source", "cond") not in writes and torch.equal(unc[0], conds[0])
+    return branches[1:] if pinned or known else branches
+
+
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
            controller: AttentionController | None = None, progress: Progress | None = None,
            guide=None) -> SampleResult:
     """Denoise from ``traj.noise`` with one branch per prompt, CFG batch [uncond..., cond...].
 
-    ``prompts[0]`` is the source branch, ``prompts[1]`` (when given) the target. The trajectory
+    ``prompts[0]`` is the source branch, ``prompts[1]`` (when given) the target; an unconditional
+    row whose result is known or unused is left out of the batch (:func:`uncond_rows`) and the
+    controller's layout says which rows are there. The trajectory
     supplies its editing-side rule (unconditional embedding, learned tokens, source pinning); the
     controller is installed on the UNet for the whole loop and restored after it, even on error;
     ``guide`` (optional, :class:`locedit.guidance.LatentGuidance`) updates the latents before each
@@ -102,8 +128,6 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     fixed_conds, null_embed, source_embed = embeds[:-1], embeds[-1:], embeds[:1]
     z = traj.noise.to(bundle.device).expand(len(prompts), -1, -1, -1).clone()
     ctrl = controller or AttentionController()
-    if ctrl.layout is None:
-        ctrl.layout = BatchLayout.cfg(branches)
     ctrl.clock.num_steps = n
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
         for i in track(progress, range(n), "editing" if len(prompts) > 1 else "sampling"):
@@ -113,9 +137,15 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
                 z = guide(bundle, ctrl, i, t, a, z, conds)
             ctrl.clock.set(i, t, "sample")
             unc = source_embed if options.npi_null else traj.uncond_embedding(i, null_embed, source_embed)
+            rows = uncond_rows(branches, traj, controller, options, unc, conds)
+            ctrl.layout = BatchLayout(tuple((b, "uncond") for b in rows) + tuple((b, "cond") for b in branches))
+            keep = [branches.index(b) for b in rows]
             with torch.no_grad():
-                eps_u, eps_c = bundle.predict_eps(torch.cat([z, z]), t, a,
-                                                  torch.cat([unc.expand(len(prompts), -1, -1), conds])).chunk(2)
+                eps_all = bundle.predict_eps(torch.cat([z[keep], z]), t, a,
+                                             torch.cat([unc.expand(len(keep), -1, -1), conds]))
+            eps_c = eps_all[len(keep):]
+            eps_u = eps_c.clone()  # rows left out: their conditional prediction (see uncond_rows)
+            eps_u[keep] = eps_all[: len(keep)]
             eps, delta, thr = guided_eps(eps_u, eps_c, options)
             z_next = ddim_step(z, eps, a, a_next)
             if options.inversion_guidance_t is not None and t < options.inversion_guidance_t:
@@ -167,16 +197,29 @@ def reconstruct(bundle: ModelBundle, traj: Trajectory, options: EditOptions = Ed
 
 @dataclass
 class EditResult:
-    source: torch.Tensor  # (1, 3, S, S) reconstruction of the source branch
     edited: torch.Tensor  # (1, 3, S, S)
     trajectory: Trajectory
     sample: SampleResult
     stats: dict = field(default_factory=dict)
+    bundle: ModelBundle | None = field(default=None, repr=False)
+    _source: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> torch.Tensor:
+        """(1, 3, S, S) the source branch's reconstruction, decoded on first use (an edit decodes
+        only the target: the VAE decoder costs as much as several UNet calls)."""
+        if self._source is None:
+            with torch.no_grad():
+                self._source = self.bundle.decode_latents(self.sample.latents[0:1])
+        return self._source
 
 
 class AttentionRecorder(AttentionController):
     """Accumulates the target's conditional maps of chosen words over the sampling steps
     (for ``--save-attention``); only those tokens, at the map level, are kept."""
+
+    reads = frozenset({("target", "cond")})
+    writes = frozenset()
 
     def __init__(self, bundle: ModelBundle, target: str, words: list[str]):
         from .attention import MapRequest, TokenMapStore
@@ -185,23 +228,19 @@ class AttentionRecorder(AttentionController):
         super().__init__()
         self.words = list(words)
         self.level = map_level(unet_sites(bundle.unet))
-        self._requests = {w: tuple(token_positions(bundle.tokenizer, target, w)) for w in self.words}
-        self.store = None
-        self._make = lambda row: TokenMapStore({w: MapRequest(row, t) for w, t in self._requests.items()})
+        self.store = TokenMapStore({w: MapRequest("target", tuple(token_positions(bundle.tokenizer, target, w)))
+                                    for w in self.words})
 
     def wants(self, site) -> bool:
         return (self.clock.phase == "sample" and site.kind == "cross" and site.level == self.level
                 and site.place != "mid")
 
     def edit_probs(self, probs, site):
-        if self.store is None:
-            self.store = self._make(self.layout.index("target", "cond"))
-        self.store.add(probs, site)
+        self.store.add(probs, site, self.layout)
         return probs
 
     def after_step(self, latents):
-        if self.store is not None:
-            self.store.start_step()
+        self.store.start_step()
         return latents
 
     def maps(self) -> dict[str, torch.Tensor]:
@@ -269,7 +308,8 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     result = sample(bundle, trajectory, [source, target], edit_options, controller, progress, plan.guide)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
-    images = bundle.decode_latents(result.latents)
+    with torch.no_grad():
+        edited = bundle.decode_latents(result.latents[1:2])
     stats = {
         "inversion_unet_calls": trajectory.stats.get("unet_calls", 0),
         "inversion_seconds": trajectory.stats.get("seconds", 0.0),
@@ -278,6 +318,6 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     }
     if plan.guide is not None:
         stats["guidance_loss"] = plan.guide.history
-    if recorder is not None and recorder.store is not None:
+    if recorder is not None and recorder.store.recorded:
         stats["attention"] = recorder.maps()
-    return EditResult(images[0:1], images[1:2], trajectory, result, stats)
+    return EditResult(edited, trajectory, result, stats, bundle)

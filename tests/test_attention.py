@@ -140,7 +140,7 @@ def test_step_clock_comes_from_the_loop_not_call_counts(bundle, image):
 
 
 def test_store_keeps_only_requested_tokens(bundle):
-    store = TokenMapStore({"w": MapRequest(row=1, tokens=(2, 3))})
+    store = TokenMapStore({"w": MapRequest("b", tokens=(2, 3))})
     sel = cross_maps_selector(unet_sites(bundle.unet))
 
     class Keep(AttentionController):
@@ -148,7 +148,7 @@ def test_store_keeps_only_requested_tokens(bundle):
             return True
 
         def edit_probs(self, probs, site):
-            store.add(probs, site)
+            store.add(probs, site, self.layout)
             return probs
 
     with controlled_attention(bundle.unet, Keep(layout=BatchLayout.single(("a", "b"))), sel):

@@ -134,6 +134,28 @@ def test_local_blend_accumulates_the_injected_target_maps(bundle):
     assert not torch.allclose(ctrl.store.maps("target")[0], probs[3, :, :, 2].mean(0).reshape(4, 4))
 
 
+def reference_alpha_rows(num_steps, fraction):
+    """prompt-to-prompt's get_time_words_attention_alpha: a table of num_steps + 1 rows, rows
+    [0, int(fraction * rows)) set; step i reads row i."""
+    rows = num_steps + 1
+    return [i for i in range(num_steps) if i < int(fraction * rows)]
+
+
+@pytest.mark.parametrize("steps,fraction", [(3, 0.8), (10, 0.4), (50, 0.8), (7, 0.5)])
+def test_cross_window_official_follows_the_n_plus_1_row_table_paper_the_fraction_of_n(bundle, steps, fraction):
+    tok = bundle.tokenizer
+    for window, expected in (("n+1", reference_alpha_rows(steps, fraction)),
+                             ("n", [i for i in range(steps) if i < int(fraction * steps)])):
+        ctrl = Prompt2Prompt(P2POptions(mode="refine", cross_replace=fraction, cross_window=window), tok,
+                             "a red cat", "a blue cat", num_steps=steps, map_level=1, clock=StepClock(num_steps=steps))
+        active = []
+        for i in range(steps):
+            ctrl.clock.set(i, 999 - i)
+            active += [i] if ctrl.wants(CROSS) else []
+        assert active == expected, (window, steps, fraction)
+    assert preset(P2POptions, "official").cross_window == "n+1" and preset(P2POptions, "paper").cross_window == "n"
+
+
 # ---- 4. SPDInv: step, then test; the last iterate ---------------------------------------------------------
 def test_spd_takes_one_paper_gradient_step_then_stops_on_the_tested_residual(bundle, image):
     from locedit.diffusion import ddim_step
@@ -333,9 +355,10 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     from locedit.options import differences
 
     diffs = {name: differences(preset(m.Options, "paper"), preset(m.Options, "official")) for name, m in METHODS.items()}
-    assert diffs["p2p"] == {} and diffs["mag-edit"] == {}
-    assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form"}
-    assert set(diffs["locinv"]) == {"locinv.nti_mode"}
+    window = {"p2p.cross_window": ("n", "n+1")}  # the P2P code's (N + 1)-row alpha table
+    assert diffs["p2p"] == window and diffs["mag-edit"] == window
+    assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form", "p2p.cross_window"}
+    assert set(diffs["locinv"]) == {"locinv.nti_mode"}  # DPL counts its windows in steps
     spd = differences(preset(INVERSIONS["spd"][0], "paper"), preset(INVERSIONS["spd"][0], "official"))
     assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
     for name, m in METHODS.items():  # the defaults are the paper's reading

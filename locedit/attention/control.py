@@ -73,7 +73,15 @@ class AttentionController:
     Subclasses override :meth:`wants` (which sites need explicit probabilities at the current
     step) and the hooks. Probabilities arrive as (batch, heads, queries, keys) with the batch
     ordered as :attr:`layout` says.
+
+    ``reads`` / ``writes``: the (branch, condition) rows whose attention the controller reads or
+    rewrites, declared by subclasses that know them; None means any row. The sampling loop leaves a
+    row out of the UNet batch only when its noise prediction is not needed and no controller
+    reads or writes it (:func:`locedit.pipeline.sample`).
     """
+
+    reads: frozenset[tuple[str, str]] | None = None
+    writes: frozenset[tuple[str, str]] | None = None
 
     def __init__(self, clock: StepClock | None = None, layout: BatchLayout | None = None):
         self.clock = clock or StepClock()
@@ -110,6 +118,15 @@ class AttentionController:
         return latents
 
 
+def _union(sets):
+    out = frozenset()
+    for s in sets:
+        if s is None:
+            return None
+        out |= s
+    return out
+
+
 class Chain(AttentionController):
     """Several controllers on one UNet, sharing one clock and one layout, applied in order."""
 
@@ -129,6 +146,14 @@ class Chain(AttentionController):
         self._layout = value
         for c in getattr(self, "controllers", []):
             c.layout = value
+
+    @property
+    def reads(self):
+        return _union(c.reads for c in self.controllers)
+
+    @property
+    def writes(self):
+        return _union(c.writes for c in self.controllers)
 
     def wants(self, site: Site) -> bool:
         return any(c.wants(site) for c in self.controllers)

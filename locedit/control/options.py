@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import LoceditError
 
 P2P_MODES = ("replace", "refine", "reweight")
+CROSS_WINDOWS = ("n", "n+1")
 
 
 def parse_reweight(text: str) -> tuple[str, float]:
@@ -32,6 +33,10 @@ class P2POptions:
                 "reweight: refine plus --reweight scales"})
     cross_replace: float = field(default=0.8, metadata={
         "flag": "cross-replace", "type": float, "help": "fraction of steps with cross-attention injection"})
+    cross_window: str = field(default="n", metadata={
+        "flag": "cross-window", "choices": CROSS_WINDOWS,
+        "help": "cross-attention injection for the first int(X * N) steps of N (n: the paper's fraction of "
+                "the steps) or int(X * (N + 1)) (n+1: the authors' get_time_words_attention_alpha)"})
     self_replace: float = field(default=0.4, metadata={
         "flag": "self-replace", "type": float, "help": "fraction of steps with self-attention injection"})
     self_min_level: int = 1  # self-attention injected at levels >= this (SD: maps of 32x32 and coarser)
@@ -39,9 +44,13 @@ class P2POptions:
         "flag": "reweight", "repeat": True, "type": parse_reweight, "metavar": "WORD=SCALE",
         "help": "scale a target word's attention (repeatable; with --p2p reweight)"})
 
+    PRESETS = {"official": {"cross_window": "n+1"}}
+
     def __post_init__(self):
         if self.mode not in P2P_MODES:
             raise LoceditError(f"p2p mode must be one of {', '.join(P2P_MODES)}, got {self.mode!r}")
+        if self.cross_window not in CROSS_WINDOWS:
+            raise LoceditError(f"cross_window must be one of {', '.join(CROSS_WINDOWS)}, got {self.cross_window!r}")
         for name in ("cross_replace", "self_replace"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

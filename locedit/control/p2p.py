@@ -38,6 +38,11 @@ class Prompt2Prompt(AttentionController):
     of the attention mask; ``blend_words``: (source word, target word) of the attention blend.
     """
 
+    # only the conditional rows: the source's maps are read, the target's rewritten (as the authors'
+    # code, which leaves the unconditional half of the batch alone)
+    reads = frozenset({("source", "cond"), ("target", "cond")})
+    writes = frozenset({("target", "cond")})
+
     def __init__(self, options: P2POptions, tokenizer, source: str, target: str, num_steps: int,
                  map_level: int, user_mask: torch.Tensor | None = None, clock: StepClock | None = None,
                  blend_words: tuple[str, str] | None = None, blend: LocalBlendOptions = LocalBlendOptions()):
@@ -62,16 +67,17 @@ class Prompt2Prompt(AttentionController):
         self.store = None
         if blend_words is not None and user_mask is None:
             sw, tw = blend_words
-            s_cond, t_cond = self.layout.index("source", "cond"), self.layout.index("target", "cond")
             self.store = TokenMapStore({
-                "source": MapRequest(s_cond, tuple(token_positions(tokenizer, source, sw))),
-                "target": MapRequest(t_cond, tuple(token_positions(tokenizer, target, tw))),
+                "source": MapRequest("source", tuple(token_positions(tokenizer, source, sw))),
+                "target": MapRequest("target", tuple(token_positions(tokenizer, target, tw))),
             })
         self.last_blend_mask: torch.Tensor | None = None
         self.blend_from_step: int | None = None  # overrides blend.start with an exact step (guidance methods)
 
     # ---- which sites, when ---------------------------------------------------------------------
     def _cross_active(self) -> bool:
+        if self.options.cross_window == "n+1":  # the authors' alpha table has N + 1 rows
+            return self.clock.step < int(self.options.cross_replace * (self.clock.num_steps + 1))
         return self.clock.fraction_before(self.options.cross_replace)
 
     def _self_active(self, site: Site) -> bool:
@@ -106,7 +112,7 @@ class Prompt2Prompt(AttentionController):
             probs = probs.clone()
             probs[t] = probs[s]
         if self._stores(site):  # after injection (see the module docstring)
-            self.store.add(probs, site)
+            self.store.add(probs, site, self.layout)
         return probs
 
     # ---- local blend -----------------------------------------------------------------------------

@@ -59,13 +59,12 @@ def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
             seqs[k] = out
 
 
-def word_tokenizer(words, model_max_length: int = 77):
-    """A CLIP tokenizer whose BPE spells each of ``words`` as one token (deterministically).
-
-    Any other text still tokenizes, down to single bytes of CLIP's byte-level alphabet.
-    """
+def word_vocab(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-style BPE ``(vocab, merges)`` that spell each of ``words`` as one token: the start and
+    end tokens, CLIP's byte-level alphabet (with and without the end-of-word mark), then the learned
+    merges (:func:`_learn_merges`). What :func:`word_tokenizer` builds its tokenizer from, and what a
+    ``vocab.json`` / ``merges.txt`` pair written for any CLIPTokenizer version holds."""
     from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
 
     words = sorted(dict.fromkeys(w.lower() for w in words))
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -75,6 +74,17 @@ def word_tokenizer(words, model_max_length: int = 77):
     merges = _learn_merges(words)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
+    return vocab, merges
+
+
+def word_tokenizer(words, model_max_length: int = 77):
+    """A CLIP tokenizer whose BPE spells each of ``words`` as one token (deterministically).
+
+    Any other text still tokenizes, down to single bytes of CLIP's byte-level alphabet.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = word_vocab(words)
     tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.model_max_length = model_max_length
     return tok
@@ -137,3 +147,33 @@ def tiny_bundle(seed: int = 0, device="cpu", dtype=torch.float32, **kwargs):
 
     unet, vae, te, tok, cfg = tiny_components(seed=seed, **kwargs)
     return finish_bundle(unet, vae, te, tok, cfg, name="tiny-random", device=torch.device(device), dtype=dtype)
+
+
+def sd15_components(seed: int = 0, image_size: int = 512, in_channels: int = 4, words=TINY_WORDS):
+    """Stable Diffusion 1.x's architecture with random weights: (unet, vae, text_encoder, tokenizer,
+    scheduler_config).
+
+    diffusers' default UNet2DConditionModel config is SD 1.x's (four levels 320/640/1280/1280,
+    cross-attention 768, 8 heads); the VAE and the 12-layer CLIP text encoder are SD's sizes; only
+    the tokenizer is a word-level one (:func:`word_tokenizer`, 77 tokens) since CLIP's vocabulary
+    cannot be shipped. The compute and memory are those of the real model at ``image_size``; the
+    images are noise. ``in_channels=8`` gives InstructPix2Pix's UNet.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = word_tokenizer(words, model_max_length=77)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=image_size // 8, in_channels=in_channels, cross_attention_dim=768)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, latent_channels=4, sample_size=image_size,
+        )
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
+                                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                          pad_token_id=tok.pad_token_id))
+    return unet, vae, te, tok, dict(SD_SCHEDULER_CONFIG)

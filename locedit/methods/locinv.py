@@ -26,6 +26,10 @@ class LocInvEditOptions:
     p2p: P2POptions = P2POptions(mode="refine", cross_replace=0.8, self_replace=0.4)
     blend: LocalBlendOptions = LocalBlendOptions()
 
+    # DPL's editor counts its windows in steps (`curr_step_index < 40` of 50), not through P2P's
+    # (N + 1)-row alpha table: the fraction of N is the code's reading too
+    PRESETS = {"official": {"p2p": {"cross_window": "n"}}}
+
 
 class LocInv(Method):
     name = "locinv"
