@@ -122,6 +122,21 @@ class Patch:
     why: str = ""
 
 
+def p2p_controller_patches(file: str, size: int) -> list[Patch]:
+    """The sizes Prompt-to-Prompt's controller module hard-codes for 512 px (every P2P-derived
+    repository carries a copy): the local blend's latent size and map level, and the largest maps
+    stored and self-injected."""
+    latent, maps, self_max = size // 8, size // 32, size // 16
+    return [
+        Patch(file, "LATENT_SIZE = (64, 64)", f"LATENT_SIZE = ({latent}, {latent})",
+              why="latent size of the local-blend mask"),
+        Patch(file, "1, 16, 16, MAX_NUM_WORDS", f"1, {maps}, {maps}, MAX_NUM_WORDS",
+              why="the local blend's maps are the latent/4 level (16x16 at 512 px)"),
+        Patch(file, "32 ** 2", f"{self_max} ** 2", 2,
+              why="maps stored and self-attention injected up to the latent/2 level (32x32 at 512 px)"),
+    ]
+
+
 @dataclass(frozen=True)
 class Peer:
     """An official implementation: its pinned environment (the repository's own pins first, then

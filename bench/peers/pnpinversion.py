@@ -8,7 +8,7 @@ The locedit side runs the same edit with ``--preset official`` options set to th
 
 from __future__ import annotations
 
-from common import Patch, Peer
+from common import Patch, Peer, p2p_controller_patches
 
 METHODS = {  # their method name -> locedit inversion
     "ddim+p2p": "ddim",
@@ -20,7 +20,6 @@ METHODS = {  # their method name -> locedit inversion
 
 def patches(size: int, device: str) -> list[Patch]:
     """Sizes and devices only. At 512 px on CUDA only the model id changes."""
-    latent, maps, self_max = size // 8, size // 32, size // 16
     out = [Patch("models/p2p_editor.py", '"CompVis/stable-diffusion-v1-4"', '__import__("os").environ["LOCEDIT_PEER_MODEL"]',
                  why="the model: the random-weight folder instead of the hub id")]
     if size != 512:
@@ -32,12 +31,7 @@ def patches(size: int, device: str) -> list[Patch]:
                   why="image size of the sampling loops"),
             Patch("models/p2p/proximal_guidance_forward.py", "height = width = 512", f"height = width = {size}", 1,
                   why="image size of the NPI sampling loop"),
-            Patch("models/p2p/attention_control.py", "LATENT_SIZE = (64, 64)", f"LATENT_SIZE = ({latent}, {latent})",
-                  why="latent size of the local-blend mask"),
-            Patch("models/p2p/attention_control.py", "1, 16, 16, MAX_NUM_WORDS", f"1, {maps}, {maps}, MAX_NUM_WORDS",
-                  why="the local blend's maps are the latent/4 level (16x16 at 512 px)"),
-            Patch("models/p2p/attention_control.py", "32 ** 2", f"{self_max} ** 2", 2,
-                  why="maps stored and self-attention injected up to the latent/2 level (32x32 at 512 px)"),
+            *p2p_controller_patches("models/p2p/attention_control.py", size),
         ]
     if device == "cpu":
         out.append(Patch("models/p2p/attention_control.py", 'device="cuda"', 'device="cpu"', 6,

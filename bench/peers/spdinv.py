@@ -10,7 +10,7 @@ The locedit side: ``--inversion spd --preset official --npi-null --proximal 0.7
 
 from __future__ import annotations
 
-from common import Patch, Peer
+from common import Patch, Peer, p2p_controller_patches
 
 METHODS = {"spdinv+p2p": "spd"}
 
@@ -18,7 +18,6 @@ METHODS = {"spdinv+p2p": "spd"}
 def patches(size: int, device: str) -> list[Patch]:
     """Sizes only (the code picks CUDA itself when there is one); at 512 px only the model id and the
     notebook progress bar change."""
-    latent, maps, self_max = size // 8, size // 32, size // 16
     out = [
         Patch("run_SPDInv_P2P.py", '"CompVis/stable-diffusion-v1-4"', '__import__("os").environ["LOCEDIT_PEER_MODEL"]',
               why="the model: the random-weight folder instead of the hub id"),
@@ -30,12 +29,7 @@ def patches(size: int, device: str) -> list[Patch]:
         out += [
             Patch("P2P/SPDInv.py", "resize((512, 512))", f"resize(({size}, {size}))", why="input size"),
             Patch("run_SPDInv_P2P.py", "height = width = 512", f"height = width = {size}", why="image size of the edit loop"),
-            Patch("utils/control_utils.py", "LATENT_SIZE = (64, 64)", f"LATENT_SIZE = ({latent}, {latent})",
-                  why="latent size of the local-blend mask"),
-            Patch("utils/control_utils.py", "1, 16, 16, MAX_NUM_WORDS", f"1, {maps}, {maps}, MAX_NUM_WORDS",
-                  why="the local blend's maps are the latent/4 level (16x16 at 512 px)"),
-            Patch("utils/control_utils.py", "32 ** 2", f"{self_max} ** 2", 2,
-                  why="maps stored and self-attention injected up to the latent/2 level (32x32 at 512 px)"),
+            *p2p_controller_patches("utils/control_utils.py", size),
         ]
     return out
 
