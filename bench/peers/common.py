@@ -40,7 +40,6 @@ def make_model(folder: Path, size: int, instruct: bool = False, seed: int = 0, c
     (what every CLIPTokenizer version reads). Kept when it exists with the same settings.
     ``components``: a builder like :func:`locedit.diffusion.tiny.sd15_components` (tests pass the
     tiny one)."""
-    import torch
     from diffusers import DDIMScheduler
     from safetensors.torch import load_file, save_file
 
@@ -91,7 +90,6 @@ def make_model(folder: Path, size: int, instruct: bool = False, seed: int = 0, c
              "vae": ["diffusers", "AutoencoderKL"]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "locedit-peer.json").write_text(json.dumps(stamp))
-    del torch
     return folder
 
 
@@ -239,6 +237,28 @@ def compare(official: Path, ours: Path) -> dict:
     if "latents" in a:
         out["latent_scale"] = float(np.abs(a["latents"]).max())
     return out
+
+
+def locedit_p2p(spec: dict, bundle, image, inversion: str, cross_replace: float, edit_options=None):
+    """The official scripts' P2P edit in locedit: reweight (refine + the target blend word x2), the
+    blend words' local blend, ``cross_replace``, self 0.6, the method's and ``inversion``'s official
+    presets. Returns (edited latents of both branches, target image (H, W, 3) uint8, truncated as
+    their ``latent2image``)."""
+    from locedit import pipeline
+    from locedit.control import P2POptions
+    from locedit.inversion import INVERSIONS
+    from locedit.methods import P2PEditOptions
+    from locedit.options import apply_preset
+
+    src_word, tgt_word = spec["blend_words"]
+    options = apply_preset(P2PEditOptions(P2POptions(mode="reweight", cross_replace=cross_replace, self_replace=0.6,
+                                                     reweight=((tgt_word, 2.0),))), "official")
+    res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="p2p", options=options,
+                        inversion=inversion, inversion_options=apply_preset(INVERSIONS[inversion][0](), "official"),
+                        blend_words=(src_word, tgt_word), num_steps=spec["steps"],
+                        edit_options=edit_options or pipeline.EditOptions())
+    picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+    return res.sample.latents, picture
 
 
 def summarise(values: list[float]) -> dict:

@@ -8,7 +8,7 @@ The locedit side runs the same edit with ``--preset official`` options set to th
 
 from __future__ import annotations
 
-from common import Patch, Peer, p2p_controller_patches
+from common import Patch, Peer, locedit_p2p, p2p_controller_patches
 
 METHODS = {  # their method name -> locedit inversion
     "ddim+p2p": "ddim",
@@ -59,28 +59,7 @@ PEER = Peer(
 DRIVER = "pnpinversion_official.py"
 
 
-def official_args(spec: dict) -> dict:
-    return spec
-
-
 def locedit_run(spec: dict, bundle, image):
     """The same edit with locedit: P2P reweight (refine + the target blend word x2), blend words,
     cross 0.4, self 0.6, the inversion's official preset; returns (edited latents, target uint8)."""
-    import numpy as np
-
-    from locedit import pipeline
-    from locedit.control import P2POptions
-    from locedit.inversion import INVERSIONS
-    from locedit.methods import P2PEditOptions
-    from locedit.options import apply_preset
-
-    src_word, tgt_word = spec["blend_words"]
-    inversion = METHODS[spec["method"]]
-    options = apply_preset(P2PEditOptions(P2POptions(mode="reweight", cross_replace=0.4, self_replace=0.6,
-                                                     reweight=((tgt_word, 2.0),))), "official")
-    inv_options = apply_preset(INVERSIONS[inversion][0](), "official")
-    res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="p2p", options=options,
-                        inversion=inversion, inversion_options=inv_options, blend_words=(src_word, tgt_word),
-                        num_steps=spec["steps"])
-    picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)  # as their latent2image
-    return res.sample.latents, picture
+    return locedit_p2p(spec, bundle, image, METHODS[spec["method"]], 0.4)

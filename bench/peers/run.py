@@ -67,7 +67,7 @@ def run(args) -> dict:
             for side in order:
                 out = runs / f"{method}-{side}-{r}.json"
                 if side == "official":
-                    fig = run_process(python, DRIVERS / mod.DRIVER, mod.official_args(spec), out,
+                    fig = run_process(python, DRIVERS / mod.DRIVER, spec, out,
                                       python_path=[src, *(src / p for p in peer.python_path)])
                 else:
                     fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec, out)

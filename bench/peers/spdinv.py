@@ -10,7 +10,7 @@ The locedit side: ``--inversion spd --preset official --npi-null --proximal 0.7
 
 from __future__ import annotations
 
-from common import Patch, Peer, p2p_controller_patches
+from common import Patch, Peer, locedit_p2p, p2p_controller_patches
 
 METHODS = {"spdinv+p2p": "spd"}
 
@@ -56,28 +56,9 @@ PEER = Peer(
 DRIVER = "spdinv_official.py"
 
 
-def official_args(spec: dict) -> dict:
-    return spec
-
-
 def locedit_run(spec: dict, bundle, image):
     """The same edit with locedit; returns (edited latents, target uint8)."""
-    import numpy as np
-
-    from locedit import pipeline
-    from locedit.control import P2POptions
-    from locedit.inversion import INVERSIONS
-    from locedit.methods import P2PEditOptions
-    from locedit.options import apply_preset
     from locedit.pipeline import EditOptions
 
-    src_word, tgt_word = spec["blend_words"]
-    options = apply_preset(P2PEditOptions(P2POptions(mode="reweight", cross_replace=0.8, self_replace=0.6,
-                                                     reweight=((tgt_word, 2.0),))), "official")
-    inv_options = apply_preset(INVERSIONS["spd"][0](), "official")
-    res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="p2p", options=options,
-                        inversion="spd", inversion_options=inv_options, blend_words=(src_word, tgt_word),
-                        num_steps=spec["steps"],
-                        edit_options=EditOptions(npi_null=True, proximal_quantile=0.7, inversion_guidance_t=400))
-    picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-    return res.sample.latents, picture
+    return locedit_p2p(spec, bundle, image, "spd", 0.8,
+                       EditOptions(npi_null=True, proximal_quantile=0.7, inversion_guidance_t=400))

@@ -28,9 +28,10 @@ class StepClock:
     def set(self, step: int, timestep: int, phase: str = "sample") -> None:
         self.step, self.timestep, self.phase = int(step), int(timestep), phase
 
-    def fraction_before(self, fraction: float) -> bool:
-        """True while ``step < int(fraction * num_steps)`` (P2P's replace windows)."""
-        return self.step < int(fraction * self.num_steps)
+    def fraction_before(self, fraction: float, extra: int = 0) -> bool:
+        """True while ``step < int(fraction * (num_steps + extra))`` (P2P's replace windows; its code
+        counts the cross-attention one over ``extra=1`` more row than there are steps)."""
+        return self.step < int(fraction * (self.num_steps + extra))
 
 
 @dataclass(frozen=True)

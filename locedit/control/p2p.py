@@ -76,9 +76,8 @@ class Prompt2Prompt(AttentionController):
 
     # ---- which sites, when ---------------------------------------------------------------------
     def _cross_active(self) -> bool:
-        if self.options.cross_window == "n+1":  # the authors' alpha table has N + 1 rows
-            return self.clock.step < int(self.options.cross_replace * (self.clock.num_steps + 1))
-        return self.clock.fraction_before(self.options.cross_replace)
+        extra = 1 if self.options.cross_window == "n+1" else 0  # the authors' alpha table: N + 1 rows
+        return self.clock.fraction_before(self.options.cross_replace, extra)
 
     def _self_active(self, site: Site) -> bool:
         return site.level >= self.options.self_min_level and self.clock.fraction_before(self.options.self_replace)
