@@ -29,7 +29,7 @@ def test_stop_words_are_dropped_and_content_words_kept(instruct_bundle):
 
 
 def test_fused_features_have_unit_norm_per_pixel(localized, instruct_bundle):
-    roi, labels, attention, top, tokens, feats = localized
+    roi, labels, attention, top, tokens, feats, _ = localized
     side = instruct_bundle.image_size // 2
     assert feats.ndim == 3 and feats.shape[1:] == (side, side)
     n_self = sum(1 for name in instruct_bundle.unet.attn_processors if "attn1" in name)
@@ -39,7 +39,7 @@ def test_fused_features_have_unit_norm_per_pixel(localized, instruct_bundle):
 
 
 def test_roi_is_a_union_of_whole_clusters_containing_the_top_points(localized):
-    roi, labels, attention, top, tokens, _ = localized
+    roi, labels, attention, top, tokens, _, _ = localized
     assert roi.flatten()[top].all()
     for lab in labels.unique():
         inside = roi[labels == lab]

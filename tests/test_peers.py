@@ -19,9 +19,14 @@ import pnpinversion  # noqa: E402
 
 
 def _tiny(seed, image_size, in_channels):
+    from diffusers import UNet2DConditionModel
+
     from locedit.diffusion.tiny import tiny_components
 
-    return tiny_components(seed=seed, image_size=image_size)
+    unet, *rest = tiny_components(seed=seed, image_size=image_size)
+    if in_channels != 4:
+        unet = UNet2DConditionModel.from_config({**unet.config, "in_channels": in_channels})
+    return (unet, *rest)
 
 
 def test_model_folder_loads_in_locedit_with_the_same_networks(tmp_path):
@@ -118,3 +123,73 @@ def test_meter_counts_unet_calls_by_batch_and_compare_finds_the_largest_differen
     measure.write(str(tmp_path / "b.json"), fig, torch.from_numpy(b), img + 3)
     diff = common.compare(tmp_path / "a.npz", tmp_path / "b.npz")
     assert diff["max_diff_latents"] == 0.5 and diff["max_diff_image"] == 3
+
+
+def _mag_files() -> dict[str, str]:
+    """The lines MAG-Edit's patches look for in code_tr/network.py, as often as the file holds them."""
+    text = ('ldm_stable = StableDiffusionPipeline.from_pretrained("./model/sdm-1.4")\n'
+            "except AttributeError:\n"
+            "mask = torch.zeros((1,1,64,64)).cuda()\nmask = torch.zeros(1,1,64,64).cuda()\n"
+            "image.resize((512, 512))\nheight = width = 512\nif attn.shape[2] <= 32 ** 2:\n"
+            "a = size=(8,8)\nb = size=(16,16)\nc = size=(32,32)\nd = size=(64,64)\n"
+            + "if W==8:\nelif W==16:\nelif W==32:\nelif W==64:\n" * 2
+            + "NUM_DDIM_STEPS = 50\n" + "if i < 25:\n" * 2 + "if 50-i <= 15:\n")
+    return {"code_tr/network.py": text}
+
+
+def test_mag_edit_patches_scale_sizes_and_the_step_windows(tmp_path):
+    import mag_edit
+
+    checkout = _fake_checkout(tmp_path / "MAG-Edit", _mag_files())
+    src = common.prepare_checkout(mag_edit.PEER, checkout, tmp_path / "work", 64, "cpu", 5)
+    net = (src / "code_tr/network.py").read_text()
+    # the four mask levels of 512 px (8/16/32/64) become 64 px's (1/2/4/8), in both loss functions
+    assert "size=(1,1)" in net and "size=(8,8)" in net and "size=(64,64)" not in net
+    assert net.count("W==1:") == 2 and net.count("W==8:") == 2 and "W==64" not in net
+    assert ".cuda()" not in net and "torch.zeros((1,1,8,8)).to(device)" in net
+    # 25 guided and 15 blended steps of 50 -> 2 and 1 of 5, the same numbers the locedit side gets
+    assert mag_edit.windows(5) == (2, 1) and net.count("if i < 2:") == 2 and "if 5-i <= 1:" in net
+    assert mag_edit.windows(50) == (25, 15)
+    # at 512 px on CUDA with 50 steps: only the model id and the xformers guard
+    assert [p.old for p in mag_edit.patches(512, "cuda", 50)] == ['"./model/sdm-1.4"', "except AttributeError:"]
+
+
+def test_mde_edit_patches_fix_its_two_bugs_at_every_size():
+    import mde_edit
+
+    fixes = [p for p in mde_edit.patches(512, "cuda", 50) if p.why.startswith("bug")]
+    assert {p.new for p in fixes} == {"softmax(2).mean((0, 1))", "adj_mask=None",
+                                      "controller.word, controller.prompt, None)"}
+    assert mde_edit.windows(50) == (20, 25, 15) and mde_edit.spec(5)["guided_steps"] == 2
+
+
+def test_torchvision_stand_in_rounds_and_resizes_as_torchvision(tmp_path):
+    sys.path.insert(0, str(PEERS / "shims"))
+    try:
+        from PIL import Image
+
+        from torchvision import transforms, utils  # the stand-in (the real one is never installed here)
+    finally:
+        sys.path.remove(str(PEERS / "shims"))
+    assert "standin" in sys.modules["torchvision"].__version__
+    img = Image.fromarray(np.array([[0, 255], [51, 102]], np.uint8))
+    torch.testing.assert_close(transforms.ToTensor()(img), torch.tensor([[[0.0, 1.0], [0.2, 0.4]]]))
+    # an int size is the smaller edge; half is resized in float and cast back
+    x = torch.arange(2 * 3 * 4, dtype=torch.float16).reshape(2, 3, 4)
+    y = transforms.Resize(6)(x)
+    assert y.shape == (2, 6, 8) and y.dtype == torch.float16
+    # save_image rounds (x * 255 + 0.5): 0.5 -> 128, where truncation would give 127
+    path = tmp_path / "half.png"
+    utils.save_image(torch.full((3, 2, 2), 0.5), path)
+    assert np.asarray(Image.open(path))[0, 0, 0] == 128
+    del sys.modules["torchvision"], sys.modules["torchvision.transforms"], sys.modules["torchvision.utils"]
+
+
+def test_instruct_model_folder_ships_the_checkpoints_euler_ancestral_scheduler(tmp_path):
+    from locedit.diffusion.loading import load_model
+
+    folder = common.make_model(tmp_path / "ip2p", 64, instruct=True, components=_tiny)
+    cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["_class_name"] == "EulerAncestralDiscreteScheduler" and cfg["timestep_spacing"] == "linspace"
+    bundle = load_model(str(folder))
+    assert bundle.unet.config.in_channels == 8

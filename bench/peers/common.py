@@ -22,6 +22,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DRIVERS = HERE / "drivers"
+SHIMS = HERE / "shims"
 ROOT = HERE.parents[1]
 DEFAULT_WORK = Path(os.environ.get("LOCEDIT_PEERS_HOME", Path.home() / ".cache" / "locedit-peers"))
 TORCH = os.environ.get("LOCEDIT_PEERS_TORCH", "torch==2.13.0")
@@ -47,6 +48,8 @@ def make_model(folder: Path, size: int, instruct: bool = False, seed: int = 0, c
 
     stamp = {"size": size, "instruct": instruct, "seed": seed, "version": 2,
              "components": getattr(components, "__name__", "sd15_components")}
+    if instruct:
+        stamp["scheduler"] = "euler-ancestral"
     if (folder / "locedit-peer.json").exists() and json.loads((folder / "locedit-peer.json").read_text()) == stamp:
         return folder
     if folder.exists():
@@ -81,11 +84,19 @@ def make_model(folder: Path, size: int, instruct: bool = False, seed: int = 0, c
     (tdir / "tokenizer_config.json").write_text(json.dumps({**special, "model_max_length": tok.model_max_length,
                                                             "tokenizer_class": "CLIPTokenizer",
                                                             "do_lower_case": True}))
-    DDIMScheduler.from_config(cfg).save_config(folder / "scheduler")
+    if instruct:  # the released InstructPix2Pix checkpoint's scheduler, on SD's betas
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        EulerAncestralDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            prediction_type="epsilon", steps_offset=1, timestep_spacing="linspace").save_config(folder / "scheduler")
+    else:
+        DDIMScheduler.from_config(cfg).save_config(folder / "scheduler")
     pipe = "StableDiffusionInstructPix2PixPipeline" if instruct else "StableDiffusionPipeline"
     index = {"_class_name": pipe, "_diffusers_version": "0.10.0", "feature_extractor": [None, None],
              "safety_checker": [None, None], "requires_safety_checker": False,
-             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler" if instruct else "DDIMScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
@@ -94,7 +105,10 @@ def make_model(folder: Path, size: int, instruct: bool = False, seed: int = 0, c
 
 
 def make_image(path: Path, size: int) -> Path:
-    """The input picture: a shapes-world scene (a red circle and a blue square on gray) at ``size``."""
+    """The input picture: a shapes-world scene (a red circle and a blue square on gray) at ``size``,
+    with the circle's mask (``-mask.png``) and a box around each object (``-box-left.png``,
+    ``-box-right.png``: a half-width, half-height box, which nearest resizing keeps non-empty down to
+    the 2x2 maps of a 64 px run; the circle's own mask vanishes there)."""
     from PIL import Image
 
     from locedit.world.scene import Obj, Scene, render
@@ -104,6 +118,10 @@ def make_image(path: Path, size: int) -> Path:
     img, masks = render(scene, size)
     Image.fromarray(img).save(path)
     Image.fromarray((masks[0] * 255).astype(np.uint8)).save(path.with_name(path.stem + "-mask.png"))
+    for side, cols in (("left", slice(0, size // 2)), ("right", slice(size // 2, size))):
+        box = np.zeros((size, size), np.uint8)
+        box[size // 4: 3 * size // 4, cols] = 255
+        Image.fromarray(box).save(path.with_name(f"{path.stem}-box-{side}.png"))
     return path
 
 
@@ -144,9 +162,11 @@ class Peer:
     repository: str
     requirements: tuple[str, ...]
     adjustments: tuple[tuple[str, str], ...]  # (requirement, why it is pinned or changed)
-    patches: object  # callable(size, device) -> list[Patch]
+    patches: object  # callable(size, device, steps) -> list[Patch]
     methods: tuple[str, ...]
     python_path: tuple[str, ...] = (".",)
+    shims: tuple[str, ...] = ()  # stand-in packages under bench/peers/shims put on the official side's path
+    instruct: bool = False  # the model: InstructPix2Pix's (8-channel UNet, Euler ancestral) instead of SD 1.x
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -173,16 +193,17 @@ def build_env(peer: Peer, work: Path) -> Path:
     return py
 
 
-def prepare_checkout(peer: Peer, checkout: Path, work: Path, size: int, device: str) -> Path:
+def prepare_checkout(peer: Peer, checkout: Path, work: Path, size: int, device: str, steps: int = 50) -> Path:
     """Copy the user's checkout (without .git) to ``work/<name>/src-<size>-<device>`` and apply the
-    peer's patches there; the checkout itself is never modified."""
+    peer's patches for that size, device and step count there; the checkout itself is never
+    modified."""
     if not checkout.is_dir():
         raise PeerError(f"{peer.name}: --checkout {checkout} is not a folder (clone {peer.repository} there)")
     dest = work / peer.name / f"src-{size}-{device}"
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(checkout, dest, ignore=shutil.ignore_patterns(".git"))
-    for p in peer.patches(size, device):
+    for p in peer.patches(size, device, steps):
         f = dest / p.file
         if not f.exists():
             raise PeerError(f"{peer.name}: {p.file} is missing from {checkout}; is it a clone of {peer.repository}?")

@@ -18,7 +18,7 @@ METHODS = {  # their method name -> locedit inversion
 }
 
 
-def patches(size: int, device: str) -> list[Patch]:
+def patches(size: int, device: str, steps: int = 50) -> list[Patch]:
     """Sizes and devices only. At 512 px on CUDA only the model id changes."""
     out = [Patch("models/p2p_editor.py", '"CompVis/stable-diffusion-v1-4"', '__import__("os").environ["LOCEDIT_PEER_MODEL"]',
                  why="the model: the random-weight folder instead of the hub id")]

@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_WORK, DRIVERS, PeerError, build_env, checkout_commit, compare, make_image,  # noqa: E402
+from common import (DEFAULT_WORK, DRIVERS, SHIMS, PeerError, build_env, checkout_commit, compare, make_image,  # noqa: E402
                     make_model, prepare_checkout, run_process, summarise)
 
-PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv"}  # name -> module under bench/peers
+PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv", "mag-edit": "mag_edit", "mde-edit": "mde_edit", "lime": "lime_ip2p"}  # name -> module under bench/peers
 SOURCE, TARGET, BLEND = "a cat sitting on the grass", "a dog sitting on the grass", ("cat", "dog")
 
 
@@ -44,12 +44,16 @@ def run(args) -> dict:
     if unknown:
         raise PeerError(f"{peer.name} has no method {unknown[0]!r}; choose from {', '.join(peer.methods)}")
     python = build_env(peer, work)
-    src = prepare_checkout(peer, checkout, work, args.size, args.device)
-    common = work / f"model-sd15-{args.size}"
-    make_model(common, args.size)
+    src = prepare_checkout(peer, checkout, work, args.size, args.device, args.steps)
+    common = work / f"model-{'ip2p' if peer.instruct else 'sd15'}-{args.size}"
+    make_model(common, args.size, instruct=peer.instruct)
     image = make_image(work / f"input-{args.size}.png", args.size)
     runs = work / peer.name / "runs"
-    base = {"model": str(common), "image": str(image), "source": SOURCE, "target": TARGET, "size": args.size}
+    boxes = [str(image.with_name(f"{image.stem}-box-{s}.png")) for s in ("left", "right")]
+    base = {"model": str(common), "image": str(image), "masks": boxes,
+            "source": SOURCE, "target": TARGET, "size": args.size,
+            **(mod.spec(args.steps) if hasattr(mod, "spec") else {})}
+    official_path = [src, *(src / p for p in peer.python_path), *([SHIMS] if peer.shims else [])]
     run_process(python, DRIVERS / "components.py", base, runs / "components-official.json")
     run_process(sys.executable, DRIVERS / "components.py", base, runs / "components-locedit.json")
     model_diff = compare_components(runs / "components-official.npz", runs / "components-locedit.npz")
@@ -68,7 +72,7 @@ def run(args) -> dict:
                 out = runs / f"{method}-{side}-{r}.json"
                 if side == "official":
                     fig = run_process(python, DRIVERS / mod.DRIVER, spec, out,
-                                      python_path=[src, *(src / p for p in peer.python_path)])
+                                      python_path=official_path)
                 else:
                     fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec, out)
                 sides[side].append(fig)
@@ -90,7 +94,7 @@ def run(args) -> dict:
             "machine": f"{platform.machine()}, {platform.python_version()}", "rows": rows,
             "environment": [*peer.requirements, *(r for r, _ in peer.adjustments)],
             "patches": [{"file": p.file, "old": p.old, "new": p.new, "why": p.why}
-                        for p in peer.patches(args.size, args.device)]}
+                        for p in peer.patches(args.size, args.device, args.steps)]}
 
 
 def compare_components(official: Path, ours: Path) -> dict:

@@ -15,7 +15,7 @@ from common import Patch, Peer, locedit_p2p, p2p_controller_patches
 METHODS = {"spdinv+p2p": "spd"}
 
 
-def patches(size: int, device: str) -> list[Patch]:
+def patches(size: int, device: str, steps: int = 50) -> list[Patch]:
     """Sizes only (the code picks CUDA itself when there is one); at 512 px only the model id and the
     notebook progress bar change."""
     out = [

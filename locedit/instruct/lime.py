@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -242,9 +243,24 @@ class LIMEResult:
     tokens: list[int]
 
 
+class Localisation(NamedTuple):
+    """What the localisation run found: the RoI (S, S) bool, the cluster labels (S, S), the
+    attention map (S, S), the top points' flat indices, the kept tokens, the fused features
+    (channels, S, S), and the run's own final latents (1, C, h, w) (plain IP2P; side by side with
+    the authors' first pipeline call)."""
+
+    roi: torch.Tensor
+    labels: torch.Tensor
+    attention: torch.Tensor
+    top: torch.Tensor
+    tokens: list[int]
+    features: torch.Tensor
+    latents: torch.Tensor
+
+
 def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int, options: LIMEOptions,
-             seed: int, progress=None):
-    """Run plain IP2P once, recording features and attention; returns (roi, labels, attention, top, tokens)."""
+             seed: int, progress=None) -> Localisation:
+    """Run plain IP2P once, recording features and attention (a :class:`Localisation`)."""
     tokens = content_tokens(bundle.tokenizer, instruction, options.drop_verbs, options.keep_end_token)
     if not content_tokens(bundle.tokenizer, instruction):
         raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
@@ -254,12 +270,13 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
     kinds = ("self", "cross") if options.features == "self+cross" else ("self",)
     with feature_hooks(bundle.unet, rec.clock, options.feature_steps, side, IP2P_LAYOUT.index("edit", "image"),
                        kinds, levels) as store:
-        instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
-                      torch.Generator().manual_seed(seed), controller=rec, progress=progress, sampler=options.sampler)
+        z = instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
+                          torch.Generator().manual_seed(seed), controller=rec, progress=progress,
+                          sampler=options.sampler)
         feats = fuse_features(store)
     labels = cluster(feats, options.clusters, options.seed, options.kmeans_init)
     roi, top = region_of_interest(labels, rec.attention(), options.points)
-    return roi, labels, rec.attention(), top, tokens, feats
+    return Localisation(roi, labels, rec.attention(), top, tokens, feats, z)
 
 
 def lime_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int = 100,
@@ -273,7 +290,8 @@ def lime_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_st
         roi = F.interpolate(mask.float(), size=(side, side), mode="area")[0, 0] > 0.5
         labels = attention = top = None
     else:
-        roi, labels, attention, top, _, _ = localize(bundle, image, instruction, num_steps, options, seed, progress)
+        found = localize(bundle, image, instruction, num_steps, options, seed, progress)
+        roi, labels, attention, top = found.roi, found.labels, found.attention, found.top
     # the edit's related tokens: every non-stop word (verbs included), the end token as the code keeps it
     related = content_tokens(bundle.tokenizer, instruction, keep_end=options.keep_end_token)
     levels = None

@@ -24,7 +24,7 @@ with torch.no_grad():
     emb = te(ids)[0]
     g = torch.Generator().manual_seed(0)
     side = spec["size"] // 8
-    z = torch.randn((1, 4, side, side), generator=g)
+    z = torch.randn((1, unet.config.in_channels, side, side), generator=g)  # 8 channels: InstructPix2Pix
     eps = unet(torch.cat([z, z]), torch.tensor(501), encoder_hidden_states=emb[:2]).sample
     img = torch.from_numpy(np.array(Image.open(spec["image"]).convert("RGB"))).float() / 127.5 - 1
     lat = vae.encode(img.permute(2, 0, 1)[None]).latent_dist.mean
