@@ -439,19 +439,25 @@ def test_lime_tokens_keep_the_end_token_and_drop_verbs_only_with_nltk(instruct_b
             content_tokens(tok, instr, drop_verbs=True)
 
 
-def test_lime_official_features_come_from_self_and_cross_outputs_at_the_map_levels(instruct_bundle):
-    from locedit.attention import StepClock, map_level, unet_sites
-    from locedit.instruct.lime import feature_hooks
+def test_lime_official_features_come_from_self_and_cross_outputs_below_the_latent_level(instruct_bundle):
+    """The notebook's first call keeps maps with P >= np.prod(attn_res) = 16 pixels and P < 64 ** 2
+    at 512 px: every level but the latent's, the mid block's included."""
+    from locedit.attention import StepClock, unet_sites
+    from locedit.instruct.lime import feature_hooks, site_filter
 
     unet = instruct_bundle.unet
-    level = map_level(unet_sites(unet))
     clock = StepClock(num_steps=1)
     x = torch.randn(3, 8, 16, 16)
     emb = instruct_bundle.encode_text(["a", "b", "c"])
-    with feature_hooks(unet, clock, (0.0, 1.0), 8, 1, ("self", "cross"), {level, level - 1}) as store, torch.no_grad():
+    official = preset(METHODS_INSTRUCT()["lime"].Options, "official")
+    keep = site_filter(unet, official.sites)
+    with feature_hooks(unet, clock, (0.0, 1.0), 8, 1, ("self", "cross"), keep) as store, torch.no_grad():
         unet(x, 500, encoder_hidden_states=emb)
-    expected = {s.name for s in unet_sites(unet) if s.level in {level, level - 1} and s.place != "mid"}
+    latent_side = x.shape[-1]
+    # every site whose maps are coarser than the latent (the tiny model's 16x16), mid block included
+    expected = {s.name for s in unet_sites(unet) if latent_side // 2 ** s.level < latent_side}
     assert set(store) == expected and any(".attn2." in k for k in store) and any(".attn1." in k for k in store)
+    assert any(k.startswith("mid_block") for k in store)
     defaults = preset(METHODS_INSTRUCT()["lime"].Options, "paper")
     assert (defaults.features, defaults.sites, defaults.sampler) == ("self+cross", "all", "euler-ancestral")
 

@@ -212,3 +212,23 @@ def test_chain_takes_the_fast_score_path_unless_a_member_rewrites_scores(bundle)
     reg = AttentionRegularizer(torch.ones(4, 4, dtype=torch.bool), [1], bundle.max_tokens, (0.0, 1.0))
     reg.clock.num_steps = 1
     assert Chain([Wants(), reg]).rewrites_scores(site)
+
+
+def test_a_mask_that_vanishes_at_the_attention_maps_is_refused_before_any_unet_call(bundle, setup):
+    """MAG-Edit's ratio divides by the mask's pixel count at the maps; the authors' code turns the
+    edit into NaN when nearest resizing empties the mask, locedit refuses it up front."""
+    from locedit.attention import map_level, unet_sites
+    from locedit.errors import MaskError
+    from locedit.masks import Region
+
+    traj, big = setup
+    s = bundle.unet.config.sample_size // 2 ** map_level(unet_sites(bundle.unet))
+    step = 64 // s  # nearest resizing samples pixel k * step
+    speck = torch.zeros(1, 1, 64, 64)
+    speck[..., 1:step, 1:step] = 1  # between the sample points: empty at the maps
+    calls = bundle.unet_calls
+    for method, kw in (("mag-edit", {"regions": [Region("blue", speck)]}),
+                       ("mde-edit", {"regions": [Region("square", big)], "attributes": [Region("blue", speck)]})):
+        with pytest.raises(MaskError, match=f"empty at the {s}x{s} attention maps"):
+            pipeline.edit(bundle, None, SRC, TGT, method=method, trajectory=traj, **kw)
+    assert bundle.unet_calls == calls

@@ -159,7 +159,8 @@ def test_mde_edit_patches_fix_its_two_bugs_at_every_size():
 
     fixes = [p for p in mde_edit.patches(512, "cuda", 50) if p.why.startswith("bug")]
     assert {p.new for p in fixes} == {"softmax(2).mean((0, 1))", "adj_mask=None",
-                                      "controller.word, controller.prompt, None)"}
+                                      "controller.word, controller.prompt, None)",
+                                      "[[args.ccl_mask[k] for k, p in enumerate(args.ccl_word)]"}
     assert mde_edit.windows(50) == (20, 25, 15) and mde_edit.spec(5)["guided_steps"] == 2
 
 

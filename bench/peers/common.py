@@ -246,10 +246,11 @@ def run_process(python: Path | str, script: Path, args: dict, out: Path, env_ext
 
 def compare(official: Path, ours: Path) -> dict:
     """Largest absolute differences between the two sides' saved outputs: the edited latents (both
-    branches) and the target image (0-255 levels), plus each side's latent range for scale."""
+    branches), the target image (0-255 levels) and any intermediate array both sides saved, plus
+    the official side's latent range for scale."""
     a, b = np.load(official), np.load(ours)
     out = {}
-    for key in ("latents", "image"):
+    for key in ("latents", "image", *sorted(set(a.files) & set(b.files) - {"latents", "image"})):
         if key in a and key in b:
             x, y = a[key].astype(np.float64), b[key].astype(np.float64)
             if x.shape != y.shape:

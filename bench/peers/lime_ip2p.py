@@ -9,8 +9,10 @@ mask with ``utils.py``, which clusters with cuML's k-means (CUDA only, one unsee
 initialisation) and tags verbs with NLTK's tagger (data downloaded at import; this machine cannot).
 So the localisation's outcome is not compared; the rows are the two pipeline calls: the
 localisation run's output (the sampler, both guidance scales and the recording controllers, which
-must change nothing), and the edit with the same mask on both sides (the box around the square, at
-the notebook's ``out_res``), which checks the regularisation.
+must change nothing) with what k-means and the top points would be given (the attention map of the
+instruction's tokens and the Gram matrix of the fused, L2-normalised features, which does not
+depend on the order the layers are concatenated in), and the edit with the same mask on both sides
+(the box around the square, at the notebook's ``out_res``), which checks the regularisation.
 
 At other ``--steps`` the notebook's step ranges are scaled: [0, 10] and [0, 26] of 30 ->
 [0, round(S / 3)] and [0, round(26 S / 30)]; locedit's official preset gives the same windows.
@@ -62,7 +64,8 @@ PEER = Peer(
     methods=tuple(METHODS),
     instruct=True,
     notes=("cudf, cuml, cugraph and the other RAPIDS packages (pypi.nvidia.com, CUDA 12 only) are not installed: "
-           "only utils.py imports them, and the driver does not import utils.py (see the method note)",),
+           "only utils.py imports them, and the driver does not import utils.py (docs/peers.md: how a comparison "
+           "is made)",),
 )
 
 DRIVER = "lime_official.py"
@@ -84,11 +87,15 @@ def locedit_run(spec: dict, bundle, image):
     # drop_verbs needs NLTK's tagger data (absent here); the instruction has no verb
     options = dataclasses.replace(apply_preset(LIMEOptions(), "official"), drop_verbs=False)
     steps, seed = spec["steps"], spec["seed"]
+    extra = {}
     if spec["method"] == "lime-localize":
-        z = localize(bundle, image, spec["instruction"], steps, options, seed).latents
+        found = localize(bundle, image, spec["instruction"], steps, options, seed)
+        z = found.latents
+        flat = found.features.reshape(found.features.shape[0], -1).T  # (pixels, channels), unit rows
+        extra = {"attention": found.attention, "feature_gram": flat @ flat.T}
     else:
         m = torch.from_numpy(np.asarray(Image.open(spec["masks"][1]).convert("L"), dtype=np.float32) / 255)
         z = lime_edit(bundle, image, spec["instruction"], steps, options, seed, mask=(m > 0.5).float()[None, None]).latents
     with torch.no_grad():
         picture = bundle.decode_latents(z)[0]
-    return z, (picture.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+    return z, (picture.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), extra

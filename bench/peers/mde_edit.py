@@ -5,11 +5,13 @@ inside its mask, plus 1.5 x the spatial-ratio constraint on the attribute word i
 attribute's mask, step 1 x sigma_t; the source outside the dilated masks for the last 15 steps.
 Run as ``code/edit_multi.sh`` runs ``code/edit.py`` (one object, one attribute).
 
-Two plain bugs of their code are patched, as ``docs/conformance.md`` says locedit does not
-reproduce them: the OAL softmax runs over the heads axis (every value becomes 1/heads and the OAL
-gradient is exactly zero; patched to the token axis) and two calls miss an argument (``edit.py``
-reads ``args.mask_path``, which its parser does not define; ``compute_ca_ccl`` is called without
-its ``name``, a TypeError); both get the value their callee ignores.
+Plain bugs of their code are patched (``docs/conformance.md``: locedit does not reproduce them):
+the OAL softmax runs over the heads axis (every value becomes 1/heads and the OAL gradient is
+exactly zero; patched to the token axis); two calls miss an argument (``edit.py`` reads
+``args.mask_path``, which its parser does not define; ``compute_ca_ccl`` is called without its
+``name``, a TypeError), both given the value their callee ignores; and ``edit.py`` hands each
+attribute word the whole ``--ccl_mask`` list as its mask path (PIL cannot open a list), patched to
+one mask per word. Without the last three, ``edit_multi.sh`` stops before the first step.
 
 Windows at other ``--steps``: as for MAG-Edit (:func:`mag_edit.windows`), the code's 20 (its
 ``--optimization_step``), 25 and 15 of 50 are scaled to the step count.
@@ -49,6 +51,9 @@ def patches(size: int, device: str, steps: int = 50) -> list[Patch]:
               why="bug: the parser defines no --mask_path (AttributeError); the controller ignores adj_mask"),
         Patch(NET, "controller.word, controller.prompt)", "controller.word, controller.prompt, None)",
               why="bug: compute_ca_ccl is called without its name argument (TypeError); it never uses it"),
+        Patch(EDIT, "[[args.ccl_mask for p in args.ccl_word]", "[[args.ccl_mask[k] for k, p in enumerate(args.ccl_word)]",
+              why="bug: --ccl_mask takes a list (nargs='+'), so each word got the whole list as its mask path "
+                  "(PIL cannot open a list); each attribute word gets its own mask"),
     ]
     latent = size // 8
     if size != 512 or device == "cpu":

@@ -124,6 +124,11 @@ def table(result: dict) -> str:
             f"{_calls(l['unet_calls'])} | {o['peak_rss_gib']['median']:.2f} / {l['peak_rss_gib']['median']:.2f} | "
             f"{o[mem]['median']:.2f} / {l[mem]['median']:.2f} | {ratio:.2f} | "
             f"{l.get('unet_efficiency', {}).get('median', float('nan')):.2f} |")
+    extras = [(r["method"], k[len("max_diff_"):], v) for r in result["rows"] for k, v in r.items()
+              if k.startswith("max_diff_") and k not in ("max_diff_latents", "max_diff_image")]
+    if extras:
+        lines += ["", "Intermediate results (largest difference): " +
+                  "; ".join(f"{m} {k} {v:.1e}" for m, k, v in extras)]
     md = result.get("model_diff", {})
     if md:
         lines += ["", "The model as both environments read it (largest difference): " +
@@ -131,8 +136,37 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def adjustments(name: str, size: int, device: str, steps: int) -> str:
+    """docs/peers.md's section for one peer: its environment (pins, then each adjustment with its
+    reason, then the notes) and the patches at that size, device and step count."""
+    mod = importlib.import_module(PEERS[name])
+    peer = mod.PEER
+    lines = [f"**{peer.name}** ({peer.repository}): " + ", ".join(f"`{r}`" for r in peer.requirements) + ", then:"]
+    lines += [f"- `{r}`: {why}" for r, why in peer.adjustments]
+    lines += [f"- {n}" for n in peer.notes]
+    patches = peer.patches(size, device, steps)
+    lines += ["", f"Patches of the copied checkout at {size} px, {steps} steps on {device.upper()} (each must match "
+              "exactly the stated number of times):", "", "| file | from | to | why |", "|---|---|---|---|"]
+    for p in patches:
+        def cell(t):
+            return "`" + t.replace("|", "\\|") + "`"
+        lines.append(f"| `{p.file}` | {cell(p.old)}{f' x{p.count}' if p.count != 1 else ''} | {cell(p.new)} | {p.why} |")
+    if not patches:
+        lines[-4:] = ["", f"No patches at {size} px on {device.upper()}."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["adjustments"]:  # docs/peers.md's environment and patch list of one peer
+        q = argparse.ArgumentParser(prog="run.py adjustments")
+        q.add_argument("peer", choices=sorted(PEERS))
+        q.add_argument("--size", type=int, default=64)
+        q.add_argument("--steps", type=int, default=5)
+        q.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        a = q.parse_args(argv[1:])
+        print(adjustments(a.peer, a.size, a.device, a.steps))
+        return 0
     if argv[:1] == ["table"]:  # re-print the table of a saved --json file
         if len(argv) != 2 or not Path(argv[1]).is_file():
             print("usage: run.py table FIGURES.json", file=sys.stderr)
@@ -140,7 +174,9 @@ def main(argv=None) -> int:
         print(table(json.loads(Path(argv[1]).read_text())))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="python bench/peers/run.py table FIGURES.json re-prints a saved table")
+                                epilog="python bench/peers/run.py table FIGURES.json re-prints a saved table; "
+                                       "run.py adjustments PEER [--size --steps --device] prints a peer's "
+                                       "environment and patches as Markdown")
     p.add_argument("peer", choices=sorted(PEERS))
     p.add_argument("--checkout", required=True, help="your clone of the official repository")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="environments, adapted copies, model, runs")

@@ -21,12 +21,15 @@ during steps 1-75, features at half the image side (256 of 512). Where the paper
 are the authors' code's (enisimsar/LIME, ``pipeline.py``, ``utils.py``, ``lime.ipynb``): the
 outputs of both self- and cross-attention layers of the image-only row as features, all three
 guidance rows regularised with the end token counted as related, the checkpoint's Euler ancestral
-sampler, one k-means initialisation. One exception: the code also drops verbs (NLTK's tagger)
+sampler, one k-means initialisation, maps and features resized bilinearly with corners aligned
+(``aggregate_attention``; 0.1 did not align them). One exception: the code also drops verbs (NLTK's tagger)
 from the localisation tokens; that needs NLTK's tagger data, which cannot ship, so it is an option
 (``drop_verbs``) and off by default.
 
 ``preset(LIMEOptions, "official")`` reproduces the notebook (run it with ``--steps 30``): features
-and attention at the "16x16" and "32x32" levels only (SD), from one step (step 10 of 30, the last
+and attention from every level coarser than the latent's (SD's 32x32, 16x16 and the 8x8 mid block:
+its first call passes ``attn_res=16``, an int, which the store's ``np.prod`` turns into a 16-pixel
+threshold; found side by side, ``bench/peers``), from one step (step 10 of 30, the last
 of the localisation range), at a quarter of the image side; verbs dropped; top-1 point; s_T 5.5
 then 2.0; regularisation of the cross-attention layers finer than "16x16" only, during steps 0-26.
 Both readings ship our stop-word list (the code downloads NLTK's at import).
@@ -90,38 +93,46 @@ def _in_window(clock, window) -> bool:
     return lo <= clock.step < max(hi, lo + 1)
 
 
-def _site_levels(unet, sites: str) -> set[int] | None:
-    """None (every level) or the map level and the next finer one (the code's 16x16 and 32x32)."""
+def site_filter(unet, sites: str):
+    """Which attention sites localisation reads: None for every site, else a predicate on
+    :class:`Site`. "map-levels": the down/up sites at the map level and the next finer one (SD's
+    16x16 and 32x32; the code's rule with ``attn_res=(16, 16)``); "below-latent": every site coarser
+    than the latent resolution, the mid block's included (the notebook's first call passes
+    ``attn_res=16``, an int, so its ``np.prod(attn_res)`` threshold is 16 pixels, not 16x16: the
+    8x8 mid block is kept with the 16x16 and 32x32 levels)."""
     if sites == "all":
         return None
+    if sites == "below-latent":
+        return lambda site: site.level >= 1
     from ..attention import map_level
 
     level = map_level(unet_sites(unet))
-    return {level, level - 1}
+    return lambda site: site.level in {level, level - 1} and site.place != "mid"
 
 
 class LocalisationRecorder(AttentionController):
     """Collects the text row's cross-attention of the kept tokens during the attention steps.
     (Self-attention outputs are taken by forward hooks, see :func:`feature_hooks`.)"""
 
-    def __init__(self, tokens: list[int], side: int, window, levels: set[int] | None = None):
+    def __init__(self, tokens: list[int], side: int, window, keep=None):
         super().__init__()
         self.tokens = list(tokens)
         self.side = side
         self.window = window
-        self.levels = levels  # None: every level; else down/up sites at these levels
+        self.keep = keep  # None: every site; else a predicate (:func:`site_filter`)
         self.sum = torch.zeros(side, side)
         self.count = 0
 
     def wants(self, site: Site) -> bool:
         return (site.kind == "cross" and _in_window(self.clock, self.window) and bool(self.tokens)
-                and _at(site, self.levels))
+                and _at(site, self.keep))
 
     def edit_probs(self, probs, site):
         row = self.layout.index("edit", "image+text")
         s = int(round(probs.shape[2] ** 0.5))
         m = probs[row][:, :, self.tokens].mean(dim=(0, 2)).reshape(1, 1, s, s).float().detach().cpu()
-        self.sum += F.interpolate(m, size=(self.side, self.side), mode="bilinear", align_corners=False)[0, 0]
+        # bilinear with corners aligned, as the code's aggregate_attention resizes maps and features
+        self.sum += F.interpolate(m, size=(self.side, self.side), mode="bilinear", align_corners=True)[0, 0]
         self.count += 1
         return probs
 
@@ -129,16 +140,17 @@ class LocalisationRecorder(AttentionController):
         return self.sum / max(self.count, 1)
 
 
-def _at(site: Site, levels: set[int] | None) -> bool:
-    return levels is None or (site.level in levels and site.place != "mid")
+def _at(site: Site, keep) -> bool:
+    return keep is None or keep(site)
 
 
 @contextlib.contextmanager
-def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), levels: set[int] | None = None):
-    """Forward hooks on the attention modules of ``kinds`` at ``levels`` (None: all); accumulates
+def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), keep=None):
+    """Forward hooks on the attention modules of ``kinds`` at the sites ``keep`` accepts (None: all,
+    else a predicate, :func:`site_filter`); accumulates
     each output for batch ``row``, resized to ``side``, during the window's steps. Yields a dict
     site name -> [sum, count]."""
-    sites = [s for s in unet_sites(unet) if s.kind in kinds and _at(s, levels)]
+    sites = [s for s in unet_sites(unet) if s.kind in kinds and _at(s, keep)]
     modules = dict(unet.named_modules())
     store: dict[str, list] = {}
     handles = []
@@ -152,7 +164,7 @@ def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), lev
             q, c = x.shape
             g = int(round(q ** 0.5))
             x = x.transpose(0, 1).reshape(1, c, g, g)
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)[0]
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)[0]
             entry = store.setdefault(name, [torch.zeros_like(x), 0])
             entry[0] += x
             entry[1] += 1
@@ -265,11 +277,11 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
     if not content_tokens(bundle.tokenizer, instruction):
         raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
     side = feature_side(bundle, options)
-    levels = _site_levels(bundle.unet, options.sites)
-    rec = LocalisationRecorder(tokens, side, options.attention_steps, levels)
+    keep = site_filter(bundle.unet, options.sites)
+    rec = LocalisationRecorder(tokens, side, options.attention_steps, keep)
     kinds = ("self", "cross") if options.features == "self+cross" else ("self",)
     with feature_hooks(bundle.unet, rec.clock, options.feature_steps, side, IP2P_LAYOUT.index("edit", "image"),
-                       kinds, levels) as store:
+                       kinds, keep) as store:
         z = instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
                           torch.Generator().manual_seed(seed), controller=rec, progress=progress,
                           sampler=options.sampler)

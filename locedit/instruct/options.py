@@ -25,7 +25,7 @@ class IP2POptions:
 
 
 FEATURES = ("self", "self+cross")
-SITES = ("all", "map-levels")
+SITES = ("all", "map-levels", "below-latent")
 REG_ROWS = ("text", "all")
 REG_LEVELS = ("all", "finer-than-map")
 
@@ -45,8 +45,9 @@ class LIMEOptions:
         "help": "attention-layer outputs clustered: self-attention's only, or self- and cross-attention's (the code)"})
     sites: str = field(default="all", metadata={
         "flag": "lime-sites", "choices": SITES,
-        "help": "levels the features and the attention come from: all, or the map level and the next finer one "
-                "(SD's 16x16 and 32x32, the code)"})
+        "help": "levels the features and the attention come from: all; map-levels, the map level and the next "
+                "finer one (SD's 16x16 and 32x32); below-latent, every level coarser than the latent's, the mid "
+                "block included (SD's 32x32, 16x16 and 8x8: the notebook's first call)"})
     drop_verbs: bool = field(default=False, metadata={
         "flag": "drop-verbs", "help": "localisation ignores verbs too (the code; needs nltk and its tagger data)"})
     keep_end_token: bool = field(default=True, metadata={
@@ -66,7 +67,7 @@ class LIMEOptions:
 
     PRESETS = {"paper": {}, "official": {
         "points": 1, "feature_steps": (1 / 3, 11 / 30), "attention_steps": (1 / 3, 11 / 30),
-        "regularize_steps": (0.0, 0.9), "feature_scale": 0.25, "sites": "map-levels", "drop_verbs": True,
+        "regularize_steps": (0.0, 0.9), "feature_scale": 0.25, "sites": "below-latent", "drop_verbs": True,
         "regularize_levels": "finer-than-map",
         "localize_guidance": {"text_guidance": 5.5}, "edit_guidance": {"text_guidance": 2.0}}}
 

@@ -105,6 +105,20 @@ def map_side(bundle, level: int) -> int:
     return bundle.unet.config.sample_size // 2**level
 
 
+def check_map_masks(bundle, regions, what: str = "region") -> None:
+    """Refuse a mask that nearest resizing to the attention maps empties (a small mask, or one
+    between the sample points): its ratio constraint has no pixel to count. The authors' code
+    divides by that empty count and turns the edit into NaN (found side by side, docs/peers.md)."""
+    from ..attention import map_level, unet_sites
+    from ..guidance.loop import map_mask_from
+
+    s = map_side(bundle, map_level(unet_sites(bundle.unet)))
+    for r in regions:
+        if not map_mask_from(r.mask, s, "nearest").any():
+            raise MaskError(f"the mask of {what} {r.word!r} is empty at the {s}x{s} attention maps (nearest "
+                            f"resize); give a larger mask or box")
+
+
 class MAGEdit(Method):
     name = "mag-edit"
     summary = "latent guidance inside a mask towards the edit words' attention (one or more objects)"
@@ -120,6 +134,7 @@ class MAGEdit(Method):
             raise MaskError("mag-edit needs at least one region: --region WORD=MASK.png (or WORD=x0,y0,x1,y1)")
         check_p2p(bundle, request, options.p2p)
         check_regions(bundle, request.target, request.regions)
+        check_map_masks(bundle, request.regions)
         for w in options.negative_words:
             try:
                 token_positions(bundle.tokenizer, request.target, w)

@@ -34,7 +34,7 @@ from ..control.options import P2POptions
 from ..errors import LoceditError, MaskError
 from ..guidance.options import GuidanceOptions
 from .base import Citation, Method, Plan
-from .mag_edit import MAG_PAPER, check_regions, guided_p2p, map_side
+from .mag_edit import MAG_PAPER, check_map_masks, check_regions, guided_p2p, map_side
 from .p2p import P2P_PAPER, check_p2p
 
 OAL_FORMS = ("bce", "quartic")
@@ -106,6 +106,7 @@ class MDEEdit(Method):
         check_p2p(bundle, request, options.p2p)
         check_regions(bundle, request.target, request.regions)
         check_regions(bundle, request.target, request.attributes, "attribute")
+        check_map_masks(bundle, request.attributes, "attribute")  # CCL's ratio, as MAG-Edit's
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:

@@ -1,6 +1,7 @@
 """Runs locedit on the same model, image, prompts and settings as an official driver, in a fresh
 process, with the same figures (:mod:`measure`). ``spec["run"]`` names a function in the peer's
-module under ``bench/peers`` that does the work: ``run(spec, bundle, image) -> (latents, image uint8)``.
+module under ``bench/peers`` that does the work:
+``locedit_run(spec, bundle, image) -> (latents, image uint8[, extra arrays])``.
 """
 
 import importlib
@@ -21,9 +22,9 @@ torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
 bundle = load_model(spec["model"], spec["device"], "fp32")
 with measure.Meter(bundle.unet, spec["device"], [bundle.unet, bundle.vae, bundle.text_encoder]) as meter:
     image = load_image(spec["image"]).to(bundle.device)
-    latents, picture = peer.locedit_run(spec, bundle, image)
+    latents, picture, *extra = peer.locedit_run(spec, bundle, image)
 figures = meter.figures()
 plain = meter.plain_seconds(bundle.unet)  # after the work: the controllers are uninstalled by then
 ideal = sum(n * plain[b] for b, n in figures["unet_calls"].items())
 figures.update(plain_unet_seconds=plain, unet_efficiency=ideal / figures["seconds"])
-measure.write(out, figures, latents, picture)
+measure.write(out, figures, latents, picture, extra[0] if extra else None)
