@@ -194,3 +194,14 @@ def test_instruct_model_folder_ships_the_checkpoints_euler_ancestral_scheduler(t
     assert cfg["_class_name"] == "EulerAncestralDiscreteScheduler" and cfg["timestep_spacing"] == "linspace"
     bundle = load_model(str(folder))
     assert bundle.unet.config.in_channels == 8
+
+
+def test_lime_peer_keeps_the_notebooks_windows_and_adapts_sizes_only():
+    import lime_ip2p
+
+    assert lime_ip2p.ranges(30) == ([0, 10], [0, 26])  # the notebook's apply_mask_range values
+    assert lime_ip2p.ranges(15) == ([0, 5], [0, 13])
+    assert lime_ip2p.patches(512, "cuda", 30) == []
+    new = {p.new for p in lime_ip2p.patches(64, "cpu", 15)}
+    assert new == {"attn.shape[1] < 8 ** 2", "if res > 2:"}
+    assert lime_ip2p.PEER.instruct
