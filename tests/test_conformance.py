@@ -349,6 +349,77 @@ def test_locinv_box_defaults_scripts_or_det_script():
         **LOCINV_DEFAULTS["seg"], "adj": LOCINV_DEFAULTS["adj"]}
 
 
+def _pil_reads(mask_u8, side):
+    """What DPL's read_segfile computes: Pillow's default resize, then every non-zero cell."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask_u8).resize((side, side))).astype(bool)
+
+
+@pytest.mark.parametrize("size,side", [(64, 2), (128, 4), (512, 16), (96, 16)])
+def test_locinv_priors_are_read_as_pillow_resizes_them(size, side):
+    import numpy as np
+
+    from locedit.guidance.loop import map_mask_from, pil_nonzero_resize
+
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    rng = np.random.default_rng(size)
+    masks = [((xx - 3 * size / 16) ** 2 + (yy - 3 * size / 16) ** 2 <= (size / 16) ** 2),  # a small disc
+             ((xx - 0.3 * size) ** 2 + (yy - 0.5 * size) ** 2 <= (0.17 * size) ** 2),  # the scene's circle
+             (np.abs(xx - 0.7 * size) + np.abs(yy - 0.4 * size) <= 0.2 * size)]  # a diamond
+    masks = [(m * 255).astype(np.uint8) for m in masks]
+    masks.append((rng.random((size, size)) < 0.02).astype(np.uint8) * 255)  # scattered pixels
+    for m in masks:
+        expected = _pil_reads(m, side)
+        got = pil_nonzero_resize(torch.from_numpy(m / 255.0)[None, None], side)[0, 0].numpy() > 0.5
+        assert (got == expected).all(), (size, side)
+        flat = map_mask_from(torch.from_numpy(m / 255.0)[None, None], side, "pil-nonzero")
+        assert torch.equal(flat, torch.from_numpy(expected.astype(np.float32)).flatten())
+    # the code's reading is not the soft cell means: the disc reaches cells it hardly covers
+    area = map_mask_from(torch.from_numpy(masks[1] / 255.0)[None, None], side, "area")
+    pil = map_mask_from(torch.from_numpy(masks[1] / 255.0)[None, None], side, "pil-nonzero")
+    assert ((pil == 1) & (area < 0.5)).any()
+
+
+def test_locinv_official_encodes_a_posterior_sample_drawn_with_seed_0(bundle, image):
+    from locedit.methods import LocInv
+    from locedit.methods.locinv import LocInvEditOptions
+
+    x = image * 2 - 1
+    with torch.no_grad():
+        dist = bundle.vae.encode(x).latent_dist
+        expected = dist.sample(torch.manual_seed(0)) * bundle.vae.config.scaling_factor  # _2_DDIM_inv.py
+        mean = dist.mean * bundle.vae.config.scaling_factor
+    torch.testing.assert_close(bundle.encode_image(image, sample_seed=0), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(bundle.encode_image(image), mean, rtol=0, atol=1e-6)
+    assert (expected - mean).abs().max() > 1e-3
+    prior = torch.zeros(1, 1, 64, 64)
+    prior[..., 16:40, 20:44] = 1
+    request = EditRequest("a red square on the gray background", "a blue square on the gray background",
+                          regions=(Region("square", prior),), num_steps=1)
+    for name, z0 in (("official", expected), ("paper", mean)):
+        opts = replace_path(preset(LocInvEditOptions, name), {"locinv.max_inner": 0, "locinv.restart_iterations": 0,
+                                                               "locinv.nti.inner_steps": 0})
+        traj = LocInv.invert(bundle, image, request, opts)
+        torch.testing.assert_close(traj.latents[0], z0, rtol=0, atol=1e-6)
+
+
+def test_locinv_injects_self_attention_at_16x16_and_coarser(bundle):
+    from locedit.attention import Site
+    from locedit.methods.locinv import LocInvEditOptions
+    from locedit.methods.p2p import P2PEditOptions
+
+    def injected(options, level):
+        ctrl = Prompt2Prompt(options, bundle.tokenizer, "a cat", "a dog", num_steps=10, map_level=2)
+        ctrl.clock.set(0, 999)
+        return ctrl.wants(Site("x", "self", "up", 1, level))
+
+    # DPL's editor: `if H <= 256` (16x16 and 8x8 maps at 512 px: levels 2 and 3); P2P's: 32x32 and coarser
+    assert [injected(LocInvEditOptions().p2p, lv) for lv in range(4)] == [False, False, True, True]
+    assert [injected(P2PEditOptions().p2p, lv) for lv in range(4)] == [False, True, True, True]
+
+
 # ---- presets -------------------------------------------------------------------------------------------
 def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     from locedit.inversion import INVERSIONS
@@ -358,7 +429,8 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     window = {"p2p.cross_window": ("n", "n+1")}  # the P2P code's (N + 1)-row alpha table
     assert diffs["p2p"] == window and diffs["mag-edit"] == window
     assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form", "p2p.cross_window"}
-    assert set(diffs["locinv"]) == {"locinv.nti_mode"}  # DPL counts its windows in steps
+    # DPL counts its windows in steps; its null-text restarts; _2_DDIM_inv.py samples the posterior
+    assert set(diffs["locinv"]) == {"locinv.nti_mode", "locinv.encode"}
     spd = differences(preset(INVERSIONS["spd"][0], "paper"), preset(INVERSIONS["spd"][0], "official"))
     assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
     for name, m in METHODS.items():  # the defaults are the paper's reading

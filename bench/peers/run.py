@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_WORK, DRIVERS, SHIMS, PeerError, build_env, checkout_commit, compare, make_image,  # noqa: E402
                     make_model, prepare_checkout, run_process, summarise)
 
-PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv", "mag-edit": "mag_edit", "mde-edit": "mde_edit", "lime": "lime_ip2p"}  # name -> module under bench/peers
+PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv", "mag-edit": "mag_edit", "mde-edit": "mde_edit", "lime": "lime_ip2p", "dpl": "dpl"}  # name -> module under bench/peers
 SOURCE, TARGET, BLEND = "a cat sitting on the grass", "a dog sitting on the grass", ("cat", "dog")
 
 
@@ -52,7 +52,8 @@ def run(args) -> dict:
     boxes = [str(image.with_name(f"{image.stem}-box-{s}.png")) for s in ("left", "right")]
     base = {"model": str(common), "image": str(image), "masks": boxes,
             "source": SOURCE, "target": TARGET, "size": args.size,
-            **(mod.spec(args.steps) if hasattr(mod, "spec") else {})}
+            **(mod.spec(args.steps) if hasattr(mod, "spec") else {}),
+            **(mod.inputs(image) if hasattr(mod, "inputs") else {})}
     official_path = [src, *(src / p for p in peer.python_path), *([SHIMS] if peer.shims else [])]
     run_process(python, DRIVERS / "components.py", base, runs / "components-official.json")
     run_process(sys.executable, DRIVERS / "components.py", base, runs / "components-locedit.json")

@@ -100,10 +100,16 @@ class ModelBundle:
 
     # ---- images ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> scaled latents (B, C, H/s, W/s); the posterior mean."""
+    def encode_image(self, image: torch.Tensor, sample_seed: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> scaled latents (B, C, H/s, W/s): the posterior mean, or with
+        ``sample_seed`` a posterior sample, mean + std * noise, the noise drawn on the CPU from a
+        generator seeded with it (diffusers' ``latent_dist.sample(torch.manual_seed(seed))``)."""
         x = (image.to(self.device, self.dtype) * 2 - 1)
-        z = self.vae.encode(x).latent_dist.mean
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mean
+        if sample_seed is not None:
+            g = torch.Generator().manual_seed(sample_seed)
+            z = z + dist.std * torch.randn(z.shape, generator=g, dtype=z.dtype).to(z.device)
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * self.vae.config.scaling_factor).float()
 

@@ -28,6 +28,18 @@ Paper vs. the authors' code (wangkai930418/DPL, ``docs/conformance.md``):
   for similarity, 25/0.5/1 for overlap); the current det script's defaults, which are the seg
   values, are ``box_defaults="det-script"``.
 - the seg script's "corner" KL term has weight 0 in every released run and is not built.
+- the image's latent: the paper's encoder E(x) (the posterior mean, ``encode="mean"``); the code
+  samples the posterior with ``torch.manual_seed(0)`` (``_2_DDIM_inv.py``; ``encode="sample"``,
+  preset official).
+- priors at the map size: the paper is silent; the code reads them with Pillow's default (bicubic)
+  resize to 16x16 and counts every non-zero cell (``prior_resize="pil-nonzero"``, both presets;
+  ``"area"``, the soft cell means, was this module's earlier reading).
+- the placeholder token's start: the code's ``tokenizer.encode(list)`` takes the bare vocabulary
+  entry ("cat", CLIP's sub-word piece; the unknown token when absent) instead of the word's token
+  "cat</w>" that its comment and the paper name: a plain bug, not reproduced; here each vector
+  starts from the word's own token embedding.
+- the code replaces the noun by one placeholder token; here each token of the noun gets its own
+  vector (the same for nouns of one token, the case of every released run).
 
 Layering note: LocInv is an inversion driven by guidance losses, so this module uses null-text
 inversion's per-step optimiser from ``locedit.inversion``; the inversion package never imports
@@ -51,7 +63,7 @@ from ..masks import Region, check_mask
 from ..progress import Progress, track
 from . import losses as L
 from .loop import MapCapture, map_mask_from
-from .options import (BOX_DEFAULTS, LOCINV_DEFAULTS, NTI_MODES, PAIR_SOURCES,  # noqa: F401 (re-exported)
+from .options import (BOX_DEFAULTS, ENCODE_SEED, LOCINV_DEFAULTS, NTI_MODES, PAIR_SOURCES,  # noqa: F401 (re-exported)
                       RESTART_ITERATIONS, LocInvOptions)
 
 def threshold(i: int, alpha: float, beta: float) -> float:
@@ -148,7 +160,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     sched = bundle.schedule(num_steps)
     level = map_level(unet_sites(bundle.unet))
     side = bundle.unet.config.sample_size // 2**level
-    priors = torch.stack([map_mask_from(r.mask, side) for r in regions]).to(bundle.device)  # (K, P)
+    priors = torch.stack([map_mask_from(r.mask, side, options.prior_resize) for r in regions]).to(bundle.device)  # (K, P)
 
     table = bundle.token_embedding_table().weight
     ids = bundle.tokenizer(prompt).input_ids
@@ -215,7 +227,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
             restart = options.nti_mode == "restart"
             null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, empty if restart else null, t, a,
                                  a_next, guidance, lr=options.nti.lr * (1 - options.nti.lr_decay * i),
-                                 inner_steps=RESTART_ITERATIONS if restart else options.nti.inner_steps,
+                                 inner_steps=options.restart_iterations if restart else options.nti.inner_steps,
                                  threshold=float("-inf") if restart else options.nti.epsilon + i * options.nti.epsilon_growth,
                                  step=i)
             nulls.append(null)

@@ -128,7 +128,23 @@ def latent_mask_from(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.T
 
 def map_mask_from(mask: torch.Tensor, side: int, mode: str = "area") -> torch.Tensor:
     """(1, 1, H, W) image mask -> (side*side,) mask at the map resolution: "area" averages (soft;
-    LocInv's priors, MDE-Edit's OAL targets), "nearest" samples and binarises (MAG-Edit's masks)."""
+    MDE-Edit's OAL targets, LocInv's ``prior_resize="area"``), "nearest" samples and binarises
+    (MAG-Edit's masks), "pil-nonzero" is :func:`pil_nonzero_resize` (LocInv's priors)."""
     if mode == "nearest":
         return (F.interpolate((mask > 0.5).float(), size=(side, side), mode="nearest") > 0).float().flatten()
+    if mode == "pil-nonzero":
+        return pil_nonzero_resize(mask, side).flatten()
     return F.adaptive_avg_pool2d(mask.float(), (side, side)).flatten()
+
+
+def pil_nonzero_resize(mask: torch.Tensor, side: int) -> torch.Tensor:
+    """(1, 1, H, W) mask in [0, 1] -> (1, 1, side, side) of 0/1: what LocInv's ``read_segfile``
+    computes, ``np.asarray(Image.open(path).resize((16, 16))).astype(bool)``: Pillow's default
+    resampling of an 8-bit image (bicubic, a = -0.5, widened by the scale factor), done as Pillow
+    does it, the horizontal pass first with the result rounded to 8 bits, then the vertical; every
+    pixel that is not 0 after that counts. A coarse map of the mask, dilated by the filter's reach."""
+    x = (mask.float().clamp(0, 1) * 255).round()
+    h, w = x.shape[-2:]
+    x = F.interpolate(x, size=(h, side), mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
+    x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
+    return (x > 0).float()

@@ -38,6 +38,9 @@ PAIR_SOURCES = ("auto", "user", "parser", "previous")
 NTI_MODES = ("carry", "restart")
 BOX_DEFAULTS = ("scripts", "det-script")
 RESTART_ITERATIONS = 31  # the code's fixed null-text iterations per step
+ENCODE_MODES = ("mean", "sample")
+PRIOR_RESIZES = ("pil-nonzero", "area")
+ENCODE_SEED = 0  # _2_DDIM_inv.py: generator = torch.manual_seed(0) for the VAE posterior sample
 
 
 @dataclass(frozen=True)
@@ -62,19 +65,35 @@ class LocInvOptions:
     box_defaults: str = field(default="scripts", metadata={
         "flag": "box-defaults", "choices": BOX_DEFAULTS,
         "help": "box-prior hyperparameters: the older shell scripts' (default) or the current det script's"})
+    restart_iterations: int = field(default=RESTART_ITERATIONS, metadata={
+        "flag": "locinv-restart-iterations", "type": int,
+        "help": "null-text iterations per step with --nti-mode restart (the code's --null_inner_steps: 31 in the "
+                "released seg runs)"})
+    encode: str = field(default="mean", metadata={
+        "flag": "locinv-encode", "choices": ENCODE_MODES,
+        "help": "the image's latent: the VAE posterior's mean (the paper's encoder) or a sample with seed 0 "
+                "(the code's _2_DDIM_inv.py)"})
+    prior_resize: str = field(default="pil-nonzero", metadata={
+        "flag": "locinv-prior-resize", "choices": PRIOR_RESIZES,
+        "help": "priors at the map size: pil-nonzero (the code: Pillow's bicubic resize, every non-zero cell; "
+                "the paper is silent) or area (the mean of each cell, soft)"})
     nti: NullTextOptions = field(default_factory=NullTextOptions)
 
-    PRESETS = {"paper": {}, "official": {"nti_mode": "restart"}}
+    PRESETS = {"paper": {}, "official": {"nti_mode": "restart", "encode": "sample"}}
 
     def __post_init__(self):
         if self.pair_source not in PAIR_SOURCES:
             raise LoceditError(f"pair_source must be one of {', '.join(PAIR_SOURCES)}, got {self.pair_source!r}")
         if self.nti_mode not in NTI_MODES:
             raise LoceditError(f"nti_mode must be one of {', '.join(NTI_MODES)}, got {self.nti_mode!r}")
+        if self.encode not in ENCODE_MODES:
+            raise LoceditError(f"encode must be one of {', '.join(ENCODE_MODES)}, got {self.encode!r}")
+        if self.prior_resize not in PRIOR_RESIZES:
+            raise LoceditError(f"prior_resize must be one of {', '.join(PRIOR_RESIZES)}, got {self.prior_resize!r}")
         if self.box_defaults not in BOX_DEFAULTS:
             raise LoceditError(f"box_defaults must be one of {', '.join(BOX_DEFAULTS)}, got {self.box_defaults!r}")
-        if self.max_inner < 0 or self.lr <= 0:
-            raise LoceditError("max_inner must be >= 0 and lr > 0")
+        if self.max_inner < 0 or self.lr <= 0 or self.restart_iterations < 0:
+            raise LoceditError("max_inner and restart_iterations must be >= 0 and lr > 0")
 
     def params(self, kind: str) -> dict[str, tuple[float, float, float]]:
         d = LOCINV_DEFAULTS["seg" if kind == "box" and self.box_defaults == "det-script" else kind]

@@ -23,7 +23,9 @@ class LocInvEditOptions:
     editing scripts), refine or replace, optional local blend."""
 
     locinv: LocInvOptions = LocInvOptions()
-    p2p: P2POptions = P2POptions(mode="refine", cross_replace=0.8, self_replace=0.4)
+    # self-attention injected at maps of 16x16 and coarser on SD (the editor's `if H <= 256`; the
+    # paper is silent), one level coarser than P2P's default
+    p2p: P2POptions = P2POptions(mode="refine", cross_replace=0.8, self_replace=0.4, self_min_level=2)
     blend: LocalBlendOptions = LocalBlendOptions()
 
     # DPL's editor counts its windows in steps (`curr_step_index < 40` of 50), not through P2P's
@@ -53,5 +55,8 @@ class LocInv(Method):
     def invert(cls, bundle, image, request, options, progress=None):
         from ..guidance.locinv import locinv_inversion
 
-        return locinv_inversion(bundle, bundle.encode_image(image), request.source, list(request.regions),
+        from ..guidance.locinv import ENCODE_SEED
+
+        seed = ENCODE_SEED if options.locinv.encode == "sample" else None
+        return locinv_inversion(bundle, bundle.encode_image(image, sample_seed=seed), request.source, list(request.regions),
                                 request.num_steps, request.guidance, list(request.pairs), options.locinv, progress)
