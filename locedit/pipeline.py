@@ -40,6 +40,9 @@ class EditOptions:
     npi_null: bool = False
     proximal_quantile: float | None = None
     inversion_guidance_t: int | None = None
+    # recompute UNet activations in every backward pass of the edit (inversion searches, token
+    # learning, latent guidance): less memory, about one more forward per backward
+    grad_checkpointing: bool = False
 
     def __post_init__(self):
         import math
@@ -174,8 +177,10 @@ def generate(bundle: ModelBundle, prompts: list[str], num_steps: int = 50, guida
 
 
 def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = "null-text", num_steps: int = 50,
-           guidance: float = 7.5, options=None, progress: Progress | None = None) -> Trajectory:
-    """Encode ``image`` (1, 3, S, S) and invert it with a method from :data:`INVERSIONS`."""
+           guidance: float = 7.5, options=None, progress: Progress | None = None,
+           grad_checkpointing: bool = False) -> Trajectory:
+    """Encode ``image`` (1, 3, S, S) and invert it with a method from :data:`INVERSIONS`
+    (``grad_checkpointing``: see :meth:`ModelBundle.checkpointing`)."""
     if method not in INVERSIONS:
         raise LoceditError(f"unknown inversion {method!r}; choose one of {', '.join(INVERSIONS)}")
     opt_cls, fn = INVERSIONS[method]
@@ -183,7 +188,8 @@ def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = 
     bundle.token_ids(prompt)
     start, t0 = bundle.unet_calls, time.perf_counter()
     z0 = bundle.encode_image(image)
-    traj = fn(bundle, z0, prompt, num_steps, guidance, options, progress)
+    with bundle.checkpointing(grad_checkpointing):
+        traj = fn(bundle, z0, prompt, num_steps, guidance, options, progress)
     traj.model = bundle.name
     traj.stats.update(unet_calls=bundle.unet_calls - start, seconds=time.perf_counter() - t0)
     return traj
@@ -295,17 +301,18 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         from .attention import Chain
 
         controller = Chain([controller, recorder]) if controller is not None else recorder
-    if trajectory is None:
-        if m.own_inversion:
-            t0, calls = time.perf_counter(), bundle.unet_calls
-            trajectory = m.invert(bundle, image, request, options, progress)
-            trajectory.model = bundle.name
-            trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
-            trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
-        else:
-            trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance, inversion_options,
-                                progress)
-    result = sample(bundle, trajectory, [source, target], edit_options, controller, progress, plan.guide)
+    with bundle.checkpointing(edit_options.grad_checkpointing):
+        if trajectory is None:
+            if m.own_inversion:
+                t0, calls = time.perf_counter(), bundle.unet_calls
+                trajectory = m.invert(bundle, image, request, options, progress)
+                trajectory.model = bundle.name
+                trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
+                trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
+            else:
+                trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance,
+                                    inversion_options, progress)
+        result = sample(bundle, trajectory, [source, target], edit_options, controller, progress, plan.guide)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     with torch.no_grad():

@@ -232,3 +232,48 @@ def test_a_mask_that_vanishes_at_the_attention_maps_is_refused_before_any_unet_c
         with pytest.raises(MaskError, match=f"empty at the {s}x{s} attention maps"):
             pipeline.edit(bundle, None, SRC, TGT, method=method, trajectory=traj, **kw)
     assert bundle.unet_calls == calls
+
+
+def test_gradient_checkpointing_changes_no_result_and_is_restored(bundle, image):
+    """--grad-checkpointing recomputes activations in the backward passes: every method that takes
+    gradients (null-text, SPDInv, LocInv, MAG-Edit's guidance) gives the same result with it."""
+    from locedit.masks import Region
+    from locedit.methods.locinv import LocInvEditOptions
+    from locedit.methods.mag_edit import MAGEditOptions
+    from locedit.options import replace_path
+
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 20:44] = 1
+    flags = [m for m in bundle.unet.modules() if hasattr(m, "gradient_checkpointing")]
+    assert flags and not any(m.gradient_checkpointing for m in flags)
+    calls = []
+
+    def count(module, args):  # a resnet's forwards: checkpointing runs it again in each backward
+        calls.append(1)
+
+    handle = bundle.unet.down_blocks[0].resnets[0].register_forward_pre_hook(count)
+    runs = {}
+    try:
+        for ckpt in (False, True):
+            calls.clear()
+            mag = pipeline.edit(bundle, image, SRC, TGT, method="mag-edit", inversion="null-text", num_steps=2,
+                                options=replace_path(MAGEditOptions(), {"guidance.iterations": 2}),
+                                regions=[Region("blue", mask)],
+                                edit_options=pipeline.EditOptions(grad_checkpointing=ckpt))
+            loc = pipeline.edit(bundle, image, SRC, TGT, method="locinv", num_steps=2,
+                                options=replace_path(LocInvEditOptions(), {"locinv.max_inner": 2, "locinv.lr": 0.05}),
+                                regions=[Region("square", mask)],
+                                edit_options=pipeline.EditOptions(grad_checkpointing=ckpt))
+            spd = pipeline.invert(bundle, image, SRC, "spd", num_steps=2, grad_checkpointing=ckpt)
+            runs[ckpt] = (mag.sample.latents, loc.sample.latents, torch.cat(spd.latents), len(calls))
+            assert not any(m.gradient_checkpointing for m in flags)  # restored
+    finally:
+        handle.remove()
+    for plain, ckpt in zip(runs[False][:3], runs[True][:3]):
+        torch.testing.assert_close(ckpt, plain, rtol=0, atol=1e-5)
+    assert runs[True][3] > runs[False][3]  # the blocks did run again in the backward passes
+    with pytest.raises(RuntimeError):  # restored on error too
+        with bundle.checkpointing(True):
+            assert all(m.gradient_checkpointing for m in flags)
+            raise RuntimeError("boom")
+    assert not any(m.gradient_checkpointing for m in flags)

@@ -205,3 +205,61 @@ def test_lime_peer_keeps_the_notebooks_windows_and_adapts_sizes_only():
     new = {p.new for p in lime_ip2p.patches(64, "cpu", 15)}
     assert new == {"attn.shape[1] < 8 ** 2", "if res > 2:"}
     assert lime_ip2p.PEER.instruct
+
+
+def _dpl_files() -> dict[str, str]:
+    """The lines the DPL (LocInv) patches look for, as often as the real pipeline modules hold them."""
+    store = ("        if is_cross and self.curr_step_index < cross_replace_steps:\n"
+             "        elif (not is_cross) and self.curr_step_index < self_replace_steps:\n"
+             "            if H <= 256:\n")
+    return {
+        "pipelines/seg_null_textinv_pipeline.py": "x = torch.Tensor([0.0]).cuda()\n" * 5,
+        "pipelines/edit_pipeline.py": ("        #     if H <= 256:\n" + store * 2
+                                       + "uncond_embeddings_list[i].cuda()\n" * 2 + "encoder_hidden_states.cuda()\n" * 2
+                                       + "temp=F.interpolate(temp, size=(64,64))\n"),
+        "pipelines/ddim_pipeline.py": "    def get_average_attention(self, device='cuda'):\n",
+    }
+
+
+def test_dpl_patches_fix_the_editors_step_count_and_adapt_sizes(tmp_path):
+    import dpl
+
+    src = common.prepare_checkout(dpl.PEER, _fake_checkout(tmp_path / "DPL", _dpl_files()), tmp_path / "w", 64, "cpu", 3)
+    edit = (src / "pipelines/edit_pipeline.py").read_text()
+    assert edit.count("if H <= 4:") == 3 and ".cuda()" not in edit and "size=(8,8)" in edit
+    # at 512 px on CUDA only the two bug fixes remain
+    assert {p.why.split(":")[0] for p in dpl.patches(512, "cuda", 50)} == {"bug", "the same for the self-attention window (no effect on SD, whose last layer is a cross-attention one)"}
+    line = next(ln for ln in edit.splitlines() if "if is_cross and" in ln).strip()
+    test = line[len("if "):-1]
+
+    class Store:  # their store's order: count the call, advance the step after the last layer, then test
+        def __init__(self, layers):
+            self.num_att_layers, self.cur_att_layer, self.curr_step_index = layers, 0, 0
+
+        def call(self, cross_replace_steps, is_cross=True):
+            self.cur_att_layer += 1
+            if self.cur_att_layer == self.num_att_layers:
+                self.cur_att_layer = 0
+                self.curr_step_index += 1
+            return eval(test, {}, {"self": self, "is_cross": is_cross, "cross_replace_steps": cross_replace_steps})
+
+    store = Store(4)
+    replaced = [[store.call(2) for _ in range(4)] for _ in range(3)]  # 3 steps of 4 layers, window 2 steps
+    assert replaced == [[True] * 4, [True] * 4, [False] * 4]  # every layer, the last one too, in steps 0 and 1
+    unpatched = "self.curr_step_index < cross_replace_steps"
+    test, store = unpatched, Store(4)
+    assert [[store.call(2) for _ in range(4)] for _ in range(3)][1] == [True, True, True, False]  # the bug
+
+
+def test_dpl_prior_is_small_enough_to_leave_map_cells_empty(tmp_path):
+    import dpl
+    from PIL import Image
+
+    assert dpl.windows(50) == (40, 20) and dpl.windows(3) == (2, 1)
+    read = {}
+    for size, side in ((64, 2), (512, 16)):
+        image = tmp_path / f"input-{size}.png"
+        Image.new("RGB", (size, size)).save(image)
+        read[size] = np.asarray(Image.open(dpl.inputs(image)["prior"]).resize((side, side))).astype(bool)  # read_segfile
+    assert read[64].tolist() == [[True, False], [False, False]]  # the top-left cell alone
+    assert 0 < read[512].sum() < 30  # a few of the 256 cells

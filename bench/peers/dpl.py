@@ -99,7 +99,13 @@ PEER = Peer(
            "ships; diffusers uses it only to load weights with less memory, outside the measured work), "
            "torchvision, xformers, deepspeed, datasets, opencv, scikit-learn, matplotlib and NLTK: the three "
            "pipelines import none of them (the scripts' figures, clustering and NLTK tagging do, and feed nothing "
-           "into the edit)"),
+           "into the edit)",
+           "the driver makes the three scripts' pipeline calls itself (the scripts import IPython and OpenCV for "
+           "figures, and _2_DDIM_inv.py downloads NLTK data); its one line that differs from _3_dpl_seg_inv.py is a "
+           "bug fix: the placeholder starts from tokenizer.encode(word), the initializer word's token, where "
+           "tokenizer.encode([word, ...]) converts each word as a bare vocabulary entry without BPE (CLIP's "
+           "sub-word piece 'cat', not 'cat</w>'; the unknown token when absent, as in the random model's "
+           "vocabulary)"),
 )
 
 DRIVER = "dpl_official.py"

@@ -83,6 +83,7 @@ def register(sub) -> None:
                    help="soft-threshold the guidance difference at its Q-quantile (0.7 when no Q)")
     x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
                    help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
+    e.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
     out = e.add_argument_group("output")
     out.add_argument("--out", default="edit.png",
                      help="output image file, .png (default edit.png), .jpg or .webp; folders are --out-dir")
@@ -114,10 +115,16 @@ def register(sub) -> None:
     v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
     g = v.add_argument_group("inversion options")
     add_option_flags(g, option_flag_table(_inversion_classes()))
+    v.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
     v.add_argument("--out-dir", "--out", dest="out", required=True,
                    help="output folder (manifest.json, trajectory.safetensors); --out is the same")
     add_output_flags(v)
     v.set_defaults(run=cmd_invert)
+
+
+GRAD_CHECKPOINTING_HELP = ("recompute the UNet's activations in each backward pass (null-text, SPDInv, LocInv's token "
+                           "learning, MAG-Edit/MDE-Edit guidance) instead of keeping them: less memory, slower; "
+                           "no effect on methods without gradients")
 
 
 def _inversion_options(args, name: str, context: str):
@@ -152,7 +159,7 @@ def cmd_invert(args) -> dict:
     bundle = load_bundle(args)
     fit, fitted = fit_image(bundle, image, args.fit)
     traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance, options,
-                           progress(args))
+                           progress(args), grad_checkpointing=args.grad_checkpointing)
     # written next to the destination (same filesystem), then renamed into place
     tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent))
     try:
@@ -232,7 +239,8 @@ def cmd_edit(args) -> dict:
     inversion_options = applied.get(f"inversion {inversion}")
     try:
         edit_options = pipeline.EditOptions(guidance=args.guidance, npi_null=args.npi_null,
-                                            proximal_quantile=args.proximal, inversion_guidance_t=args.inversion_guidance)
+                                            proximal_quantile=args.proximal, inversion_guidance_t=args.inversion_guidance,
+                                            grad_checkpointing=args.grad_checkpointing)
     except ValueError as exc:
         raise LoceditError(str(exc)) from None
     pairs = []

@@ -8,6 +8,7 @@ step, loss and optimisation in locedit runs in float32 and casts at the network'
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -97,6 +98,29 @@ class ModelBundle:
             return self.text_encoder(ids)[0].float()
         finally:
             handle.remove()
+
+    # ---- memory ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def checkpointing(self, enabled: bool = True):
+        """Gradient checkpointing of the UNet's blocks for the duration: where a gradient is taken
+        (null-text and SPDInv searches, LocInv's token learning, MAG-Edit's and MDE-Edit's latent
+        guidance), each block's activations are recomputed in the backward pass instead of being
+        kept, which trades one more forward per backward for memory. No-gradient calls are
+        unchanged (diffusers checkpoints only while gradients are enabled). Restored on exit."""
+        unet = self.unet
+        flags = [m for m in unet.modules() if hasattr(m, "gradient_checkpointing")]
+        before = [m.gradient_checkpointing for m in flags]
+        if enabled and not getattr(unet, "_supports_gradient_checkpointing", False):
+            from ..errors import LoceditError
+
+            raise LoceditError(f"{type(unet).__name__} does not support gradient checkpointing")
+        try:
+            if enabled:
+                unet.enable_gradient_checkpointing()
+            yield
+        finally:
+            for m, b in zip(flags, before):
+                m.gradient_checkpointing = b
 
     # ---- images ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,7 +8,8 @@ priors (segmentation masks or boxes); editing then runs P2P with those tokens.
    embedding row; only these vectors are optimised (the embedding table is never touched).
 3. For each sampling step i, from z_N = z*_N: up to ``max_inner`` (31) AdamW steps (lr 1e-3,
    wd 1e-2) on the vectors, one conditional UNet call each (no CFG), stopping as soon as every loss
-   is below its threshold tau(i) = beta * exp(-i / alpha); the vectors carry over to the next step
+   is below its threshold tau(i) = beta * exp(-i / alpha) (tested before each update; the result
+   of the last update is not evaluated, as in the code); the vectors carry over to the next step
    and are stored per step. Then null-text inversion for this step (guidance 7.5) with the learned
    condition, and the CFG DDIM step.
 
@@ -186,6 +187,8 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
             opt = torch.optim.AdamW(list(params.values()), lr=options.lr, weight_decay=options.weight_decay)
             first, last, it = None, None, 0
             for it in range(options.max_inner + 1):
+                if it == options.max_inner and it > 0:
+                    break  # the last update is taken; evaluating it would only feed the statistics (the code stops too)
                 capture.clock.set(i, t, "guide")
                 capture.begin()
                 with torch.enable_grad():
@@ -205,7 +208,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
                         raise OptimisationError(f"locinv: a loss became NaN or inf at step {i}")
                     first = first or values
                     last = values
-                    if all(values[k] < taus[k] for k in values) or it == options.max_inner:
+                    if all(values[k] < taus[k] for k in values) or options.max_inner == 0:
                         break
                     total = sum(hp[k][2] * v for k, v in parts.items())
                     opt.zero_grad(set_to_none=True)

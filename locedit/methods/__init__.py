@@ -7,6 +7,7 @@ tested anywhere else.
 from .base import INPUTS, Citation, EditRequest, Method, Plan
 from .locinv import LocInv, LocInvEditOptions
 from .mag_edit import MAGEdit, MAGEditOptions
+from .masactrl import MasaCtrl, MasaCtrlOptions
 from .mde_edit import MDEEdit, MDEEditOptions
 from .p2p import P2P, P2PEditOptions
 
@@ -15,7 +16,8 @@ METHODS: dict[str, type[Method]] = {
     "mag-edit": MAGEdit,
     "mde-edit": MDEEdit,
     "locinv": LocInv,
+    "masactrl": MasaCtrl,
 }
 
-__all__ = ["INPUTS", "METHODS", "Citation", "EditRequest", "LocInv", "LocInvEditOptions", "MAGEdit", "MAGEditOptions",
+__all__ = ["INPUTS", "METHODS", "Citation", "EditRequest", "LocInv", "LocInvEditOptions", "MAGEdit", "MAGEditOptions", "MasaCtrl", "MasaCtrlOptions",
            "MDEEdit", "MDEEditOptions", "Method", "P2P", "P2PEditOptions", "Plan"]

@@ -1,0 +1,77 @@
+"""MasaCtrl as an editing method: mutual self-attention on any inversion, with an optional user
+mask for the mask-guided variant (see :mod:`locedit.control.masactrl`). Meant for non-rigid edits
+(pose, action), where Prompt-to-Prompt's map injection holds the layout too tightly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import LoceditError
+from .base import Citation, Method, Plan
+
+MASACTRL_PAPER = Citation(
+    "Cao et al., MasaCtrl: Tuning-Free Mutual Self-Attention Control for Consistent Image Synthesis and Editing, "
+    "ICCV 2023", "Sec. 3.2, Eq. 4-5 (mutual self-attention), Sec. 3.3, Eq. 6-7 (mask-guided)",
+    "TencentARC/MasaCtrl (masactrl/masactrl.py: MutualSelfAttentionControl, MutualSelfAttentionControlMask)")
+
+
+@dataclass(frozen=True)
+class MasaCtrlOptions:
+    """Where and when the target reads the source's keys and values: steps >= ``start_step``,
+    transformer blocks >= ``start_layer`` in forward order (the paper's S = 4 and L = 10 of SD's 16;
+    the code's defaults too)."""
+
+    start_step: int = field(default=4, metadata={
+        "flag": "masactrl-step", "type": int, "help": "first sampling step with mutual self-attention (S)"})
+    start_layer: int = field(default=10, metadata={
+        "flag": "masactrl-layer", "type": int,
+        "help": "first transformer block, in forward order through down, mid and up blocks (L; SD 1.x has 16)"})
+
+    def __post_init__(self):
+        if self.start_step < 0 or self.start_layer < 0:
+            raise LoceditError("masactrl start_step and start_layer must be >= 0")
+
+
+class MasaCtrl(Method):
+    name = "masactrl"
+    summary = "MasaCtrl: the target's self-attention reads the source's keys and values (any inversion; --mask: mask-guided)"
+    Options = MasaCtrlOptions
+    uses = frozenset({"mask", "inversion"})
+    papers = (MASACTRL_PAPER,)
+
+    @classmethod
+    def check(cls, bundle, request, options) -> None:
+        from ..attention import unet_sites
+        from ..control.masactrl import block_order
+        from ..masks import check_mask
+
+        bundle.token_ids(request.source)
+        bundle.token_ids(request.target)
+        blocks = max(block_order(unet_sites(bundle.unet)).values()) + 1
+        if options.start_layer >= blocks:
+            raise LoceditError(f"--masactrl-layer {options.start_layer} is past the model's last transformer block "
+                               f"({blocks - 1}): nothing would change (SD 1.x's 10 of 16 is its decoder's last six "
+                               f"blocks; here that is --masactrl-layer {max(0, blocks - 6)})")
+        if options.start_step >= request.num_steps:
+            raise LoceditError(f"--masactrl-step {options.start_step} is past the last of {request.num_steps} steps: "
+                               "nothing would change")
+        if request.mask is not None:
+            mask = check_mask(request.mask, (bundle.image_size, bundle.image_size))
+            if not (mask > 0.5).any() or (mask > 0.5).all():
+                raise LoceditError("the MasaCtrl mask is empty or covers the whole image: the foreground and "
+                                   "background attention would be one")
+
+    @classmethod
+    def build(cls, bundle, request, options) -> Plan:
+        from ..attention import unet_sites
+        from ..control.masactrl import MutualSelfAttention, block_order
+        from .p2p import latent_user_mask
+
+        masks = None
+        if request.mask is not None:
+            m = latent_user_mask(bundle, request.mask)
+            masks = (m, m)
+        ctrl = MutualSelfAttention(options.start_step, options.start_layer, request.num_steps,
+                                   block_order(unet_sites(bundle.unet)), masks)
+        return Plan(ctrl, info={"masactrl": {"start_step": options.start_step, "start_layer": options.start_layer,
+                                             "masked": masks is not None}})
