@@ -33,6 +33,14 @@ def test_blocks_are_counted_in_forward_order_as_the_code_counts_them():
     assert later == {"up_blocks.2", "up_blocks.3"}  # L = 10: the decoder's last six blocks
 
 
+def test_default_layer_is_ten_of_sd_sixteen_blocks_and_the_same_share_elsewhere():
+    from locedit.methods.masactrl import MasaCtrlOptions
+
+    assert MasaCtrlOptions().layer(16) == 10  # the paper's and the code's L on SD 1.x
+    assert MasaCtrlOptions().layer(70) == 44  # run_synthesis_sdxl.py's first setting (44 of SDXL's 70)
+    assert MasaCtrlOptions(start_layer=3).layer(70) == 3
+
+
 def test_target_rows_take_the_source_keys_and_values_in_both_halves():
     ctrl = MutualSelfAttention(0, 0, 10, {"s": 0})
     q, k, v = (torch.randn(4, 2, 16, 8) for _ in range(3))  # [src uncond, tgt uncond, src cond, tgt cond]
@@ -103,7 +111,7 @@ def test_masactrl_through_the_pipeline_and_its_checks(bundle, image):
     assert res.edited.shape == image.shape and torch.isfinite(res.edited).all()
     with pytest.raises(LoceditError, match="past the model's last transformer block"):
         pipeline.edit(bundle, image, SRC, TGT, method="masactrl", inversion="ddim", num_steps=3,
-                      options=MasaCtrlOptions(start_layer=99))
+                      options=MasaCtrlOptions(start_step=1, start_layer=99))
     with pytest.raises(LoceditError, match="past the last of 3 steps"):
         pipeline.edit(bundle, image, SRC, TGT, method="masactrl", inversion="ddim", num_steps=3,
                       options=MasaCtrlOptions(start_layer=0))

@@ -25,7 +25,9 @@ def _options_table(cls) -> list[dict]:
     paper, official = preset(cls, "paper"), preset(cls, "official")
     rows = []
     for f in flag_fields(cls):
-        row = {"option": ".".join(f.path), "flag": f"--{f.flag}", "default": f.default, "help": f.meta.get("help", "")}
+        row = {"option": ".".join(f.path), "flag": f"--{f.flag}",
+               "default": f.meta.get("default_text", f.default) if f.default is None else f.default,
+               "help": f.meta.get("help", "")}
         pv, ov = _get(paper, f.path), _get(official, f.path)
         if pv != f.default:
             row["paper"] = pv

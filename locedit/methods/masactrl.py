@@ -19,17 +19,24 @@ MASACTRL_PAPER = Citation(
 class MasaCtrlOptions:
     """Where and when the target reads the source's keys and values: steps >= ``start_step``,
     transformer blocks >= ``start_layer`` in forward order (the paper's S = 4 and L = 10 of SD's 16;
-    the code's defaults too)."""
+    the code's defaults too; on another UNet L defaults to the same share of its blocks, as the
+    authors' SDXL script's L = 44 of 70)."""
 
     start_step: int = field(default=4, metadata={
         "flag": "masactrl-step", "type": int, "help": "first sampling step with mutual self-attention (S)"})
-    start_layer: int = field(default=10, metadata={
-        "flag": "masactrl-layer", "type": int,
-        "help": "first transformer block, in forward order through down, mid and up blocks (L; SD 1.x has 16)"})
+    start_layer: int | None = field(default=None, metadata={
+        "flag": "masactrl-layer", "type": int, "default_text": "10 of 16 blocks (SD 1.x), the same share elsewhere",
+        "help": "first transformer block, in forward order through down, mid and up blocks (L; default: 10 of "
+                "SD 1.x's 16, the same share of another model's blocks: 44 of SDXL's 70, the authors' SDXL choice)"})
 
     def __post_init__(self):
-        if self.start_step < 0 or self.start_layer < 0:
+        if self.start_step < 0 or (self.start_layer is not None and self.start_layer < 0):
             raise LoceditError("masactrl start_step and start_layer must be >= 0")
+
+    def layer(self, blocks: int) -> int:
+        """L for a UNet of ``blocks`` transformer blocks: the given one, or 10/16 of them (10 on SD 1.x,
+        44 on SDXL's 70, the first of the authors' SDXL script's settings)."""
+        return self.start_layer if self.start_layer is not None else round(10 * blocks / 16)
 
 
 class MasaCtrl(Method):
@@ -48,10 +55,9 @@ class MasaCtrl(Method):
         bundle.token_ids(request.source)
         bundle.token_ids(request.target)
         blocks = max(block_order(unet_sites(bundle.unet)).values()) + 1
-        if options.start_layer >= blocks:
+        if options.layer(blocks) >= blocks:
             raise LoceditError(f"--masactrl-layer {options.start_layer} is past the model's last transformer block "
-                               f"({blocks - 1}): nothing would change (SD 1.x's 10 of 16 is its decoder's last six "
-                               f"blocks; here that is --masactrl-layer {max(0, blocks - 6)})")
+                               f"({blocks - 1}): nothing would change")
         if options.start_step >= request.num_steps:
             raise LoceditError(f"--masactrl-step {options.start_step} is past the last of {request.num_steps} steps: "
                                "nothing would change")
@@ -71,7 +77,8 @@ class MasaCtrl(Method):
         if request.mask is not None:
             m = latent_user_mask(bundle, request.mask)
             masks = (m, m)
-        ctrl = MutualSelfAttention(options.start_step, options.start_layer, request.num_steps,
-                                   block_order(unet_sites(bundle.unet)), masks)
-        return Plan(ctrl, info={"masactrl": {"start_step": options.start_step, "start_layer": options.start_layer,
+        blocks = block_order(unet_sites(bundle.unet))
+        layer = options.layer(max(blocks.values()) + 1)
+        ctrl = MutualSelfAttention(options.start_step, layer, request.num_steps, blocks, masks)
+        return Plan(ctrl, info={"masactrl": {"start_step": options.start_step, "start_layer": layer,
                                              "masked": masks is not None}})
