@@ -332,6 +332,10 @@ def test_locinv_restart_nti_runs_31_iterations_from_the_empty_prompt(bundle, ima
                             options=LocInvOptions(max_inner=0, nti_mode="restart"))
     # per step: DDIM inversion 1, token learning 1 (max_inner 0), conditional eps 1, null-text 31, eps_u 1
     assert bundle.unet_calls - calls == steps * (1 + 1 + 1 + 31 + 1)
+    calls = bundle.unet_calls  # the scripts' --null_inner_steps is an argument: --locinv-restart-iterations
+    locinv_inversion(bundle, z0, prompt, [Region("square", prior)], steps,
+                     options=LocInvOptions(max_inner=0, nti_mode="restart", restart_iterations=5))
+    assert bundle.unet_calls - calls == steps * (1 + 1 + 1 + 5 + 1)
     # every step's null embedding starts again from the empty prompt's: with lr 0 it stays exactly that
     flat = locinv_inversion(bundle, z0, prompt, [Region("square", prior)], steps,
                             options=replace_path(LocInvOptions(max_inner=0, nti_mode="restart"), {"nti.lr": 1e-12}))
@@ -339,6 +343,24 @@ def test_locinv_restart_nti_runs_31_iterations_from_the_empty_prompt(bundle, ima
     for null in flat.null_embeddings:
         torch.testing.assert_close(null, empty, rtol=0, atol=1e-6)
     assert len(traj.null_embeddings) == steps
+
+
+def test_locinv_token_learning_evaluates_before_each_update_and_not_after_the_last(bundle, image):
+    """The code's loop: at most 31 evaluations, each followed by an update unless every loss is
+    below its threshold; the vector after the 31st update is not evaluated."""
+    from locedit.guidance.locinv import LocInvOptions, locinv_inversion
+
+    prior = torch.zeros(1, 1, 64, 64)
+    prior[..., 16:40, 20:44] = 1
+    z0 = bundle.encode_image(image)
+    never = (50.0, 1e-12, 1.0)  # thresholds no loss meets
+    opts = LocInvOptions(max_inner=4, sim=never, ov=never, nti_mode="restart", restart_iterations=0)
+    calls = bundle.unet_calls
+    traj = locinv_inversion(bundle, z0, "a red square on the gray background", [Region("square", prior)], 2,
+                            options=opts)
+    # per step: DDIM inversion 1, token learning 4 (4 evaluations, 4 updates), conditional eps 1, eps_u 1
+    assert bundle.unet_calls - calls == 2 * (1 + 4 + 1 + 1)
+    assert traj.stats["iterations"] == [4, 4]
 
 
 def test_locinv_box_defaults_scripts_or_det_script():
