@@ -19,12 +19,16 @@ figures, IoU files). The locedit side is ``--method locinv --preset official`` (
 restart``, the posterior sampled with seed 0, the PIL-resized prior, self-attention injected at
 16x16 and coarser), P2P replace with cross 0.8 and self 0.4.
 
-One bug is patched on the official side, and not reproduced by locedit: the placeholder is
-initialised from ``tokenizer.encode(args.initializer_token)``, and ``initializer_token`` is a list,
-which the tokenizer converts entry by entry *without* BPE (``convert_tokens_to_ids``): the row of
-the bare vocabulary entry "cat" (CLIP's sub-word piece, not the word "cat</w>"; the unknown token
-where there is no such entry, as in the random model's vocabulary) instead of the noun's own
-embedding, which the comment above the line and the paper state.
+Two bugs are fixed on the official side, and not reproduced by locedit:
+- the placeholder is initialised from ``tokenizer.encode(args.initializer_token)``, and
+  ``initializer_token`` is a list, which the tokenizer converts entry by entry *without* BPE
+  (``convert_tokens_to_ids``): the row of the bare vocabulary entry "cat" (CLIP's sub-word piece,
+  not the word "cat</w>"; the unknown token where there is no such entry, as in the random
+  model's vocabulary) instead of the noun's own embedding, which the comment above the line and
+  the paper state (the driver makes this line itself, with ``encode(word)``);
+- the editor's attention store advances its step counter in the call of a forward's last
+  attention layer *before* that layer tests its window, so the last cross-attention layer misses
+  the window's last step (a patch of ``pipelines/edit_pipeline.py``, below).
 """
 
 from __future__ import annotations
