@@ -184,6 +184,8 @@ def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = 
     if method not in INVERSIONS:
         raise LoceditError(f"unknown inversion {method!r}; choose one of {', '.join(INVERSIONS)}")
     opt_cls, fn = INVERSIONS[method]
+    if grad_checkpointing and not getattr(opt_cls, "TAKES_GRADIENTS", False):
+        raise LoceditError(f"--grad-checkpointing has no effect on --inversion {method}: it takes no gradients")
     options = options if options is not None else opt_cls()
     bundle.token_ids(prompt)
     start, t0 = bundle.unet_calls, time.perf_counter()
@@ -290,6 +292,13 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     if not m.own_inversion and trajectory is None and inversion not in INVERSIONS:
         raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
     m.check(bundle, request, options)
+    if edit_options.grad_checkpointing:
+        inverts_with_grads = (trajectory is None and not m.own_inversion
+                              and getattr(INVERSIONS[inversion][0], "TAKES_GRADIENTS", False))
+        if not (m.takes_gradients or inverts_with_grads):
+            what = "the saved trajectory" if trajectory is not None else f"--inversion {inversion}"
+            raise LoceditError(f"--grad-checkpointing has no effect here: neither --method {method} nor {what} "
+                               "takes gradients through the UNet")
     for w in record_words:
         from .diffusion.text import token_positions
 

@@ -272,6 +272,13 @@ def test_gradient_checkpointing_changes_no_result_and_is_restored(bundle, image)
     for plain, ckpt in zip(runs[False][:3], runs[True][:3]):
         torch.testing.assert_close(ckpt, plain, rtol=0, atol=1e-5)
     assert runs[True][3] > runs[False][3]  # the blocks did run again in the backward passes
+    from locedit.errors import LoceditError
+
+    with pytest.raises(LoceditError, match="no effect here: neither --method p2p nor --inversion ddim"):
+        pipeline.edit(bundle, image, SRC, TGT, inversion="ddim", num_steps=2,
+                      edit_options=pipeline.EditOptions(grad_checkpointing=True))
+    with pytest.raises(LoceditError, match="no effect on --inversion direct"):
+        pipeline.invert(bundle, image, SRC, "direct", num_steps=2, grad_checkpointing=True)
     with pytest.raises(RuntimeError):  # restored on error too
         with bundle.checkpointing(True):
             assert all(m.gradient_checkpointing for m in flags)

@@ -124,7 +124,7 @@ def register(sub) -> None:
 
 GRAD_CHECKPOINTING_HELP = ("recompute the UNet's activations in each backward pass (null-text, SPDInv, LocInv's token "
                            "learning, MAG-Edit/MDE-Edit guidance) instead of keeping them: less memory, slower; "
-                           "no effect on methods without gradients")
+                           "refused where nothing takes gradients")
 
 
 def _inversion_options(args, name: str, context: str):

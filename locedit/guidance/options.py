@@ -92,6 +92,9 @@ class LocInvOptions:
             raise LoceditError(f"prior_resize must be one of {', '.join(PRIOR_RESIZES)}, got {self.prior_resize!r}")
         if self.box_defaults not in BOX_DEFAULTS:
             raise LoceditError(f"box_defaults must be one of {', '.join(BOX_DEFAULTS)}, got {self.box_defaults!r}")
+        if self.nti_mode != "restart" and self.restart_iterations != RESTART_ITERATIONS:
+            raise LoceditError("restart_iterations (--locinv-restart-iterations) acts only with nti_mode restart "
+                               "(--nti-mode restart, or --preset official)")
         if self.max_inner < 0 or self.lr <= 0 or self.restart_iterations < 0:
             raise LoceditError("max_inner and restart_iterations must be >= 0 and lr > 0")
 

@@ -16,6 +16,8 @@ class DDIMInversionOptions:
 class NullTextOptions:
     """Null-text inversion's per-step optimiser (Mokady et al., Sec. 3.3; their code agrees)."""
 
+    TAKES_GRADIENTS = True  # backpropagates through the UNet (what --grad-checkpointing acts on)
+
     inner_steps: int = field(default=10, metadata={
         "flag": "nti-steps", "type": int, "help": "null-text: max Adam steps per sampling step"})
     lr: float = field(default=1e-2, metadata={
@@ -48,6 +50,8 @@ SPD_OBJECTIVES = ("mse", "l2")
 @dataclass(frozen=True)
 class SPDOptions:
     """SPDInv's search (Alg. 1): K = 25, delta = 5e-6, eta = 1e-3 (Sec. 4.4), all from the paper."""
+
+    TAKES_GRADIENTS = True
 
     max_steps: int = field(default=25, metadata={  # K
         "flag": "spd-steps", "type": int, "help": "spd: max search steps K per inversion step"})

@@ -88,6 +88,7 @@ class Method:
     uses: ClassVar[frozenset[str]] = frozenset()
     papers: ClassVar[tuple[Citation, ...]] = ()
     own_inversion: ClassVar[bool] = False  # True: ``invert`` makes the trajectory (no --inversion)
+    takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     @classmethod
     def check(cls, bundle, request: EditRequest, options) -> None:

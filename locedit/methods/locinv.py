@@ -35,6 +35,7 @@ class LocInvEditOptions:
 
 class LocInv(Method):
     name = "locinv"
+    takes_gradients = True
     summary = "per-step noun tokens learned from priors of source-prompt nouns (--region NOUN=MASK), then P2P"
     Options = LocInvEditOptions
     uses = frozenset({"source_regions", "pairs", "mask", "blend_words"})
@@ -53,9 +54,7 @@ class LocInv(Method):
 
     @classmethod
     def invert(cls, bundle, image, request, options, progress=None):
-        from ..guidance.locinv import locinv_inversion
-
-        from ..guidance.locinv import ENCODE_SEED
+        from ..guidance.locinv import ENCODE_SEED, locinv_inversion
 
         seed = ENCODE_SEED if options.locinv.encode == "sample" else None
         return locinv_inversion(bundle, bundle.encode_image(image, sample_seed=seed), request.source, list(request.regions),

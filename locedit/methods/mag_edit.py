@@ -121,6 +121,7 @@ def check_map_masks(bundle, regions, what: str = "region") -> None:
 
 class MAGEdit(Method):
     name = "mag-edit"
+    takes_gradients = True
     summary = "latent guidance inside a mask towards the edit words' attention (one or more objects)"
     Options = MAGEditOptions
     uses = frozenset({"regions", "inversion"})

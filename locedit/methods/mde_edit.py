@@ -94,6 +94,7 @@ def quartic_maps(records: list, tokens: list[list[int]], side: int):
 
 class MDEEdit(Method):
     name = "mde-edit"
+    takes_gradients = True
     summary = "several objects (OAL on --region words) and attributes (CCL on --attribute words) by latent guidance"
     Options = MDEEditOptions
     uses = frozenset({"regions", "attributes", "inversion"})
