@@ -87,7 +87,7 @@ def inversion_guidance(z_next: torch.Tensor, target: torch.Tensor, delta: torch.
 
 
 def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: AttentionController | None,
-                options: EditOptions, unc: torch.Tensor, conds: torch.Tensor) -> tuple[str, ...]:
+                options: EditOptions, unc: torch.Tensor, conds: torch.Tensor, pin_source: bool = False) -> tuple[str, ...]:
     """The branches whose unconditional row the UNet must evaluate at this step.
 
     The source's is left out when its noise prediction is known or unused and no controller reads
@@ -95,8 +95,9 @@ def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: Attenti
     - known: its embedding equals the source's conditional one (negative-prompt inversion, the
       ``npi_null`` option) and no controller rewrites the source's conditional row, so both rows
       compute the same thing and the conditional prediction serves for both;
-    - unused: the trajectory pins the source branch (direct inversion), whose step is then replaced,
-      and no proximal threshold is taken over every row's guidance difference.
+    - unused: the trajectory (direct inversion) or the method (``pin_source``, Plug-and-Play) pins
+      the source branch, whose step is then replaced, and no proximal threshold is taken over every
+      row's guidance difference.
     The edit is unchanged; the UNet batch is one row smaller (3 instead of 4 for an edit).
     """
     if not branches or branches[0] != "source":
@@ -105,42 +106,54 @@ def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: Attenti
     writes = frozenset() if controller is None else controller.writes
     if reads is None or writes is None or ("source", "uncond") in reads | writes:
         return branches
-    pinned = traj.source_follows and options.proximal_quantile is None
+    pinned = (traj.source_follows or pin_source) and options.proximal_quantile is None
     known = ("source", "cond") not in writes and torch.equal(unc[0], conds[0])
     return branches[1:] if pinned or known else branches
 
 
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
            controller: AttentionController | None = None, progress: Progress | None = None,
-           guide=None) -> SampleResult:
-    """Denoise from ``traj.noise`` with one branch per prompt, CFG batch [uncond..., cond...].
+           guide=None, *, branches: tuple[str, ...] | None = None, first_step: int = 0, blend=None,
+           pin_source: bool = False) -> SampleResult:
+    """Denoise from the trajectory with one branch per prompt, CFG batch [uncond..., cond...].
 
-    ``prompts[0]`` is the source branch, ``prompts[1]`` (when given) the target; an unconditional
-    row whose result is known or unused is left out of the batch (:func:`uncond_rows`) and the
-    controller's layout says which rows are there. The trajectory
+    ``branches`` names the prompts' branches, an ordered subset of ("source", "target"); by default
+    ``prompts[0]`` is the source branch and ``prompts[1]`` (when given) the target. Sampling runs
+    steps ``first_step`` .. N-1 from ``traj.latents[N - first_step]`` (``traj.noise`` when 0). An
+    unconditional row whose result is known or unused is left out of the batch
+    (:func:`uncond_rows`) and the controller's layout says which rows are there. The trajectory
     supplies its editing-side rule (unconditional embedding, learned tokens, source pinning); the
     controller is installed on the UNet for the whole loop and restored after it, even on error;
     ``guide`` (optional, :class:`locedit.guidance.LatentGuidance`) updates the latents before each
-    step as ``guide(bundle, controller, step, t, alpha, z, conds) -> z``.
+    step as ``guide(bundle, controller, step, t, alpha, z, conds) -> z``; ``blend`` (optional)
+    rewrites them after each step as ``blend(step, z, traj) -> z``; ``pin_source``: the source row
+    follows the trajectory's latents whatever the inversion (as direct inversion's does).
     """
     start_calls, t0 = bundle.unet_calls, time.perf_counter()
     n = traj.num_steps
     sched = bundle.schedule(n)
-    branches = ("source", "target")[: len(prompts)]
+    branches = tuple(branches) if branches is not None else ("source", "target")[: len(prompts)]
+    if len(branches) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts for branches {branches}")
+    if not 0 <= first_step <= n:  # n: no step at all (SDEdit at strength 0)
+        raise LoceditError(f"sampling cannot start at step {first_step} of {n}")
     embeds = bundle.encode_text(list(prompts) + [""])
-    fixed_conds, null_embed, source_embed = embeds[:-1], embeds[-1:], embeds[:1]
-    z = traj.noise.to(bundle.device).expand(len(prompts), -1, -1, -1).clone()
+    fixed_conds, null_embed = embeds[:-1], embeds[-1:]
+    has_source = branches[0] == "source"
+    # the NPI rule's embedding is the source prompt's: prompts[0] only when the source branch is sampled
+    source_embed = embeds[:1] if has_source and prompts[0] == traj.prompt else bundle.encode_text([traj.prompt])
+    z = traj.latents[n - first_step].to(bundle.device).expand(len(prompts), -1, -1, -1).clone()
     ctrl = controller or AttentionController()
     ctrl.clock.num_steps = n
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
-        for i in track(progress, range(n), "editing" if len(prompts) > 1 else "sampling"):
+        for i in track(progress, range(first_step, n), "editing" if len(prompts) > 1 or not has_source else "sampling"):
             t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
             conds = traj.conditions(bundle, prompts, i, fixed_conds)
             if guide is not None:
                 z = guide(bundle, ctrl, i, t, a, z, conds)
             ctrl.clock.set(i, t, "sample")
             unc = source_embed if options.npi_null else traj.uncond_embedding(i, null_embed, source_embed)
-            rows = uncond_rows(branches, traj, controller, options, unc, conds)
+            rows = uncond_rows(branches, traj, controller, options, unc, conds, pin_source)
             ctrl.layout = BatchLayout(tuple((b, "uncond") for b in rows) + tuple((b, "cond") for b in branches))
             keep = [branches.index(b) for b in rows]
             with torch.no_grad():
@@ -153,9 +166,11 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
             z_next = ddim_step(z, eps, a, a_next)
             if options.inversion_guidance_t is not None and t < options.inversion_guidance_t:
                 z_next = inversion_guidance(z_next, traj.target_latent(i).to(z_next), delta, thr)
-            z = ctrl.after_step(traj.pin_source(i, z_next))
-    blend = getattr(ctrl, "last_blend_mask", None)
-    return SampleResult(z, bundle.unet_calls - start_calls, time.perf_counter() - t0, blend)
+            z = ctrl.after_step(traj.pin_source(i, z_next, pin_source) if has_source else z_next)
+            if blend is not None:
+                z = blend(i, z, traj)
+    blend_mask = getattr(ctrl, "last_blend_mask", getattr(blend, "mask", None))
+    return SampleResult(z, bundle.unet_calls - start_calls, time.perf_counter() - t0, blend_mask)
 
 
 @torch.no_grad()
@@ -211,14 +226,19 @@ class EditResult:
     stats: dict = field(default_factory=dict)
     bundle: ModelBundle | None = field(default=None, repr=False)
     _source: torch.Tensor | None = field(default=None, repr=False)
+    branches: tuple[str, ...] = ("source", "target")
 
     @property
     def source(self) -> torch.Tensor:
         """(1, 3, S, S) the source branch's reconstruction, decoded on first use (an edit decodes
-        only the target: the VAE decoder costs as much as several UNet calls)."""
+        only the target: the VAE decoder costs as much as several UNet calls); for a method that
+        samples the target alone, the decoded image latent the trajectory starts from."""
         if self._source is None:
+            traj = self.trajectory
+            z = (self.sample.latents[0:1] if self.branches[0] == "source"
+                 else traj.image_latent if traj.image_latent is not None else traj.latents[0])
             with torch.no_grad():
-                self._source = self.bundle.decode_latents(self.sample.latents[0:1])
+                self._source = self.bundle.decode_latents(z.to(self.bundle.device))
         return self._source
 
 
@@ -260,7 +280,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
          options=None, inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
          pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
-         edit_options: EditOptions = EditOptions(), progress: Progress | None = None) -> EditResult:
+         edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0) -> EditResult:
     """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``
     with ``method`` from :data:`locedit.methods.METHODS`.
 
@@ -269,7 +289,8 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     (1, 1, S, S), ``blend_words`` (source word, target word), ``regions`` / ``attributes``
     (:class:`locedit.masks.Region`), ``pairs`` ((adjective, noun), LocInv). An input the method does
     not use is refused. ``record_words``: target words whose accumulated maps are returned in
-    ``stats["attention"]``. Every check runs before the first UNet call.
+    ``stats["attention"]``. ``seed``: the noise of the methods that draw it (SDEdit, Blended Latent
+    Diffusion); the others are deterministic. Every check runs before the first UNet call.
     """
     from .methods import METHODS, EditRequest
 
@@ -281,19 +302,20 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
     steps = trajectory.num_steps if trajectory is not None else num_steps
     request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
-                          tuple(attributes), tuple(pairs), steps, edit_options.guidance)
+                          tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed)
     m.check_inputs(request)
     if trajectory is None and image is None:
         raise LoceditError("edit needs an image or a trajectory")
     if trajectory is not None and trajectory.prompt != source:
         raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
-    if m.own_inversion and trajectory is not None and trajectory.method != method:
+    own = not m.takes_inversion(options)
+    if own and trajectory is not None and trajectory.method != method:
         raise LoceditError(f"method {method!r} makes its own inversion; a {trajectory.method!r} trajectory cannot be used")
-    if not m.own_inversion and trajectory is None and inversion not in INVERSIONS:
+    if not own and trajectory is None and inversion not in INVERSIONS:
         raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
     m.check(bundle, request, options)
     if edit_options.grad_checkpointing:
-        inverts_with_grads = (trajectory is None and not m.own_inversion
+        inverts_with_grads = (trajectory is None and not own
                               and getattr(INVERSIONS[inversion][0], "TAKES_GRADIENTS", False))
         if not (m.takes_gradients or inverts_with_grads):
             what = "the saved trajectory" if trajectory is not None else f"--inversion {inversion}"
@@ -312,7 +334,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         controller = Chain([controller, recorder]) if controller is not None else recorder
     with bundle.checkpointing(edit_options.grad_checkpointing):
         if trajectory is None:
-            if m.own_inversion:
+            if own:
                 t0, calls = time.perf_counter(), bundle.unet_calls
                 trajectory = m.invert(bundle, image, request, options, progress)
                 trajectory.model = bundle.name
@@ -321,19 +343,26 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
             else:
                 trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance,
                                     inversion_options, progress)
-        result = sample(bundle, trajectory, [source, target], edit_options, controller, progress, plan.guide)
+        prep_calls, prep_t0 = bundle.unet_calls, time.perf_counter()
+        if plan.prepare is not None:
+            plan.prepare(bundle, trajectory)
+        prep_calls, prep_seconds = bundle.unet_calls - prep_calls, time.perf_counter() - prep_t0
+        prompts = {"source": source, "target": target, **plan.prompts}
+        result = sample(bundle, trajectory, [prompts[b] for b in plan.branches], edit_options, controller, progress,
+                        plan.guide, branches=plan.branches, first_step=plan.first_step, blend=plan.blend,
+                        pin_source=plan.pin_source)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     with torch.no_grad():
-        edited = bundle.decode_latents(result.latents[1:2])
+        edited = bundle.decode_latents(result.latents[-1:])
     stats = {
         "inversion_unet_calls": trajectory.stats.get("unet_calls", 0),
         "inversion_seconds": trajectory.stats.get("seconds", 0.0),
-        "edit_unet_calls": result.unet_calls,
-        "edit_seconds": result.seconds,
+        "edit_unet_calls": result.unet_calls + prep_calls,  # with the plan's preparation (DiffEdit's mask)
+        "edit_seconds": result.seconds + prep_seconds,
     }
     if plan.guide is not None:
         stats["guidance_loss"] = plan.guide.history
     if recorder is not None and recorder.store.recorded:
         stats["attention"] = recorder.maps()
-    return EditResult(edited, trajectory, result, stats, bundle)
+    return EditResult(edited, trajectory, result, stats, bundle, branches=plan.branches)

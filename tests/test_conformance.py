@@ -459,6 +459,8 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form", "p2p.cross_window"}
     # DPL counts its windows in steps; its null-text restarts; _2_DDIM_inv.py samples the posterior
     assert set(diffs["locinv"]) == {"locinv.nti_mode", "locinv.encode"}
+    assert diffs["blended"] == {"init": ("source", "noise")}  # Alg. 1's noised source; the script's pure noise
+    assert diffs["sdedit"] == {} and diffs["masactrl"] == {}
     spd = differences(preset(INVERSIONS["spd"][0], "paper"), preset(INVERSIONS["spd"][0], "official"))
     assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
     for name, m in METHODS.items():  # the defaults are the paper's reading

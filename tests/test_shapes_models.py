@@ -128,7 +128,8 @@ def test_both_presets_run_every_method_on_the_bundled_models(preset_name):
     tgt = "a green circle and a blue striped square on a gray background"
     inputs = {"p2p": dict(blend_words=("circle", "circle")), "mag-edit": dict(regions=[Region("green", circle)]),
               "mde-edit": dict(regions=[Region("circle", circle)], attributes=[Region("green", circle)]),
-              "locinv": dict(regions=[Region("circle", circle)]), "masactrl": dict(mask=circle)}
+              "locinv": dict(regions=[Region("circle", circle)]), "masactrl": dict(mask=circle),
+              "blended": dict(mask=circle), "pnp": {}, "sdedit": {}, "diffedit": {}}
     overrides = {"masactrl": {"start_step": 1}}  # MasaCtrl's S = 4 is for 50 steps
     b = load_model("shapes")
     for name, m in METHODS.items():

@@ -118,6 +118,13 @@ class AttentionController:
         """Called by the loop with the new latents (one row per branch) after each step."""
         return latents
 
+    def feature_hooks(self, unet) -> list[tuple[torch.nn.Module, object]]:
+        """(module, forward hook) pairs to register on ``unet`` for the loop (PyTorch's
+        ``register_forward_hook``: the hook may return a replacement output), for controllers that
+        act on features outside attention (Plug-and-Play's residual-block features). Removed with
+        the processors, in ``finally``."""
+        return []
+
 
 def _union(sets):
     out = frozenset()
@@ -187,6 +194,9 @@ class Chain(AttentionController):
         for c in self.controllers:
             latents = c.after_step(latents)
         return latents
+
+    def feature_hooks(self, unet):
+        return [h for c in self.controllers for h in c.feature_hooks(unet)]
 
     def __getattr__(self, name):  # e.g. last_blend_mask of the engine
         if name in ("controllers", "_layout"):
@@ -287,8 +297,13 @@ def controlled_attention(unet, controller: AttentionController, selector: SiteSe
         name: ControlledAttnProcessor(chosen[name], controller, proc) if name in chosen else proc
         for name, proc in original.items()
     }
+    handles = []
     unet.set_attn_processor(new)
     try:
+        for module, hook in controller.feature_hooks(unet):
+            handles.append(module.register_forward_hook(hook))
         yield sites
     finally:
+        for h in handles:
+            h.remove()
         unet.set_attn_processor(original)

@@ -206,12 +206,12 @@ def registry_inputs(bench_name: str, item: EditItem, to_model, config: BenchConf
     name = bench_name[: -len(MASK_SUFFIX)] if bench_name.endswith(MASK_SUFFIX) else bench_name
     m = METHODS[name]
     kwargs = dict(method=name, options=preset(m.Options, config.preset), num_steps=config.steps,
-                  edit_options=pipeline.EditOptions(guidance=config.guidance))
-    if "inversion" in m.uses:
+                  edit_options=pipeline.EditOptions(guidance=config.guidance), seed=config.seed)
+    if m.takes_inversion(kwargs["options"]):
         from ..inversion import INVERSIONS
 
         kwargs.update(inversion=config.inversion, inversion_options=preset(INVERSIONS[config.inversion][0], config.preset))
-    if bench_name.endswith(MASK_SUFFIX):
+    if bench_name.endswith(MASK_SUFFIX) or "mask" in m.needs:
         if item.mask is None:
             raise LoceditError(f"item {item.id} has no mask for {bench_name}")
         kwargs["mask"] = to_model(item.mask)

@@ -220,23 +220,30 @@ def cmd_edit(args) -> dict:
     # ---- what the method uses, before anything is loaded --------------------------------------------
     for name in method.unused(_given_inputs(args)):
         raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {args.method}")
-    uses_inversion = "inversion" in method.uses
-    if args.inversion and not uses_inversion:
-        raise LoceditError(f"--inversion is not used by --method {args.method} (it makes its own inversion)")
     if args.inversion and args.from_inversion:
         raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
     inversion = args.inversion or "null-text"
-    options = preset(method.Options, args.preset)
-    active = {f"method {args.method}": options}
+    table = option_flag_table({**_method_classes(), **_inversion_classes()})
+    key = f"method {args.method}"
+    # the method's options say whether it runs on an inversion (most by their inputs, Blended Latent
+    # Diffusion by its noise option): read them first, then refuse inversion flags it would ignore
+    inversion_key = f"inversion {inversion}"
+    from ..inversion import INVERSIONS
+
+    candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion][0], args.preset)}
+    first_context = f"--method {args.method}" + (f" with --inversion {inversion}" if "inversion" in method.uses else "")
+    uses_inversion = method.takes_inversion(apply_option_flags(args, table, candidates, first_context)[key])
+    if args.inversion and not uses_inversion:
+        raise LoceditError(f"--inversion is not used by --method {args.method} (it makes its own inversion"
+                           f"{' with these options' if 'inversion' in method.uses else ''})")
+    active = {key: candidates[key]}
     context = f"--method {args.method}"
     if uses_inversion and not args.from_inversion:
-        from ..inversion import INVERSIONS
-
-        active[f"inversion {inversion}"] = preset(INVERSIONS[inversion][0], args.preset)
+        active[inversion_key] = candidates[inversion_key]
         context += f" with --inversion {inversion}"
-    applied = apply_option_flags(args, option_flag_table({**_method_classes(), **_inversion_classes()}), active, context)
-    options = applied[f"method {args.method}"]
-    inversion_options = applied.get(f"inversion {inversion}")
+    applied = apply_option_flags(args, table, active, context)
+    options = applied[key]
+    inversion_options = applied.get(inversion_key)
     try:
         edit_options = pipeline.EditOptions(guidance=args.guidance, npi_null=args.npi_null,
                                             proximal_quantile=args.proximal, inversion_guidance_t=args.inversion_guidance,
@@ -299,7 +306,7 @@ def cmd_edit(args) -> dict:
         inversion_options=inversion_options, trajectory=trajectory, mask=fitted_mask,
         blend_words=tuple(args.blend_words) if args.blend_words else None, regions=fitted_regions,
         attributes=fitted_attrs, pairs=pairs, record_words=tuple(words) if args.save_attention else (),
-        num_steps=args.steps, edit_options=edit_options, progress=progress(args),
+        num_steps=args.steps, edit_options=edit_options, progress=progress(args), seed=args.seed,
     )
     edited = fit.from_model(result.edited)
     meta = {

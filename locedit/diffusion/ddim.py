@@ -31,6 +31,13 @@ def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_from, alpha_to) -> torch
     return alpha_to.sqrt() * x0 + (1 - alpha_to).sqrt() * eps
 
 
+def add_noise(z0: torch.Tensor, noise: torch.Tensor, alpha) -> torch.Tensor:
+    """The forward process q(z_t | z_0) at cumulative alpha ``alpha``: sqrt(a) z0 + sqrt(1 - a) noise
+    (Ho et al., 2020, Eq. 4; diffusers' ``DDPMScheduler.add_noise``)."""
+    alpha = torch.as_tensor(alpha, dtype=z0.dtype, device=z0.device)
+    return alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise
+
+
 def predicted_x0(z: torch.Tensor, eps: torch.Tensor, alpha) -> torch.Tensor:
     """x0 implied by (z, eps) at cumulative alpha ``alpha`` (DDIM Eq. 12, first term)."""
     alpha = torch.as_tensor(alpha, dtype=z.dtype, device=z.device)

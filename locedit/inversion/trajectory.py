@@ -39,6 +39,9 @@ class Trajectory:
     model: str = ""
     # learned input-token vectors per word (LocInv): word -> (N, tokens of the word, D_in)
     token_vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the encoded image when ``latents[0]`` is not it (Blended Latent Diffusion's per-step noised
+    # copies); not saved: such trajectories belong to one edit
+    image_latent: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.uncond not in UNCOND_MODES:
@@ -90,10 +93,12 @@ class Trajectory:
                 out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
         return torch.cat(out)
 
-    def pin_source(self, step: int, z_next: torch.Tensor) -> torch.Tensor:
+    def pin_source(self, step: int, z_next: torch.Tensor, force: bool = False) -> torch.Tensor:
         """Direct inversion (``source_follows``): the source row (row 0) after sampling step ``step``
-        becomes the inversion latent, i.e. the step's difference is added back (Ju et al., Alg. 1)."""
-        if not self.source_follows:
+        becomes the inversion latent, i.e. the step's difference is added back (Ju et al., Alg. 1).
+        ``force``: pin whatever the inversion (Plug-and-Play's source row reads the inversion's
+        latents at every step)."""
+        if not (self.source_follows or force):
             return z_next
         return torch.cat([self.target_latent(step).to(z_next), z_next[1:]])
 

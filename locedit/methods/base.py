@@ -3,7 +3,8 @@
 A method is a class with class attributes only (no instances): its options dataclass, the inputs
 it uses, the papers it implements, a ``check`` that runs every validation before the first UNet
 call, and a ``build`` that returns what to install for sampling (controllers, latent guidance).
-Methods that bring their own inversion (LocInv) also define ``invert``. The registry in
+Methods that make their own trajectory (LocInv's token learning; the noise-based baselines' seeded
+forward noising) also define ``invert`` and say so through ``takes_inversion``. The registry in
 :mod:`locedit.methods` lists them; the pipeline, the CLI, the bench and ``locedit methods`` read
 it, so adding a method is one module and one registry line.
 """
@@ -37,6 +38,8 @@ INPUTS = {
     "inversion": "any inversion from the registry (--inversion)",
 }
 
+BRANCHES = ("source", "target")
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -51,6 +54,7 @@ class EditRequest:
     pairs: tuple[tuple[str, str], ...] = ()
     num_steps: int = 50
     guidance: float = 7.5
+    seed: int = 0  # the noise of methods that draw it (SDEdit, Blended Latent Diffusion)
 
     def given(self) -> set[str]:
         """The inputs this request sets (as named in :data:`INPUTS`; regions of a method that takes
@@ -71,12 +75,33 @@ class EditRequest:
 
 @dataclass
 class Plan:
-    """What :func:`locedit.pipeline.sample` installs: a controller (attention processors for the
-    whole loop, restored after it) and an optional latent-guidance hook run before each step."""
+    """What :func:`locedit.pipeline.sample` installs and how it runs the loop.
+
+    ``controller``: attention processors for the whole loop, restored after it; ``guide``: latent
+    guidance run before each step; ``branches``: the prompts sampled, a subset of ("source",
+    "target") in that order (the noise-based baselines sample the target alone); ``first_step``:
+    sampling starts at this step from the trajectory's latent at that noise level (SDEdit's strength,
+    Blended Latent Diffusion's skipped steps); ``blend``: after each step,
+    ``blend(step, z, trajectory) -> z`` (Blended Latent Diffusion's background); ``prompts``:
+    branch -> prompt where a branch is not sampled on its own prompt (Plug-and-Play's source row
+    on the empty prompt); ``pin_source``: the source row follows the trajectory's latents whatever
+    the inversion (Plug-and-Play)."""
 
     controller: AttentionController | None
     guide: object | None = None
     info: dict = field(default_factory=dict)
+    branches: tuple[str, ...] = BRANCHES
+    first_step: int = 0
+    blend: object | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    pin_source: bool = False
+    prepare: object | None = None  # prepare(bundle, trajectory) after the inversion, before sampling (DiffEdit's mask)
+
+    def __post_init__(self):
+        if not self.branches or tuple(b for b in BRANCHES if b in self.branches) != tuple(self.branches):
+            raise ValueError(f"branches must be an ordered subset of {BRANCHES}, got {self.branches}")
+        if "target" not in self.branches:
+            raise ValueError("an edit plan samples the target branch")
 
 
 class Method:
@@ -86,8 +111,8 @@ class Method:
     summary: ClassVar[str] = ""
     Options: ClassVar[type]
     uses: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[frozenset[str]] = frozenset()  # inputs of ``uses`` it cannot run without (the bench gives them)
     papers: ClassVar[tuple[Citation, ...]] = ()
-    own_inversion: ClassVar[bool] = False  # True: ``invert`` makes the trajectory (no --inversion)
     takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     @classmethod
@@ -97,6 +122,13 @@ class Method:
     @classmethod
     def build(cls, bundle, request: EditRequest, options) -> Plan:
         raise NotImplementedError
+
+    @classmethod
+    def takes_inversion(cls, options) -> bool:
+        """True: the edit runs on an inversion from the registry (``--inversion``, or a saved
+        trajectory); False: :meth:`invert` makes the trajectory. Most methods decide by their
+        ``uses``; one whose options choose (Blended Latent Diffusion's noise) overrides this."""
+        return "inversion" in cls.uses
 
     @classmethod
     def invert(cls, bundle, image: torch.Tensor, request: EditRequest, options, progress=None):

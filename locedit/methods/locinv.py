@@ -40,7 +40,6 @@ class LocInv(Method):
     Options = LocInvEditOptions
     uses = frozenset({"source_regions", "pairs", "mask", "blend_words"})
     papers = (LOCINV_PAPER, P2P_PAPER)
-    own_inversion = True
 
     @classmethod
     def check(cls, bundle, request, options) -> None:
