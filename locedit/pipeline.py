@@ -114,7 +114,7 @@ def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: Attenti
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
            controller: AttentionController | None = None, progress: Progress | None = None,
            guide=None, *, branches: tuple[str, ...] | None = None, first_step: int = 0, blend=None,
-           pin_source: bool = False) -> SampleResult:
+           pin_source: bool = False, null_prompt: str = "") -> SampleResult:
     """Denoise from the trajectory with one branch per prompt, CFG batch [uncond..., cond...].
 
     ``branches`` names the prompts' branches, an ordered subset of ("source", "target"); by default
@@ -127,7 +127,9 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     ``guide`` (optional, :class:`locedit.guidance.LatentGuidance`) updates the latents before each
     step as ``guide(bundle, controller, step, t, alpha, z, conds) -> z``; ``blend`` (optional)
     rewrites them after each step as ``blend(step, z, traj) -> z``; ``pin_source``: the source row
-    follows the trajectory's latents whatever the inversion (as direct inversion's does).
+    follows the trajectory's latents whatever the inversion (as direct inversion's does);
+    ``null_prompt``: the prompt whose embedding is the "null" unconditional one (a negative prompt;
+    trajectories with learned or source unconditional embeddings keep theirs).
     """
     start_calls, t0 = bundle.unet_calls, time.perf_counter()
     n = traj.num_steps
@@ -137,7 +139,7 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
         raise ValueError(f"{len(prompts)} prompts for branches {branches}")
     if not 0 <= first_step <= n:  # n: no step at all (SDEdit at strength 0)
         raise LoceditError(f"sampling cannot start at step {first_step} of {n}")
-    embeds = bundle.encode_text(list(prompts) + [""])
+    embeds = bundle.encode_text(list(prompts) + [null_prompt])
     fixed_conds, null_embed = embeds[:-1], embeds[-1:]
     has_source = branches[0] == "source"
     # the NPI rule's embedding is the source prompt's: prompts[0] only when the source branch is sampled
@@ -301,8 +303,16 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     if not isinstance(options, m.Options):
         raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
     steps = trajectory.num_steps if trajectory is not None else num_steps
+    if trajectory is not None:
+        uncond = trajectory.uncond
+    elif m.takes_inversion(options) and inversion in INVERSIONS:
+        uncond = getattr(INVERSIONS[inversion][0], "UNCOND", "null")
+    else:
+        uncond = None
+    if edit_options.npi_null:
+        uncond = "source"
     request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
-                          tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed)
+                          tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed, uncond)
     m.check_inputs(request)
     if trajectory is None and image is None:
         raise LoceditError("edit needs an image or a trajectory")
@@ -350,7 +360,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         prompts = {"source": source, "target": target, **plan.prompts}
         result = sample(bundle, trajectory, [prompts[b] for b in plan.branches], edit_options, controller, progress,
                         plan.guide, branches=plan.branches, first_step=plan.first_step, blend=plan.blend,
-                        pin_source=plan.pin_source)
+                        pin_source=plan.pin_source, null_prompt=plan.null_prompt)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     with torch.no_grad():

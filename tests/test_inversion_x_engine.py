@@ -27,7 +27,7 @@ def box(side=64):
 ENGINES = {
     "p2p": {},
     "masactrl": {"options": MasaCtrlOptions(start_step=0, start_layer=0)},
-    "pnp": {"options": PnPOptions()},
+    "pnp": {"options": PnPOptions(negative_prompt="")},  # null-text and NPI bring their own unconditional
     "blended": {"options": BlendedOptions(start=0.0, noise="inversion"), "mask": box()},
     "diffedit": {"options": DiffEditOptions(encode_ratio=1.0, noises=2, clamp_ratio=1.5)},
 }

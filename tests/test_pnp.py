@@ -61,7 +61,8 @@ def traj(bundle, image):
 def test_with_no_injection_the_target_is_plain_target_sampling(bundle, image, traj):
     res = pipeline.edit(bundle, None, SRC, TGT, method="pnp", trajectory=traj,
                         options=PnPOptions(feature_fraction=0.0, attention_fraction=0.0))
-    plain = pipeline.sample(bundle, traj, [TGT], branches=("target",))
+    # CFG against the scripts' negative prompt
+    plain = pipeline.sample(bundle, traj, [TGT], branches=("target",), null_prompt=PnPOptions().negative_prompt)
     torch.testing.assert_close(res.sample.latents[1], plain.latents[0], rtol=0, atol=1e-5)
     # the source row reads the inversion at every step: it ends on the image latent
     assert torch.equal(res.sample.latents[0:1], traj.latents[0])
@@ -84,8 +85,15 @@ def test_pnp_runs_on_every_inversion_and_restores_the_unet(bundle, image):
     before = dict(bundle.unet.attn_processors)
     conv = bundle.unet.get_submodule("up_blocks.1.resnets.1").conv2
     for inversion in ("ddim", "npi", "direct"):
-        res = pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion=inversion, num_steps=2)
+        opts = PnPOptions(negative_prompt="") if inversion == "npi" else PnPOptions()
+        res = pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion=inversion, num_steps=2, options=opts)
         assert torch.isfinite(res.edited).all()
+    with pytest.raises(LoceditError, match="learned by null-text inversion: pass --pnp-negative ''"):
+        pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion="null-text", num_steps=2)
+    plain_cfg = pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion="ddim", num_steps=2,
+                              options=PnPOptions(negative_prompt="")).sample.latents[1]
+    negative = pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion="ddim", num_steps=2).sample.latents[1]
+    assert (plain_cfg - negative).abs().max() > 1e-4  # the negative prompt acts
     assert dict(bundle.unet.attn_processors) == before and not conv._forward_hooks
     with pytest.raises(LoceditError, match="not a residual block"):
         pipeline.edit(bundle, image, SRC, TGT, method="pnp", inversion="ddim", num_steps=2,

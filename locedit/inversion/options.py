@@ -16,6 +16,7 @@ class DDIMInversionOptions:
 class NullTextOptions:
     """Null-text inversion's per-step optimiser (Mokady et al., Sec. 3.3; their code agrees)."""
 
+    UNCOND = "learned"  # the trajectory's unconditional rule (Trajectory.uncond): its learned nulls
     TAKES_GRADIENTS = True  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     inner_steps: int = field(default=10, metadata={
@@ -36,6 +37,8 @@ class NullTextOptions:
 @dataclass(frozen=True)
 class NegativePromptOptions:
     """Negative-prompt inversion has no options."""
+
+    UNCOND = "source"  # the source prompt's embedding in the unconditional rows
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ class EditRequest:
     num_steps: int = 50
     guidance: float = 7.5
     seed: int = 0  # the noise of methods that draw it (SDEdit, Blended Latent Diffusion)
+    # the unconditional rule of the trajectory the edit runs on (Trajectory.uncond): "null" (the
+    # empty prompt's embedding), "learned" (null-text) or "source" (NPI), known before inverting;
+    # None for a method that makes its own trajectory
+    uncond: str | None = "null"
 
     def given(self) -> set[str]:
         """The inputs this request sets (as named in :data:`INPUTS`; regions of a method that takes
@@ -96,6 +100,7 @@ class Plan:
     prompts: dict[str, str] = field(default_factory=dict)
     pin_source: bool = False
     prepare: object | None = None  # prepare(bundle, trajectory) after the inversion, before sampling (DiffEdit's mask)
+    null_prompt: str = ""  # the prompt of the "null" unconditional embedding (PnP's negative prompt)
 
     def __post_init__(self):
         if not self.branches or tuple(b for b in BRANCHES if b in self.branches) != tuple(self.branches):

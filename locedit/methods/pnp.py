@@ -20,12 +20,17 @@ PNP_PAPER = Citation(
     "MichalGeyer/pnp-diffusers (pnp.py, pnp_utils.py, config_pnp.yaml)")
 
 
+# the target's unconditional prompt in both authors' PnP scripts (config_pnp.yaml, run_SPDInv_PNP.py)
+NEGATIVE = "ugly, blurry, black, low res, unrealistic"
+
+
 @dataclass(frozen=True)
 class PnPOptions:
     """``feature_fraction`` and ``attention_fraction``: the shares of the steps with feature and
-    query/key injection (``pnp_f_t`` 0.8 and ``pnp_attn_t`` 0.5, the code's and the paper's
-    tau_f = 40, tau_A = 25 of 50); ``feature_block``: the residual block whose residual branch is
-    injected (SD's ``up_blocks.1.resnets.1``)."""
+    query/key injection (``pnp_f_t`` 0.8 and ``pnp_attn_t`` 0.5: 40 and 25 of 50 steps);
+    ``feature_block``: the residual block whose residual branch is injected (SD's
+    ``up_blocks.1.resnets.1``); ``negative_prompt``: the target's unconditional prompt
+    (``config_pnp.yaml``, and SPDInv's ``run_SPDInv_PNP.py`` passes the same)."""
 
     feature_fraction: float = field(default=0.8, metadata={
         "flag": "pnp-features", "type": float, "help": "share of the steps with feature injection (pnp_f_t, 0.8)"})
@@ -35,6 +40,10 @@ class PnPOptions:
     feature_block: str = field(default="up_blocks.1.resnets.1", metadata={
         "flag": "pnp-feature-block",
         "help": "the UNet residual block whose residual-branch output is injected (default up_blocks.1.resnets.1)"})
+    negative_prompt: str = field(default=NEGATIVE, metadata={
+        "flag": "pnp-negative", "default_text": repr(NEGATIVE),
+        "help": "the target's unconditional prompt (both authors' PnP scripts use this one; '' for plain CFG, "
+                "which null-text and negative-prompt inversion need: they bring their own unconditional embedding)"})
 
     def __post_init__(self):
         for name in ("feature_fraction", "attention_fraction"):
@@ -62,6 +71,13 @@ class PnP(Method):
         bundle.token_ids(request.target)
         if not has_feature_module(bundle.unet, options.feature_block):
             raise LoceditError(f"--pnp-feature-block {options.feature_block!r} is not a residual block of this UNet")
+        if options.negative_prompt:
+            bundle.token_ids(options.negative_prompt)
+            if request.uncond != "null":
+                what = {"learned": "learned by null-text inversion", "source": "the source prompt's (NPI)"}
+                raise LoceditError(f"PnP's negative prompt would replace the unconditional embedding, which here is "
+                                   f"{what.get(request.uncond, request.uncond)}: pass --pnp-negative '' to run PnP "
+                                   "with the inversion's own")
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
@@ -73,5 +89,5 @@ class PnP(Method):
         feature_steps, attention_steps = options.steps(request.num_steps)
         ctrl = PlugAndPlay(feature_steps, attention_steps, request.num_steps,
                            injected_self_sites(block_order(sites), sites), options.feature_block)
-        return Plan(ctrl, prompts={"source": ""}, pin_source=True,
+        return Plan(ctrl, prompts={"source": ""}, pin_source=True, null_prompt=options.negative_prompt,
                     info={"pnp": {"feature_steps": feature_steps, "attention_steps": attention_steps}})
