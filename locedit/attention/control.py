@@ -23,7 +23,7 @@ class StepClock:
     num_steps: int = 1
     step: int = 0
     timestep: int = 0
-    phase: str = "sample"  # "sample" | "invert" | "guide": which loop set it
+    phase: str = "sample"  # "sample" | "invert" | "guide" | "inversion-guide" (NMG's source move): which loop set it
 
     def set(self, step: int, timestep: int, phase: str = "sample") -> None:
         self.step, self.timestep, self.phase = int(step), int(timestep), phase

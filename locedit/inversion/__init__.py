@@ -6,8 +6,8 @@ signature ``(bundle, z0, prompt, num_steps, guidance, options, progress) -> Traj
 
 from .._lazy import lazy_attributes
 from ..options import Citation
-from .options import (DDIMInversionOptions, DirectInversionOptions, NegativePromptOptions, NullTextOptions,
-                      SPDOptions)
+from .options import (AIDIOptions, DDIMInversionOptions, DirectInversionOptions, NegativePromptOptions,
+                      NMGOptions, NullTextOptions, SPDOptions)
 
 
 def _later(module: str, name: str):
@@ -28,12 +28,14 @@ INVERSIONS = {
     "npi": (NegativePromptOptions, _later(".simple", "negative_prompt_inversion")),
     "direct": (DirectInversionOptions, _later(".simple", "direct_inversion")),
     "spd": (SPDOptions, _later(".spd", "spd_inversion")),
+    "nmg": (NMGOptions, _later(".nmg", "nmg_inversion")),
+    "aidi": (AIDIOptions, _later(".aidi", "aidi_inversion")),
 }
 
 __getattr__ = lazy_attributes(__name__, {
     "Trajectory": ".trajectory", "ddim_inversion": ".ddim", "ddim_latents": ".ddim",
     "null_text_inversion": ".null_text", "direct_inversion": ".simple", "negative_prompt_inversion": ".simple",
-    "spd_inversion": ".spd",
+    "spd_inversion": ".spd", "nmg_inversion": ".nmg", "aidi_inversion": ".aidi",
 })
 
 INVERSION_PAPERS = {
@@ -47,13 +49,21 @@ INVERSION_PAPERS = {
                         "Alg. 1", "cure-lab/PnPInversion (models/p2p_editor.py)"),),
     "spd": (Citation("Li et al., Source Prompt Disentangled Inversion for Boosting Image Editability with "
                      "Diffusion Models, ECCV 2024", "Eq. 3-4, Alg. 1", "leeruibin/SPDInv (P2P/SPDInv.py: SPD_loop)"),),
+    "nmg": (Citation("Cho et al., Noise Map Guidance: Inversion with Spatial Context for Real Image Editing, ICML 2024",
+                     "noise-map guided source step (DDIM inversion underneath)",
+                     "hansam95/NMG (prompt_to_prompt/pipeline_stable_diffusion_nmg.py: __call__)"),),
+    "aidi": (Citation("Pan et al., Effective Real Image Editing with Accelerated Iterative Diffusion Inversion, ICCV 2023",
+                      "fixed-point iteration per inversion step, as SPDInv Sec. 3.2 describes it",
+                      "no code released; SPDInv's description"),),
 }
 
 __all__ = [
     "INVERSION_PAPERS",
     "INVERSIONS",
+    "AIDIOptions",
     "DDIMInversionOptions",
     "DirectInversionOptions",
+    "NMGOptions",
     "NegativePromptOptions",
     "NullTextOptions",
     "SPDOptions",

@@ -82,3 +82,38 @@ class SPDOptions:
             raise LoceditError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0:
             raise LoceditError(f"lr must be > 0, got {self.lr}")
+
+
+NMG_LOSSES = ("l1", "l2", "smooth_l1")
+
+
+@dataclass(frozen=True)
+class NMGOptions:
+    """Noise Map Guidance's editing-side rule (Cho et al., ICML 2024; hansam95/NMG,
+    ``prompt_to_prompt/pipeline_stable_diffusion_nmg.py``): the code's defaults."""
+
+    grad_scale: float = field(default=5e3, metadata={
+        "flag": "nmg-grad-scale", "type": float, "help": "nmg: scale of the noise-map gradient (grad_scale, 5e3)"})
+    scale: float = field(default=10.0, metadata={
+        "flag": "nmg-scale", "type": float, "help": "nmg: noise-map guidance scale (guidance_noise_map, 10)"})
+    loss: str = field(default="l1", metadata={
+        "flag": "nmg-loss", "choices": NMG_LOSSES, "help": "nmg: distance to the inversion's latent (l1)"})
+
+    def __post_init__(self):
+        if self.loss not in NMG_LOSSES:
+            raise LoceditError(f"nmg loss must be one of {NMG_LOSSES}, got {self.loss!r}")
+        if self.grad_scale < 0 or self.scale < 0:
+            raise LoceditError("nmg grad_scale and scale must be >= 0")
+
+
+@dataclass(frozen=True)
+class AIDIOptions:
+    """AIDI's fixed-point inversion (Pan et al., ICCV 2023) as SPDInv describes it: ``rounds``
+    assignments z_t := f(z_t) per step, from the DDIM step."""
+
+    rounds: int = field(default=5, metadata={
+        "flag": "aidi-rounds", "type": int, "help": "aidi: fixed-point rounds per inversion step (5)"})
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise LoceditError(f"aidi rounds must be >= 1, got {self.rounds}")

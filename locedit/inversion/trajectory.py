@@ -11,6 +11,8 @@
 ``source_follows``: the editing loop pins the source branch to ``latents`` (direct inversion).
 ``token_vectors``: per-step input-token vectors of some words (LocInv); the editing loop encodes
 both prompts at each step with them in place of those words' token embeddings.
+``source_guidance``: a rule the editing loop applies to the source row before each step (Noise Map
+Guidance: ``{"rule": "nmg", ...}``, :func:`locedit.inversion.nmg.noise_map_step`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Trajectory:
     # the encoded image when ``latents[0]`` is not it (Blended Latent Diffusion's per-step noised
     # copies); not saved: such trajectories belong to one edit
     image_latent: torch.Tensor | None = None
+    source_guidance: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.uncond not in UNCOND_MODES:
@@ -93,6 +96,19 @@ class Trajectory:
                 out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
         return torch.cat(out)
 
+    def guide_source(self, bundle, step: int, z: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+        """The source row (row 0) of ``z`` moved by the trajectory's source rule before sampling step
+        ``step`` (Noise Map Guidance); ``z`` unchanged without one."""
+        if not self.source_guidance:
+            return z
+        from .nmg import noise_map_step
+
+        g = self.source_guidance
+        sched = bundle.schedule(self.num_steps)
+        moved = noise_map_step(bundle, z[0:1], sched.timesteps[step], sched.alphas[step], sched.alphas_next[step],
+                               null, self.target_latent(step).to(z), g["grad_scale"], g["scale"], g["loss"])
+        return torch.cat([moved, z[1:]])
+
     def pin_source(self, step: int, z_next: torch.Tensor, force: bool = False) -> torch.Tensor:
         """Direct inversion (``source_follows``): the source row (row 0) after sampling step ``step``
         becomes the inversion latent, i.e. the step's difference is added back (Ju et al., Alg. 1).
@@ -123,6 +139,7 @@ class Trajectory:
             "uncond": self.uncond,
             "source_follows": self.source_follows,
             "model": self.model,
+            "source_guidance": self.source_guidance,
             "stats": {k: v for k, v in self.stats.items() if isinstance(v, (int, float, str, list))},
             **(extra or {}),
         }
@@ -169,7 +186,12 @@ class Trajectory:
             stats=manifest.get("stats", {}),
             model=manifest.get("model", ""),
             token_vectors={k[len("token:"):]: v for k, v in tensors.items() if k.startswith("token:")},
+            source_guidance=dict(manifest.get("source_guidance") or {}),
         )
+        g = traj.source_guidance
+        if g and not (g.get("rule") == "nmg" and all(isinstance(g.get(k), (int, float)) for k in ("grad_scale", "scale"))
+                      and g.get("loss") in ("l1", "l2", "smooth_l1")):
+            raise ValueError(f"unknown source_guidance {g!r}")
         return traj, manifest
 
     def check_against(self, bundle) -> None:
