@@ -285,7 +285,8 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
          options=None, inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
          pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
-         edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0) -> EditResult:
+         edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0,
+         cache: dict | None = None) -> EditResult:
     """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``
     with ``method`` from :data:`locedit.methods.METHODS`.
 
@@ -295,7 +296,10 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     (:class:`locedit.masks.Region`), ``pairs`` ((adjective, noun), LocInv). An input the method does
     not use is refused. ``record_words``: target words whose accumulated maps are returned in
     ``stats["attention"]``. ``seed``: the noise of the methods that draw it (SDEdit, Blended Latent
-    Diffusion); the others are deterministic. Every check runs before the first UNet call.
+    Diffusion); the others are deterministic. ``cache``: a dict the caller keeps between edits
+    (the web app's session): an inversion from the registry of the same image, prompt, inversion,
+    options, steps and guidance on the same model is taken from it instead of being run again.
+    Every check runs before the first UNet call.
     """
     from .methods import METHODS, EditRequest
 
@@ -345,6 +349,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         from .attention import Chain
 
         controller = Chain([controller, recorder]) if controller is not None else recorder
+    reused = False
     with bundle.checkpointing(edit_options.grad_checkpointing):
         if trajectory is None:
             if own:
@@ -354,8 +359,21 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
                 trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
                 trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
             else:
-                trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance,
-                                    inversion_options, progress)
+                key = None
+                if cache is not None:
+                    import hashlib
+
+                    digest = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+                    key = (bundle.name, digest, source, inversion, repr(inversion_options), num_steps,
+                           edit_options.guidance)
+                if key is not None and key in cache:
+                    trajectory, reused = cache[key], True
+                else:
+                    trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance,
+                                        inversion_options, progress)
+                    if key is not None:
+                        cache.clear()  # one inversion kept: the latest image and prompt
+                        cache[key] = trajectory
         prep_calls, prep_t0 = bundle.unet_calls, time.perf_counter()
         if plan.prepare is not None:
             plan.prepare(bundle, trajectory)
@@ -369,11 +387,13 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     with torch.no_grad():
         edited = bundle.decode_latents(result.latents[-1:])
     stats = {
-        "inversion_unet_calls": trajectory.stats.get("unet_calls", 0),
-        "inversion_seconds": trajectory.stats.get("seconds", 0.0),
+        "inversion_unet_calls": 0 if reused else trajectory.stats.get("unet_calls", 0),
+        "inversion_seconds": 0.0 if reused else trajectory.stats.get("seconds", 0.0),
         "edit_unet_calls": result.unet_calls + prep_calls,  # with the plan's preparation (DiffEdit's mask)
         "edit_seconds": result.seconds + prep_seconds,
     }
+    if reused:
+        stats["inversion_reused"] = True
     if plan.guide is not None:
         stats["guidance_loss"] = plan.guide.history
     if recorder is not None and recorder.store.recorded:

@@ -134,7 +134,8 @@ def load_bundle(args):
 
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries(getattr(args, "verbose", False))
-    bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    # the web app loads its model once and hands it over with the parsed command line
+    bundle = getattr(args, "bundle", None) or load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
     try:
         bundle.schedule(args.steps)
     except ValueError as exc:

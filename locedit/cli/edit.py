@@ -91,6 +91,9 @@ def register(sub) -> None:
                      "(the user mask, or the local-blend mask, or the edit's change when there is neither)")
     out.add_argument("--save-attention", metavar="PNG",
                      help="write the edited words' cross-attention maps (map level, averaged over steps) as a grid")
+    out.add_argument("--attention-words", nargs="+", metavar="WORD",
+                     help="the target words whose maps --save-attention shows (default: the region, attribute or "
+                          "blend words, else the words the target adds)")
     add_output_flags(out)
     e.add_argument("--spec", metavar="FILE",
                    help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
@@ -214,6 +217,8 @@ def cmd_edit(args) -> dict:
         check_output(args.panel, "--panel")
     if args.save_attention:
         check_output(args.save_attention, "--save-attention")
+    elif args.attention_words:
+        raise LoceditError("--attention-words needs --save-attention (the file its maps go to)")
     if len({str(Path(p).resolve()) for p in (args.out, args.panel, args.save_attention) if p}) < \
             len([p for p in (args.out, args.panel, args.save_attention) if p]):
         raise LoceditError("--out, --panel and --save-attention must be different files")
@@ -296,6 +301,8 @@ def cmd_edit(args) -> dict:
     fitted_regions = [Region(w, fit.to_model(m, binary=True)) for w, m in regions]
     fitted_attrs = [Region(w, fit.to_model(m, binary=True)) for w, m in attributes]
     words = [w for w, _ in regions + attributes] if "source_regions" not in method.uses else []
+    if args.attention_words:
+        words = list(args.attention_words)
     if not words and args.blend_words:
         words = [args.blend_words[1]]
     if not words:
@@ -306,7 +313,9 @@ def cmd_edit(args) -> dict:
         inversion_options=inversion_options, trajectory=trajectory, mask=fitted_mask,
         blend_words=tuple(args.blend_words) if args.blend_words else None, regions=fitted_regions,
         attributes=fitted_attrs, pairs=pairs, record_words=tuple(words) if args.save_attention else (),
-        num_steps=args.steps, edit_options=edit_options, progress=progress(args), seed=args.seed,
+        num_steps=args.steps, edit_options=edit_options, seed=args.seed,
+        # the web app passes its session's inversion cache and its progress display through args
+        progress=getattr(args, "progress_fn", None) or progress(args), cache=getattr(args, "cache", None),
     )
     edited = fit.from_model(result.edited)
     meta = {

@@ -1,0 +1,199 @@
+"""The Gradio page of ``locedit ui`` (layout and event wiring; the work is :class:`locedit.ui.app.Session`)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .app import EXAMPLE, EXAMPLE_SOURCE, EXAMPLE_TARGET, PRESETS, EditInputs, Session, comparison_grid, \
+    layer_masks, option_fields
+
+HELP = """**locedit**: localized text-guided editing. Upload an image (or load the example), describe it
+(source) and the edit (target), brush over the region to edit (each layer is one mask; give region
+words in layer order for MAG-Edit, MDE-Edit and LocInv), pick a method and an inversion, and press
+**Edit**. The inversion is kept for this session: changing only the target, the method or its
+options re-runs only the edit. Every result comes with the `locedit edit` command that reproduces it."""
+
+
+def _display(a):
+    """Small images shown at 4x-8x by pixel repetition (the shapes model's 64 px would be a thumbnail)."""
+    if a is None:
+        return None
+    k = max(1, 256 // a.shape[0])
+    return np.repeat(np.repeat(a, k, axis=0), k, axis=1) if k > 1 else a
+
+
+def _error(exc) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"**error:** {text}"
+
+
+def build(session: Session):
+    import gradio as gr
+
+    from ..errors import LoceditError
+    from ..inversion import INVERSIONS
+    from ..methods import METHODS
+
+    methods, inversions = list(METHODS), list(INVERSIONS)
+    option_keys: list[tuple[str, str, str]] = []  # (kind, name, flag) of each option component, in order
+    option_boxes = []
+    panels = {}
+
+    def progress_adapter(progress):
+        stages = {"editing": "edit", "sampling": "edit"}
+
+        def track(iterable, desc):
+            stage = stages.get(desc, "inversion" if "inversion" in desc else desc)
+            return progress.tqdm(iterable, desc=f"{stage}: {desc}")
+
+        return track
+
+    with gr.Blocks(title="locedit") as demo:
+        cache = gr.State(None)
+        gr.Markdown(HELP)
+        with gr.Row():
+            with gr.Column(scale=1):
+                editor = gr.ImageEditor(label="image and mask layers (brush over the region to edit)", type="numpy",
+                                        image_mode="RGBA", sources=["upload"], layers=True, elem_id="editor",
+                                        brush=gr.Brush(colors=["#ff3030"], default_color="#ff3030", color_mode="fixed",
+                                                       default_size=6),
+                                        canvas_size=(512, 512), transforms=())
+                example = gr.Button("Load the shapes example", elem_id="example")
+                upload_error = gr.Markdown(elem_id="upload-error")
+                source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
+                target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
+                with gr.Row():
+                    method = gr.Dropdown(methods, value="p2p", label="method", elem_id="method")
+                    inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
+                    preset = gr.Radio(list(PRESETS), value="default", label="preset")
+                with gr.Row():
+                    steps = gr.Number(value=50, precision=0, minimum=1, maximum=1000, label="steps", elem_id="steps")
+                    guidance = gr.Number(value=7.5, label="guidance")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+                with gr.Accordion("regions, boxes, blend words, attention", open=False):
+                    region_words = gr.Textbox(label="region words, one per mask layer in order (MAG-Edit, MDE-Edit, LocInv)")
+                    attribute_words = gr.Textbox(label="attribute words, one per mask layer (MDE-Edit)")
+                    boxes = gr.Textbox(label="boxes in image pixels: x0,y0,x1,y1 (several: space-separated)")
+                    blend_words = gr.Textbox(label="P2P local blend words: SOURCE_WORD TARGET_WORD")
+                    attention_words = gr.Textbox(label="show the attention maps of these target words")
+                for kind, names in (("method", methods), ("inversion", inversions)):
+                    for name in names:
+                        fields = option_fields(kind, name)
+                        visible = name == ("p2p" if kind == "method" else "direct")
+                        with gr.Accordion(f"{name} options", open=False, visible=visible) as acc:
+                            if not fields:
+                                gr.Markdown("no options")
+                            for f in fields:
+                                default = f.meta.get("default_text", f.default)
+                                info = f"{f.meta.get('help', '')} (default: {default})"
+                                if isinstance(f.default, bool):
+                                    box = gr.Dropdown(["", "on", "off"], value="", label=f"--{f.flag}", info=info)
+                                elif "choices" in f.meta:
+                                    box = gr.Dropdown([""] + list(f.meta["choices"]), value="", label=f"--{f.flag}",
+                                                      info=info)
+                                else:
+                                    box = gr.Textbox(value="", label=f"--{f.flag}", info=info, placeholder=str(default))
+                                option_keys.append((kind, name, f.flag))
+                                option_boxes.append(box)
+                        panels[(kind, name)] = acc
+                run = gr.Button("Edit", variant="primary", elem_id="run")
+                with gr.Row():
+                    compare_methods = gr.CheckboxGroup(methods, value=["p2p", "masactrl"], label="compare methods")
+                    compare = gr.Button("Compare on the same inversion", elem_id="compare")
+            with gr.Column(scale=1):
+                error = gr.Markdown(elem_id="error")
+                panel = gr.Image(label="source | edit | mask", type="numpy", interactive=False, elem_id="panel", format="png",
+                                 height=280)
+                edited = gr.Image(label="edit", type="numpy", interactive=False, elem_id="edited", format="png",
+                                  height=280)
+                attention = gr.Image(label="attention maps", type="numpy", interactive=False, format="png")
+                grid = gr.Image(label="comparison", type="numpy", interactive=False, elem_id="grid", format="png")
+                command = gr.Code(label="the command that reproduces this edit", language="shell", elem_id="command")
+                download = gr.File(label="PNG with locedit's metadata", elem_id="download")
+
+        def inputs_of(values) -> EditInputs:
+            (editor_v, source_v, target_v, method_v, inversion_v, preset_v, steps_v, guidance_v, seed_v,
+             regions_v, attributes_v, boxes_v, blend_v, attention_v, *opts) = values
+            background = (editor_v or {}).get("background")
+            image = session.check_image(None if background is None else np.asarray(background)[..., :3]
+                                        if np.asarray(background).ndim == 3 else None)
+            options = {}
+            for (kind, name, flag), value in zip(option_keys, opts):
+                active = name == (method_v if kind == "method" else inversion_v)
+                if active and value not in (None, ""):
+                    options[flag] = str(value)
+            return EditInputs(image=image, source=source_v or "", target=target_v or "", method=method_v,
+                              inversion=inversion_v, steps=int(steps_v or 50), guidance=float(guidance_v or 0),
+                              seed=int(seed_v or 0), preset=preset_v, masks=layer_masks(editor_v, image.shape[:2]),
+                              region_words=regions_v or "", attribute_words=attributes_v or "", boxes=boxes_v or "",
+                              blend_words=blend_v or "", options=options, attention_words=attention_v or "")
+
+        common = [editor, source, target, method, inversion, preset, steps, guidance, seed, region_words,
+                  attribute_words, boxes, blend_words, attention_words, *option_boxes]
+
+        def on_edit(state, *values, progress=gr.Progress()):
+            state = state if isinstance(state, dict) else {}
+            try:
+                out = session.edit(inputs_of(values), state, progress_adapter(progress))
+            except LoceditError as exc:
+                return (state, _error(exc), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            except Exception as exc:  # noqa: BLE001 - the page stays usable; the server log has the rest
+                return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), gr.update(), gr.update(),
+                        gr.update(), gr.update(), gr.update())
+            reused = " (inversion reused)" if out.summary.get("inversion_reused") else ""
+            note = f"done in {out.summary.get('edit_seconds', 0):.1f} s{reused}"
+            return (state, note, _display(out.panel), _display(out.edited), _display(out.attention), out.command,
+                    out.png)
+
+        def on_compare(state, chosen, *values, progress=gr.Progress()):
+            state = state if isinstance(state, dict) else {}
+            try:
+                base = inputs_of(values)
+                if not chosen:
+                    raise LoceditError("choose the methods to compare")
+                tiles = [("source", base.image)]
+                for name in chosen:
+                    one = EditInputs(**{**base.__dict__, "method": name, "options": {}, "attention_words": ""})
+                    tiles.append((name, session.edit(one, state, progress_adapter(progress)).edited))
+            except LoceditError as exc:
+                return state, _error(exc), gr.update()
+            return state, f"compared {', '.join(chosen)} on one inversion", comparison_grid(tiles)
+
+        def on_example():
+            from PIL import Image
+
+            rgba = np.asarray(Image.open(EXAMPLE).convert("RGBA"))
+            return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
+
+        def on_upload(editor_v):
+            background = (editor_v or {}).get("background")
+            if background is None:
+                return ""
+            try:
+                session.check_image(np.asarray(background)[..., :3])
+            except LoceditError as exc:
+                return _error(exc)
+            return ""
+
+        def on_choice(method_v, inversion_v):
+            return [gr.update(visible=(name == (method_v if kind == "method" else inversion_v)))
+                    for (kind, name) in panels]
+
+        example.click(on_example, outputs=[editor, source, target, upload_error])
+        editor.upload(on_upload, inputs=[editor], outputs=[upload_error])
+        method.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
+        inversion.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
+        run.click(on_edit, inputs=[cache, *common],
+                  outputs=[cache, error, panel, edited, attention, command, download])
+        compare.click(on_compare, inputs=[cache, compare_methods, *common], outputs=[cache, error, grid])
+    return demo
+
+
+def launch(session: Session, host: str, port: int) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = build(session)
+    demo.queue(default_concurrency_limit=1)  # one edit at a time per process; the rest wait in line
+    demo.launch(server_name=host, server_port=port, max_file_size=session.config.max_bytes, ssr_mode=False,
+                show_error=True, quiet=False, footer_links=[])

@@ -1,0 +1,122 @@
+"""The web app's functions without a browser, on the tiny model."""
+
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from locedit.cli import main
+from locedit.errors import LoceditError
+from locedit.ui.app import AppConfig, EditInputs, Session, layer_masks
+
+SRC = "a red square on the gray background"
+TGT = "a blue square on the gray background"
+
+
+@pytest.fixture(scope="module")
+def session(bundle):
+    return Session(AppConfig(model="tiny-random"), bundle)
+
+
+@pytest.fixture(scope="module")
+def picture():
+    a = np.full((64, 64, 3), 128, np.uint8)
+    a[16:40, 20:44] = [230, 25, 25]
+    return a
+
+
+def square_mask():
+    m = np.zeros((64, 64), bool)
+    m[14:42, 18:46] = True
+    return m
+
+
+def test_the_shown_command_reproduces_the_edit(session, picture, tmp_path):
+    inputs = EditInputs(picture, SRC, TGT, method="p2p", inversion="ddim", steps=3, masks=[square_mask()],
+                        options={"cross-replace": "0.6"})
+    out = session.edit(inputs, {})
+    argv = shlex.split(out.command)[1:]
+    assert argv[:2] == ["edit", "IMAGE.png"] and "--cross-replace" in argv and "--mask" in argv
+    Image.fromarray(picture).save(tmp_path / "IMAGE.png")
+    Image.fromarray(square_mask().astype(np.uint8) * 255).save(tmp_path / "MASK1.png")
+    files = {"IMAGE.png", "MASK1.png", "PANEL.png", "EDIT.png"}
+    real = [str(tmp_path / a) if a in files else a for a in argv]
+    assert main(real + ["--quiet"]) == 0
+    again = np.asarray(Image.open(tmp_path / "EDIT.png").convert("RGB"))
+    assert np.array_equal(again, out.edited)
+    # the download is the CLI's PNG, with locedit's metadata
+    info = Image.open(out.png).info
+    assert info["locedit:method"] == "p2p" and info["locedit:target"] == TGT
+
+
+def test_the_inversion_is_reused_when_only_the_edit_changes(session, picture):
+    cache = {}
+    first = session.edit(EditInputs(picture, SRC, TGT, inversion="ddim", steps=3), cache)
+    assert not first.summary.get("inversion_reused") and first.summary["inversion_unet_calls"] == 3
+    other = EditInputs(picture, SRC, "a green square on the gray background", method="masactrl", inversion="ddim",
+                       steps=3, options={"masactrl-step": "1"})
+    second = session.edit(other, cache)
+    assert second.summary["inversion_reused"] and second.summary["inversion_unet_calls"] == 0
+    assert np.array_equal(second.edited, session.edit(other, {}).edited)  # the same as a fresh inversion
+    changed = session.edit(EditInputs(picture, "a red box on the gray background", TGT, inversion="ddim", steps=3), cache)
+    assert not changed.summary.get("inversion_reused")  # a new source prompt inverts again
+
+
+def test_a_failed_edit_is_one_line_and_the_session_stays_usable(session, picture):
+    cache = {}
+    with pytest.raises(LoceditError, match="--masactrl-step"):
+        session.edit(EditInputs(picture, SRC, TGT, method="masactrl", steps=3, options={"masactrl-step": "x"}), cache)
+    with pytest.raises(LoceditError, match="is not used by --method mag-edit"):
+        session.edit(EditInputs(picture, SRC, TGT, method="mag-edit", steps=3, blend_words="red blue"), cache)
+    with pytest.raises(LoceditError, match="give both prompts"):
+        session.edit(EditInputs(picture, SRC, " ", steps=3), cache)
+    small = Session(AppConfig(model="tiny-random", max_pixels=1000), session.bundle)
+    with pytest.raises(LoceditError, match="over this server's limit of 1000"):
+        small.edit(EditInputs(picture, SRC, TGT, steps=3), cache)
+    assert session.edit(EditInputs(picture, SRC, TGT, inversion="ddim", steps=3), cache).edited.shape == (64, 64, 3)
+
+
+def test_layers_become_masks_of_the_image_size():
+    layer = np.zeros((128, 128, 4), np.uint8)
+    layer[10:20, 30:50, 3] = 255
+    empty = np.zeros((128, 128, 4), np.uint8)
+    masks = layer_masks({"background": None, "layers": [layer, empty]}, (64, 64))
+    assert len(masks) == 1 and masks[0].shape == (64, 64)
+    assert masks[0][5:10, 15:25].all() and masks[0].sum() == 5 * 10
+
+
+def test_region_words_pair_with_layers_in_order(session, picture):
+    a, b = square_mask(), np.zeros((64, 64), bool)
+    b[40:60, 40:60] = True
+    argv = session.command(EditInputs(picture, SRC, TGT, method="mde-edit", masks=[a, b], region_words="square, x",
+                                      attribute_words="blue"), {"MASK1.png": "", "MASK2.png": ""})
+    assert "--region" in argv and argv[argv.index("--region") + 1] == "square=MASK1.png"
+    assert argv.count("--region") == 2 and argv[argv.index("--attribute") + 1] == "blue=MASK1.png"
+    assert "--inversion" in argv  # MDE-Edit takes one; SDEdit does not
+    assert "--inversion" not in session.command(EditInputs(picture, SRC, TGT, method="sdedit"), {})
+
+
+def test_the_page_offers_every_registry_method_and_inversion(session):
+    gr = pytest.importorskip("gradio")
+    from locedit.inversion import INVERSIONS
+    from locedit.methods import METHODS
+    from locedit.ui.page import build
+
+    demo = build(session)
+    labels = {getattr(c, "label", None) for c in demo.blocks.values()}
+    for name in list(METHODS) + list(INVERSIONS):
+        assert f"{name} options" in labels
+    dropdowns = [c for c in demo.blocks.values() if isinstance(c, gr.Dropdown) and c.label in ("method", "inversion")]
+    assert {tuple(v for v, _ in d.choices) for d in dropdowns} == {tuple(METHODS), tuple(INVERSIONS)}
+
+
+def test_ui_command_refuses_a_bad_port_and_warns_off_localhost(capsys, monkeypatch):
+    pytest.importorskip("gradio")
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "is not a port number" in capsys.readouterr().err
+    import locedit.ui.page as page
+
+    monkeypatch.setattr(page, "launch", lambda session, host, port: None)  # no server in this test
+    assert main(["ui", "--model", "tiny-random", "--host", "0.0.0.0", "--port", "7999"]) == 0
+    assert "reachable from other machines" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against ``locedit ui`` on the
+bundled shapes model. Skipped, with the reason printed, where Chromium or Playwright is missing
+(``.ci/run`` installs Chromium). Screenshots go to ``test-artifacts/ui/``."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("LOCEDIT_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "ui"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run"]
+
+
+def _missing() -> str | None:
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
+    try:
+        import gradio  # noqa: F401
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install -e '.[test]')"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("ui") / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "locedit", "ui", "--model", "shapes", "--port", str(port),
+                                 "--max-image-pixels", "5000"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"locedit ui did not start: {log.read_text()[-2000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                       args=FLAGS, viewport={"width": 1400, "height": 1500})
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(server, wait_until="domcontentloaded")
+        page.wait_for_selector("#example")
+        yield page
+        context.close()
+
+
+def fetch_image(page, selector: str) -> np.ndarray:
+    src = page.locator(f"{selector} img").first.get_attribute("src")
+    body = page.request.get(src).body() if not src.startswith("data:") else None
+    if body is None:
+        import base64
+
+        body = base64.b64decode(src.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).astype(np.float32) / 255
+
+
+def test_draw_a_mask_edit_and_see_the_result(page):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.click("#example")
+    page.wait_for_function("document.querySelector('#source textarea').value.includes('red circle')")
+    page.locator("#editor button[aria-label='Brush']").click()
+    box = page.locator("#editor canvas").first.bounding_box()
+    # a stroke across the image's left half, where the red circle is
+    x0, y0 = box["x"] + box["width"] * 0.34, box["y"] + box["height"] * 0.45
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 25):
+        page.mouse.move(x0 + 2.5 * k, y0 + (k % 5), steps=2)
+    page.mouse.up()
+    page.fill("#steps input", "8")
+    page.screenshot(path=str(ARTIFACTS / "1-mask-drawn.png"))
+    page.click("#run")
+    page.wait_for_selector("#edited img")
+    page.wait_for_function("document.querySelector('#command').innerText.includes('locedit edit')")
+    page.screenshot(path=str(ARTIFACTS / "2-edited.png"), full_page=True)
+    assert "error" not in page.locator("#error").inner_text().lower()
+    command = page.locator("#command").inner_text()
+    assert "--method p2p" in command and "--mask MASK1.png" in command and "--steps 8" in command
+    panel = fetch_image(page, "#panel")  # shown at 4x (pixel repetition)
+    side = panel.shape[0]
+    assert panel.shape == (side, 3 * side, 3) and side == 256
+    source, edited, mask = panel[:, :side], panel[:, side:2 * side], panel[:, 2 * side:3 * side].mean(-1) > 0.5
+    assert 0 < mask.sum() < mask.size  # the stroke became a mask
+    inside = np.abs(edited - source).mean(-1)[mask].mean()
+    assert inside > 0.02, inside  # the edit changed the image inside the mask
+    assert np.array_equal(fetch_image(page, "#edited"), edited)
+    # compare two methods on the same (cached) inversion: one grid, source first
+    page.click("#compare")
+    page.wait_for_selector("#grid img")
+    page.wait_for_function("document.querySelector('#error').innerText.includes('compared')")
+    grid = fetch_image(page, "#grid")
+    assert grid.shape[1] > 2 * grid.shape[0]  # three tiles side by side: source, p2p, masactrl
+    page.screenshot(path=str(ARTIFACTS / "3-compared.png"), full_page=True)
+
+
+def test_a_too_large_upload_shows_the_error(page, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((100, 100, 3), 128, np.uint8)).save(big)
+    page.locator("#editor input[type=file]").set_input_files(str(big))
+    page.wait_for_selector("#upload-error >> text=over this server's limit")
+    page.screenshot(path=str(ARTIFACTS / "4-too-large.png"))
+    assert "100x100 = 10000 pixels" in page.locator("#upload-error").inner_text()
