@@ -103,12 +103,15 @@ def test_the_page_offers_every_registry_method_and_inversion(session):
     from locedit.methods import METHODS
     from locedit.ui.page import build
 
-    demo = build(session)
+    from locedit.instruct import INSTRUCT_METHODS
+
+    demo = build(session)  # with an instruct model configured: the instruction methods too
     labels = {getattr(c, "label", None) for c in demo.blocks.values()}
-    for name in list(METHODS) + list(INVERSIONS):
+    for name in list(METHODS) + list(INSTRUCT_METHODS) + list(INVERSIONS):
         assert f"{name} options" in labels
     dropdowns = [c for c in demo.blocks.values() if isinstance(c, gr.Dropdown) and c.label in ("method", "inversion")]
-    assert {tuple(v for v, _ in d.choices) for d in dropdowns} == {tuple(METHODS), tuple(INVERSIONS)}
+    assert {tuple(v for v, _ in d.choices) for d in dropdowns} == {tuple(METHODS) + tuple(INSTRUCT_METHODS),
+                                                                    tuple(INVERSIONS)}
 
 
 def test_ui_command_refuses_a_bad_port_and_warns_off_localhost(capsys, monkeypatch):
@@ -120,3 +123,18 @@ def test_ui_command_refuses_a_bad_port_and_warns_off_localhost(capsys, monkeypat
     monkeypatch.setattr(page, "launch", lambda session, host, port: None)  # no server in this test
     assert main(["ui", "--model", "tiny-random", "--host", "0.0.0.0", "--port", "7999"]) == 0
     assert "reachable from other machines" in capsys.readouterr().err
+
+
+def test_instruction_methods_run_through_locedit_instruct(instruct_bundle, picture, tmp_path):
+    from locedit.ui.app import AppConfig, Session
+
+    s = Session(AppConfig(model="tiny-random", instruct_model="tiny-instruct"), None)
+    s.instruct_bundle = instruct_bundle  # what the first instruction edit would load
+    out = s.edit(EditInputs(picture, "", "", method="ip2p", instruction="make the square blue", steps=3))
+    argv = shlex.split(out.command)[1:]
+    assert argv[:2] == ["instruct", "IMAGE.png"] and argv[argv.index("--method") + 1] == "ip2p"
+    assert out.edited.shape == (64, 64, 3)
+    with pytest.raises(LoceditError, match="edits by an instruction"):
+        s.edit(EditInputs(picture, SRC, TGT, method="lime", steps=3))
+    with pytest.raises(LoceditError, match="boxes are not used by --method ip2p"):
+        s.edit(EditInputs(picture, "", "", method="ip2p", instruction="make it blue", boxes="1,1,9,9", steps=3))

@@ -93,7 +93,8 @@ def cmd_instruct(args) -> dict:
                            f"{bundle.unet.config.in_channels} channels, not 8)")
     fit = Fit.plan(height, width, bundle.image_size, args.fit)
     res = method.run(bundle, fit.to_model(image), args.instruction, args.steps, options, args.seed,
-                     fit.to_model(mask, binary=True) if mask is not None else None, progress(args))
+                     fit.to_model(mask, binary=True) if mask is not None else None,
+                     getattr(args, "progress_fn", None) or progress(args))  # the web app's progress display
     edited = fit.from_model(bundle.decode_latents(res.latents).cpu())
     meta = {"instruction": args.instruction, "model": bundle.name, "method": args.method, "preset": args.preset,
             "options": describe(options), "steps": args.steps, "seed": args.seed, "fit": fit.mode,

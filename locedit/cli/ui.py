@@ -17,6 +17,9 @@ def register(sub) -> None:
                        epilog="example: locedit ui --model shapes   (then open http://127.0.0.1:7860)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes", help="model folder, hub id or built-in name (default shapes)")
+    p.add_argument("--instruct-model", default="shapes-instruct",
+                   help="InstructPix2Pix model for ip2p and lime, loaded on first use (default shapes-instruct; "
+                        "'none': offer the editing methods only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision (default fp32)")
     p.add_argument("--host", default="127.0.0.1",
@@ -42,7 +45,8 @@ def cmd_ui(args) -> dict:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: --host {args.host} makes the app reachable from other machines; it has no login\n")
     quiet_libraries(False)
-    config = AppConfig(model=args.model, device=args.device, dtype=args.dtype, max_pixels=args.max_image_pixels,
+    config = AppConfig(model=args.model, instruct_model=None if args.instruct_model == "none" else args.instruct_model,
+                       device=args.device, dtype=args.dtype, max_pixels=args.max_image_pixels,
                        max_bytes=int(args.max_image_mb * 2**20))
     bundle = load_model(args.model, args.device, args.dtype)
     launch(Session(config, bundle), args.host, args.port)

@@ -34,6 +34,7 @@ PRESETS = ("default", "paper", "official")
 @dataclass
 class AppConfig:
     model: str = "shapes"
+    instruct_model: str | None = "shapes-instruct"  # for ip2p and lime (loaded on first use); None: not offered
     device: str = "auto"
     dtype: str = "fp32"
     max_pixels: int = 4096 * 4096
@@ -53,6 +54,7 @@ class EditInputs:
     guidance: float = 7.5
     seed: int = 0
     preset: str = "default"
+    instruction: str = ""  # for the instruction methods (ip2p, lime), which take no prompts
     masks: list = field(default_factory=list)  # one bool (H, W) array per drawn layer
     region_words: str = ""  # one word per mask layer, for methods that tie words to masks
     attribute_words: str = ""  # MDE-Edit's attribute words, one per layer
@@ -73,13 +75,26 @@ class EditOutput:
 
 
 def option_fields(kind: str, name: str):
-    """The flags of a method's (kind "method") or an inversion's ("inversion") options class."""
+    """The flags of a method's (kind "method": an editing or an instruction method) or an
+    inversion's ("inversion") options class."""
+    from ..instruct import INSTRUCT_METHODS
     from ..inversion import INVERSIONS
     from ..methods import METHODS
     from ..options import flag_fields
 
-    cls = METHODS[name].Options if kind == "method" else INVERSIONS[name][0]
+    if kind == "method":
+        cls = METHODS[name].Options if name in METHODS else INSTRUCT_METHODS[name].Options
+    else:
+        cls = INVERSIONS[name][0]
     return list(flag_fields(cls))
+
+
+def method_names(config: AppConfig) -> list[str]:
+    """The editing methods, then the instruction methods when an instruct model is configured."""
+    from ..instruct import INSTRUCT_METHODS
+    from ..methods import METHODS
+
+    return list(METHODS) + (list(INSTRUCT_METHODS) if config.instruct_model else [])
 
 
 def layer_masks(editor_value, size: tuple[int, int]) -> list[np.ndarray]:
@@ -107,6 +122,7 @@ class Session:
     def __init__(self, config: AppConfig, bundle):
         self.config = config
         self.bundle = bundle
+        self.instruct_bundle = None  # loaded on the first instruction edit
         self.lock = threading.Lock()
         self.downloads: list[str] = []  # the last KEEP downloadable PNGs; older ones are deleted
 
@@ -127,10 +143,13 @@ class Session:
         return a[..., :3]
 
     def command(self, inputs: EditInputs, files: dict[str, str]) -> list[str]:
-        """The ``locedit edit`` argv for ``inputs``; ``files`` maps placeholder names to the server's
-        temporary files (the image, masks, outputs)."""
+        """The ``locedit edit`` (or, for ip2p and lime, ``locedit instruct``) argv for ``inputs``;
+        ``files`` maps placeholder names to the server's temporary files (the image, masks, outputs)."""
+        from ..instruct import INSTRUCT_METHODS
         from ..methods import METHODS
 
+        if inputs.method in INSTRUCT_METHODS:
+            return self.instruct_command(inputs, files)
         m = METHODS[inputs.method]
         argv = ["edit", "IMAGE.png", "--source", inputs.source, "--target", inputs.target,
                 "--model", self.config.model, "--method", inputs.method]
@@ -140,20 +159,7 @@ class Session:
                  "--seed", str(int(inputs.seed))]
         if inputs.preset in ("paper", "official"):
             argv += ["--preset", inputs.preset]
-        seen = set()
-        for kind, name in fields:
-            for f in option_fields(kind, name):
-                text = str(inputs.options.get(f.flag, "") or "").strip()
-                if not text or f.flag in seen:
-                    continue
-                seen.add(f.flag)
-                if isinstance(f.default, bool):
-                    argv.append(f"--{f.flag}" if text in ("on", "true", "yes") else f"--no-{f.flag}")
-                elif f.meta.get("repeat"):
-                    for v in text.split():
-                        argv += [f"--{f.flag}", v]
-                else:
-                    argv += [f"--{f.flag}", text]
+        argv += self._option_flags(fields, inputs.options)
         layers = [k for k in files if k.startswith("MASK")]
         regions = inputs.region_words.replace(",", " ").split()
         attributes = inputs.attribute_words.replace(",", " ").split()
@@ -177,18 +183,69 @@ class Session:
             argv[i:i] = ["--inversion", inputs.inversion]
         return argv
 
+    def instruct(self):
+        """The instruct model, loaded on first use (an InstructPix2Pix UNet: 8 input channels)."""
+        from ..diffusion import load_model
+
+        if self.instruct_bundle is None:
+            self.instruct_bundle = load_model(self.config.instruct_model, self.config.device, self.config.dtype)
+        return self.instruct_bundle
+
+    def instruct_command(self, inputs: EditInputs, files: dict[str, str]) -> list[str]:
+        from ..errors import LoceditError
+
+        if not self.config.instruct_model:
+            raise LoceditError("this server has no instruct model (locedit ui --instruct-model NAME)")
+        argv = ["instruct", "IMAGE.png", "--instruction", inputs.instruction, "--model", self.config.instruct_model,
+                "--method", inputs.method, "--steps", str(int(inputs.steps)), "--seed", str(int(inputs.seed))]
+        if inputs.preset in ("paper", "official"):
+            argv += ["--preset", inputs.preset]
+        argv += self._option_flags([("method", inputs.method)], inputs.options)
+        layers = [k for k in files if k.startswith("MASK")]
+        if len(layers) > 1:
+            raise LoceditError("the instruction methods take one mask: draw on one layer")
+        if layers:
+            argv += ["--mask", layers[0]]
+        for flag, value in (("boxes", inputs.boxes), ("region words", inputs.region_words),
+                            ("blend words", inputs.blend_words), ("attention words", inputs.attention_words)):
+            if value.strip():
+                raise LoceditError(f"{flag} are not used by --method {inputs.method}")
+        return argv + ["--panel", "PANEL.png", "--out", "EDIT.png"]
+
+    @staticmethod
+    def _option_flags(fields, options: dict) -> list[str]:
+        argv, seen = [], set()
+        for kind, name in fields:
+            for f in option_fields(kind, name):
+                text = str(options.get(f.flag, "") or "").strip()
+                if not text or f.flag in seen:
+                    continue
+                seen.add(f.flag)
+                if isinstance(f.default, bool):
+                    argv.append(f"--{f.flag}" if text in ("on", "true", "yes") else f"--no-{f.flag}")
+                elif f.meta.get("repeat"):
+                    for v in text.split():
+                        argv += [f"--{f.flag}", v]
+                else:
+                    argv += [f"--{f.flag}", text]
+        return argv
+
     def edit(self, inputs: EditInputs, cache: dict | None = None, progress=None) -> EditOutput:
         """Run one edit through the CLI's parser and ``edit`` command (see the module docstring);
         ``cache``: the browser session's inversion cache (kept by the caller between edits)."""
         from PIL import Image
 
         from ..cli import build_parser
-        from ..cli.edit import cmd_edit
         from ..errors import LoceditError
         from ..fileio import load_image
 
+        from ..instruct import INSTRUCT_METHODS
+
         image = self.check_image(inputs.image)
-        if not inputs.source.strip() or not inputs.target.strip():
+        instruct = inputs.method in INSTRUCT_METHODS
+        if instruct and not inputs.instruction.strip():
+            raise LoceditError(f"--method {inputs.method} edits by an instruction: write one (e.g. 'make the circle green')")
+        if not instruct and (not inputs.source.strip() or not inputs.target.strip()):
             raise LoceditError("give both prompts: the source describes the image, the target the edit")
         with tempfile.TemporaryDirectory(prefix="locedit-ui-") as tmp:
             files = {"IMAGE.png": os.path.join(tmp, "image.png")}
@@ -204,10 +261,10 @@ class Session:
             real = [files.get(a, a) if not a.startswith(("--", "-")) else a for a in argv]
             real = [_substitute(a, files) for a in real]
             args = parse_edit_args(build_parser(), real)
-            args.bundle, args.cache = self.bundle, cache
+            args.bundle, args.cache = (self.instruct(), None) if instruct else (self.bundle, cache)
             args.progress_fn, args.quiet, args.json = progress, True, False
             with self.lock:
-                summary = cmd_edit(args)
+                summary = args.run(args)  # cmd_edit or cmd_instruct
             panel = np.asarray(Image.open(files["PANEL.png"]).convert("RGB"))
             edited = np.asarray(Image.open(files["EDIT.png"]).convert("RGB"))
             attention = (np.asarray(Image.open(files["ATTENTION.png"]).convert("RGB"))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .app import EXAMPLE, EXAMPLE_SOURCE, EXAMPLE_TARGET, PRESETS, EditInputs, Session, comparison_grid, \
-    layer_masks, option_fields
+    layer_masks, method_names, option_fields
 
 HELP = """**locedit**: localized text-guided editing. Upload an image (or load the example), describe it
 (source) and the edit (target), brush over the region to edit (each layer is one mask; give region
@@ -36,7 +36,7 @@ def build(session: Session):
     from ..inversion import INVERSIONS
     from ..methods import METHODS
 
-    methods, inversions = list(METHODS), list(INVERSIONS)
+    methods, inversions = method_names(session.config), list(INVERSIONS)
     option_keys: list[tuple[str, str, str]] = []  # (kind, name, flag) of each option component, in order
     option_boxes = []
     panels = {}
@@ -64,6 +64,9 @@ def build(session: Session):
                 upload_error = gr.Markdown(elem_id="upload-error")
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
+                instruction = gr.Textbox(label="instruction (ip2p and lime, on the instruct model: 'make the circle "
+                                               "green'; they take no prompts)", elem_id="instruction",
+                                         visible=len(methods) > len(METHODS))
                 with gr.Row():
                     method = gr.Dropdown(methods, value="p2p", label="method", elem_id="method")
                     inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
@@ -100,7 +103,7 @@ def build(session: Session):
                         panels[(kind, name)] = acc
                 run = gr.Button("Edit", variant="primary", elem_id="run")
                 with gr.Row():
-                    compare_methods = gr.CheckboxGroup(methods, value=["p2p", "masactrl"], label="compare methods")
+                    compare_methods = gr.CheckboxGroup(list(METHODS), value=["p2p", "masactrl"], label="compare methods")
                     compare = gr.Button("Compare on the same inversion", elem_id="compare")
             with gr.Column(scale=1):
                 error = gr.Markdown(elem_id="error")
@@ -114,7 +117,7 @@ def build(session: Session):
                 download = gr.File(label="PNG with locedit's metadata", elem_id="download")
 
         def inputs_of(values) -> EditInputs:
-            (editor_v, source_v, target_v, method_v, inversion_v, preset_v, steps_v, guidance_v, seed_v,
+            (editor_v, source_v, target_v, instruction_v, method_v, inversion_v, preset_v, steps_v, guidance_v, seed_v,
              regions_v, attributes_v, boxes_v, blend_v, attention_v, *opts) = values
             background = (editor_v or {}).get("background")
             image = session.check_image(None if background is None else np.asarray(background)[..., :3]
@@ -125,12 +128,13 @@ def build(session: Session):
                 if active and value not in (None, ""):
                     options[flag] = str(value)
             return EditInputs(image=image, source=source_v or "", target=target_v or "", method=method_v,
+                              instruction=instruction_v or "",
                               inversion=inversion_v, steps=int(steps_v or 50), guidance=float(guidance_v or 0),
                               seed=int(seed_v or 0), preset=preset_v, masks=layer_masks(editor_v, image.shape[:2]),
                               region_words=regions_v or "", attribute_words=attributes_v or "", boxes=boxes_v or "",
                               blend_words=blend_v or "", options=options, attention_words=attention_v or "")
 
-        common = [editor, source, target, method, inversion, preset, steps, guidance, seed, region_words,
+        common = [editor, source, target, instruction, method, inversion, preset, steps, guidance, seed, region_words,
                   attribute_words, boxes, blend_words, attention_words, *option_boxes]
 
         def on_edit(state, *values, progress=gr.Progress()):
