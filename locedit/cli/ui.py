@@ -49,5 +49,8 @@ def cmd_ui(args) -> dict:
                        device=args.device, dtype=args.dtype, max_pixels=args.max_image_pixels,
                        max_bytes=int(args.max_image_mb * 2**20))
     bundle = load_model(args.model, args.device, args.dtype)
-    launch(Session(config, bundle), args.host, args.port)
+    try:
+        launch(Session(config, bundle), args.host, args.port)
+    except OSError as exc:  # the port is taken, or the address cannot be bound
+        raise LoceditError(f"cannot serve on {args.host}:{args.port}: {str(exc).splitlines()[0][:160]}") from None
     return {}
