@@ -121,3 +121,57 @@ def test_masactrl_through_the_pipeline_and_its_checks(bundle, image):
     with pytest.raises(LoceditError, match="--blend-words is not used by --method masactrl"):
         pipeline.edit(bundle, image, SRC, TGT, method="masactrl", inversion="ddim", num_steps=3,
                       options=MasaCtrlOptions(start_step=1, start_layer=0), blend_words=("red", "blue"))
+
+
+# ---- masks from cross-attention (MutualSelfAttentionControlMaskAuto) --------------------------------------
+def test_auto_masks_mix_the_codes_two_masked_attentions_by_the_target_map():
+    from locedit.control.masactrl import MutualSelfAttentionAuto
+
+    torch.manual_seed(0)
+    side, heads = 4, 2
+    ctrl = MutualSelfAttentionAuto(0, 0, 10, {"s": 0}, [1], [1], map_level=1, threshold=0.3)
+    ctrl.layout = BatchLayout.cfg(("source", "target"))
+    ctrl.clock.set(0, 999, "sample")
+    src_map, tgt_map = torch.rand(side, side), torch.rand(side, side)
+    ctrl._sum, ctrl._layers = torch.stack([src_map, tgt_map]) * 2, 2  # two layers seen in this step
+    sim = torch.randn(4, heads, side * side, side * side)
+    out = ctrl.edit_probs(sim.softmax(-1), parse_site("up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor", 2))
+    # the code: min-max normalise, threshold the source map for the keys, two masked softmaxes with
+    # finfo.min, blended by the target's soft map per query
+    norm = lambda m: (m - m.min()) / (m.max() - m.min())  # noqa: E731
+    keys = (norm(src_map).flatten() >= 0.3).float()
+    w = norm(tgt_map).flatten()[:, None]
+    low = torch.finfo(sim.dtype).min
+    for s, t in ((0, 1), (2, 3)):
+        fg = (sim[t] + (1 - keys) * low).softmax(-1)
+        bg = (sim[t] + keys * low).softmax(-1)
+        torch.testing.assert_close(out[t], w * fg + (1 - w) * bg, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[s], sim[s].softmax(-1))  # the source rows are untouched
+    ctrl.after_step(None)
+    assert ctrl._sum is None  # maps are per step: the next step starts without a mask
+
+
+def test_auto_masks_through_the_pipeline_and_their_checks(bundle, image):
+    from locedit.methods.masactrl import MasaCtrlOptions
+
+    src, tgt = "a red square on the gray background", "a red circle on the gray background"
+    traj = pipeline.invert(bundle, image, src, "ddim", num_steps=3)
+    plain = pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj,
+                          options=MasaCtrlOptions(start_step=0, start_layer=0))
+    auto = pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj,
+                         options=MasaCtrlOptions(start_step=0, start_layer=0, auto_word="red"))
+    assert (auto.sample.latents[1] - plain.sample.latents[1]).abs().max() > 1e-4
+    # the source is untouched (explicit vs fused attention where the maps are read: float rounding)
+    torch.testing.assert_close(auto.sample.latents[0], plain.sample.latents[0], rtol=0, atol=1e-4)
+    with pytest.raises(LoceditError, match="not with --mask"):
+        pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj, mask=torch.ones(1, 1, 64, 64),
+                      options=MasaCtrlOptions(start_step=0, auto_word="red"))
+    with pytest.raises(LoceditError):  # the word must be in both prompts
+        pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj,
+                      options=MasaCtrlOptions(start_step=0, auto_word="square"))
+    pair = pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj,  # a word per prompt
+                         options=MasaCtrlOptions(start_step=0, start_layer=0, auto_word="square:circle"))
+    assert (pair.sample.latents[1] - auto.sample.latents[1]).abs().max() > 1e-5
+    with pytest.raises(LoceditError, match="needs --masactrl-auto"):
+        pipeline.edit(bundle, None, src, tgt, method="masactrl", trajectory=traj,
+                      options=MasaCtrlOptions(start_step=0, auto_threshold=0.2))

@@ -33,7 +33,7 @@ def refused(argv, capsys, tmp_path, needle):
 
 # ---- no silent flags ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra,needle", [
-    (["--mask", "MASK"], "--mask/--box is not used by --method mag-edit"),
+    (["--mask", "MASK"], "--mask/--box/--mask-from is not used by --method mag-edit"),
     (["--blend-words", "red", "blue"], "--blend-words is not used by --method mag-edit"),
     (["--attribute", "blue=MASK"], "--attribute is not used by --method mag-edit"),
     (["--ccl-form", "spatial-ratio"], "--ccl-form is not used by --method mag-edit"),

@@ -1,5 +1,6 @@
 """SDEdit and Blended Latent Diffusion: their defining properties on the tiny model."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,26 @@ def test_diffedit_pastes_the_inversion_outside_its_mask_and_starts_at_the_ratio(
     want = plain_target_sampling(bundle, traj.latents[steps - first], first, steps,
                                  after=lambda i, z: z * m + traj.target_latent(i) * (1 - m))
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+
+
+def test_the_diffedit_mask_is_offered_to_any_method_that_takes_a_mask(bundle, model_dir, tmp_path):
+    from PIL import Image
+
+    from locedit.cli import main
+    from locedit.methods import DiffEditOptions
+    from locedit.methods.diffedit import diffedit_mask
+
+    img = np.full((64, 64, 3), 128, np.uint8)
+    img[16:40, 20:44] = [230, 25, 25]
+    Image.fromarray(img).save(tmp_path / "in.png")
+    argv = ["edit", str(tmp_path / "in.png"), "--source", SRC, "--target", TGT, "--model", str(model_dir),
+            "--inversion", "ddim", "--steps", "3", "--seed", "4", "--mask-from", "diffedit", "--quiet",
+            "--panel", str(tmp_path / "panel.png"), "--out", str(tmp_path / "out.png")]
+    assert main(argv) == 0
+    panel = np.asarray(Image.open(tmp_path / "panel.png").convert("L")).astype(float) / 255
+    used = panel[:, 128:192] > 0.5  # the panel's third image is the mask the edit used
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    small = diffedit_mask(bundle, bundle.encode_image(x), SRC, TGT, 3, DiffEditOptions(), seed=4)
+    want = torch.nn.functional.interpolate(small, size=(64, 64))[0, 0].numpy() > 0.5
+    assert 0 < want.sum() < want.size and np.array_equal(used, want)
+    assert Image.open(tmp_path / "out.png").info["locedit:mask_from"] == "diffedit"

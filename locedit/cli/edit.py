@@ -66,6 +66,9 @@ def register(sub) -> None:
                         "everything outside it (repeatable: the union is used)")
     i.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="a box (input pixels, exclusive ends) used like --mask (repeatable)")
+    i.add_argument("--mask-from", choices=["diffedit"],
+                   help="make the mask instead of giving it: diffedit = DiffEdit's mask from the two prompts' noise "
+                        "estimates (its defaults and --seed), for any method that takes --mask")
     i.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
                    help="local blend from attention: keep everything outside the maps of SRC (source) and TGT (target)")
     i.add_argument("--region", action="append", default=[], metavar="WORD=MASK",
@@ -186,7 +189,7 @@ def cmd_invert(args) -> dict:
 
 def _given_inputs(args) -> set[str]:
     given = set()
-    if args.mask or args.box:
+    if args.mask or args.box or args.mask_from:
         given.add("mask")
     for name in ("blend_words", "region", "attribute", "bind"):
         if getattr(args, name):
@@ -298,6 +301,21 @@ def cmd_edit(args) -> dict:
     fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
     fitted = fit.to_model(image) if image is not None else None
     fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
+    if args.mask_from:
+        if mask is not None:
+            raise LoceditError("--mask-from makes the mask: not with --mask or --box")
+        if fitted is None:
+            raise LoceditError("--mask-from needs IMAGE (the mask is made from it)")
+        from ..methods.diffedit import DiffEditOptions, diffedit_mask
+
+        with torch.no_grad():
+            small = diffedit_mask(bundle, bundle.encode_image(fitted), source, args.target, args.steps,
+                                  DiffEditOptions(), args.seed)
+        if not small.any():
+            raise LoceditError("the DiffEdit mask is empty: the two prompts' noise estimates differ nowhere above "
+                               "its threshold")
+        fitted_mask = torch.nn.functional.interpolate(small, size=(bundle.image_size,) * 2).cpu()  # nearest
+        mask = fit.from_model(fitted_mask)
     fitted_regions = [Region(w, fit.to_model(m, binary=True)) for w, m in regions]
     fitted_attrs = [Region(w, fit.to_model(m, binary=True)) for w, m in attributes]
     words = [w for w, _ in regions + attributes] if "source_regions" not in method.uses else []
@@ -337,7 +355,8 @@ def cmd_edit(args) -> dict:
         meta["edit_options"] = extras
     for key, value in (("mask", [os.path.basename(p) for p in args.mask]), ("box", list(args.box)),
                        ("blend_words", list(args.blend_words or [])), ("region", list(args.region)),
-                       ("attribute", list(args.attribute)), ("bind", list(args.bind))):
+                       ("attribute", list(args.attribute)), ("bind", list(args.bind)),
+                       ("mask_from", args.mask_from)):
         if value:
             meta[key] = value
     outputs = OutputSet()

@@ -17,8 +17,8 @@ M_t, which is the same per query as this single masked softmax. With one user ma
 
 Differences from the authors' code: none in the arithmetic. The code counts steps and layers by
 counting attention calls; here the step clock and the site's position give the same numbers. The
-automatic masks of ``MutualSelfAttentionControlMaskAuto`` (from a word's cross-attention) are not
-built yet.
+automatic masks of ``MutualSelfAttentionControlMaskAuto`` (from a word's cross-attention) are
+:class:`MutualSelfAttentionAuto`.
 """
 
 from __future__ import annotations
@@ -96,3 +96,88 @@ class MutualSelfAttention(AttentionController):
         for _, t in self.layout.pairs():
             scores[t] = scores[t] + bias.to(scores)
         return scores
+
+
+class MutualSelfAttentionAuto(MutualSelfAttention):
+    """MasaCtrl's mask-guided attention with masks from cross-attention (``MutualSelfAttentionControlMaskAuto``).
+
+    During each step the conditional rows' cross-attention maps at the map level (16x16 on SD) are
+    kept for one word's tokens - the source row's at ``source_tokens``, the target row's at
+    ``target_tokens`` - averaged over heads and the layers seen so far in this step, summed over the
+    word's tokens and min-max normalised (the code's ``aggregate_cross_attn_map``). At a controlled
+    self-attention site the source map thresholded at ``threshold`` (0.1) is the keys' foreground
+    M_s; the target map, *not* thresholded, weighs each query: out = m_t * attention over the
+    foreground keys + (1 - m_t) * attention over the background keys (both nearest-resized to the
+    site). Until a cross-attention map has been seen in a step, the plain mutual attention runs (as
+    the code's ``len(self.cross_attns) == 0`` branch). Here the two masked softmaxes are formed from
+    the one probability matrix (the masked softmax equals the renormalised product with the mask),
+    mixed per query: the same numbers as the code's two attention calls and blend."""
+
+    reads = frozenset({("source", "uncond"), ("source", "cond"), ("target", "cond")})
+
+    def __init__(self, start_step: int, start_layer: int, num_steps: int, blocks: dict[str, int],
+                 source_tokens: list[int], target_tokens: list[int], map_level: int, threshold: float = 0.1,
+                 clock: StepClock | None = None):
+        super().__init__(start_step, start_layer, num_steps, blocks, None, clock)
+        self.source_tokens, self.target_tokens = list(source_tokens), list(target_tokens)
+        self.map_level = map_level
+        self.threshold = threshold
+        self._sum: torch.Tensor | None = None  # (2, h, w): source and target maps summed over layers
+        self._layers = 0
+        self.last_masks: tuple[torch.Tensor, torch.Tensor] | None = None  # (M_s, m_t) at the map level
+
+    @property
+    def last_blend_mask(self):
+        """(1, 1, h, w) the last step's source foreground M_s at the map level (the panel's mask)."""
+        return None if self.last_masks is None else self.last_masks[0][None, None]
+
+    def wants(self, site: Site) -> bool:
+        if self.clock.phase == "sample" and site.kind == "cross" and site.level == self.map_level:
+            return True
+        return super().wants(site)
+
+    def rewrites_qkv(self, site: Site) -> bool:
+        return site.kind == "self"
+
+    def edit_probs(self, probs, site):
+        if site.kind == "cross":
+            self._record(probs)
+            return probs
+        if self._sum is None:  # no map yet in this step: plain mutual self-attention
+            return probs
+        side = int(round(probs.shape[2] ** 0.5))
+        maps = self._sum / self._layers
+        lo = maps.flatten(1).min(1).values[:, None, None]
+        hi = maps.flatten(1).max(1).values[:, None, None]
+        norm = (maps - lo) / (hi - lo).clamp_min(torch.finfo(maps.dtype).tiny)
+        self.last_masks = ((norm[0] >= self.threshold).float(), norm[1])
+        small = F.interpolate(norm[:, None], size=(side, side)).flatten(1)  # nearest, as the code
+        keys_fg = (small[0] >= self.threshold).to(probs.dtype)  # (K,)
+        weight = small[1].to(probs.dtype)[:, None]  # (Q, 1): the target's soft map
+        probs = probs.clone()
+        for _, t in self.layout.pairs():
+            p = probs[t]  # (heads, Q, K)
+            fg, bg = p * keys_fg, p * (1 - keys_fg)
+            fg, bg = _renormalise(fg), _renormalise(bg)
+            probs[t] = weight * fg + (1 - weight) * bg
+        return probs
+
+    def _record(self, probs):
+        s, t = self.layout.index("source", "cond"), self.layout.index("target", "cond")
+        side = int(round(probs.shape[2] ** 0.5))
+        src = probs[s].float().mean(0)[:, self.source_tokens].sum(-1).view(side, side)
+        tgt = probs[t].float().mean(0)[:, self.target_tokens].sum(-1).view(side, side)
+        both = torch.stack([src, tgt])
+        self._sum = both if self._sum is None else self._sum + both
+        self._layers += 1
+
+    def after_step(self, latents):
+        self._sum, self._layers = None, 0
+        return latents
+
+
+def _renormalise(p: torch.Tensor) -> torch.Tensor:
+    """Rows of ``p`` scaled to sum to 1: the masked softmax from the unmasked one; a row with no key
+    left is uniform, as the code's softmax over logits that all carry ``finfo.min``."""
+    total = p.sum(-1, keepdim=True)
+    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), torch.full_like(p, 1.0 / p.shape[-1]))

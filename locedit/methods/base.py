@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the registry stays light: no torch until a method runs
     from ..masks import Region
 
 # the command-line flags that give each input
-INPUT_FLAGS = {"mask": "--mask/--box", "blend_words": "--blend-words", "regions": "--region",
+INPUT_FLAGS = {"mask": "--mask/--box/--mask-from", "blend_words": "--blend-words", "regions": "--region",
                "attributes": "--attribute", "pairs": "--bind"}
 
 # what a request can carry; a method's ``uses`` is a subset

@@ -29,9 +29,25 @@ class MasaCtrlOptions:
         "help": "first transformer block, in forward order through down, mid and up blocks (L; default: 10 of "
                 "SD 1.x's 16, the same share of another model's blocks: 44 of SDXL's 70, the authors' SDXL choice)"})
 
+    auto_word: str | None = field(default=None, metadata={
+        "flag": "masactrl-auto", "metavar": "WORD|SRC:TGT",
+        "help": "mask-guided with masks from a word's cross-attention: WORD in both prompts, or SRC in the "
+                "source and TGT in the target (the code's MutualSelfAttentionControlMaskAuto, ref_token_idx and "
+                "cur_token_idx; instead of --mask)"})
+    auto_threshold: float = field(default=0.1, metadata={
+        "flag": "masactrl-auto-threshold", "type": float,
+        "help": "threshold of the source's normalised map for --masactrl-auto (the code's thres, 0.1)"})
+
     def __post_init__(self):
         if self.start_step < 0 or (self.start_layer is not None and self.start_layer < 0):
             raise LoceditError("masactrl start_step and start_layer must be >= 0")
+        if not 0.0 < self.auto_threshold < 1.0:
+            raise LoceditError(f"masactrl auto_threshold must be in (0, 1), got {self.auto_threshold}")
+
+    def auto_words(self) -> tuple[str, str]:
+        """(source word, target word) of ``auto_word``."""
+        src, _, tgt = self.auto_word.partition(":")
+        return src.strip(), (tgt or src).strip()
 
     def layer(self, blocks: int) -> int:
         """L for a UNet of ``blocks`` transformer blocks: the given one, or 10/16 of them (10 on SD 1.x,
@@ -61,6 +77,16 @@ class MasaCtrl(Method):
         if options.start_step >= request.num_steps:
             raise LoceditError(f"--masactrl-step {options.start_step} is past the last of {request.num_steps} steps: "
                                "nothing would change")
+        if options.auto_word is not None:
+            from ..diffusion.text import token_positions
+
+            if request.mask is not None:
+                raise LoceditError("--masactrl-auto makes the masks from attention: not with --mask")
+            src_word, tgt_word = options.auto_words()
+            token_positions(bundle.tokenizer, request.source, src_word)
+            token_positions(bundle.tokenizer, request.target, tgt_word)
+        elif options.auto_threshold != 0.1:
+            raise LoceditError("--masactrl-auto-threshold needs --masactrl-auto WORD")
         if request.mask is not None:
             mask = check_mask(request.mask, (bundle.image_size, bundle.image_size))
             if not (mask > 0.5).any() or (mask > 0.5).all():
@@ -77,8 +103,20 @@ class MasaCtrl(Method):
         if request.mask is not None:
             m = latent_user_mask(bundle, request.mask)
             masks = (m, m)
-        blocks = block_order(unet_sites(bundle.unet))
+        sites = unet_sites(bundle.unet)
+        blocks = block_order(sites)
         layer = options.layer(max(blocks.values()) + 1)
-        ctrl = MutualSelfAttention(options.start_step, layer, request.num_steps, blocks, masks)
+        if options.auto_word is not None:
+            from ..attention import map_level
+            from ..control.masactrl import MutualSelfAttentionAuto
+            from ..diffusion.text import token_positions
+
+            src_word, tgt_word = options.auto_words()
+            ctrl = MutualSelfAttentionAuto(options.start_step, layer, request.num_steps, blocks,
+                                           token_positions(bundle.tokenizer, request.source, src_word),
+                                           token_positions(bundle.tokenizer, request.target, tgt_word),
+                                           map_level(sites), options.auto_threshold)
+        else:
+            ctrl = MutualSelfAttention(options.start_step, layer, request.num_steps, blocks, masks)
         return Plan(ctrl, info={"masactrl": {"start_step": options.start_step, "start_layer": layer,
-                                             "masked": masks is not None}})
+                                             "masked": masks is not None, "auto_word": options.auto_word}})
