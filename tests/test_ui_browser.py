@@ -143,3 +143,16 @@ def test_a_too_large_upload_shows_the_error(page, tmp_path):
     page.wait_for_selector("#upload-error >> text=over this server's limit")
     page.screenshot(path=str(ARTIFACTS / "4-too-large.png"))
     assert "100x100 = 10000 pixels" in page.locator("#upload-error").inner_text()
+
+
+def test_a_file_that_is_not_an_image_shows_the_error(page, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    page.locator("#file input[type=file]").set_input_files(str(fake))
+    page.wait_for_selector("#upload-error >> text=error")
+    page.screenshot(path=str(ARTIFACTS / "5-not-an-image.png"))
+    assert "image" in page.locator("#upload-error").inner_text()
+    good = tmp_path / "small.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(good)
+    page.locator("#file input[type=file]").set_input_files(str(good))
+    page.wait_for_function("document.querySelector('#upload-error').innerText.trim() === ''")

@@ -61,6 +61,9 @@ def build(session: Session):
                                                        default_size=6),
                                         canvas_size=(512, 512), transforms=())
                 example = gr.Button("Load the shapes example", elem_id="example")
+                upload_file = gr.File(label="or open an image file (checked for format, bytes and pixels before "
+                                            "it reaches the editor)", file_types=["image"], type="filepath",
+                                      elem_id="file")
                 upload_error = gr.Markdown(elem_id="upload-error")
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
@@ -171,6 +174,21 @@ def build(session: Session):
             rgba = np.asarray(Image.open(EXAMPLE).convert("RGBA"))
             return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
 
+        def on_file(path):
+            """An uploaded file (Gradio's own temporary copy) decoded by locedit's checked reader."""
+            from ..fileio import load_image
+
+            if not path:
+                return gr.update(), "", gr.update()
+            try:
+                x = load_image(path, max_pixels=session.config.max_pixels, max_bytes=session.config.max_bytes)
+                rgb = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                session.check_image(rgb)
+            except LoceditError as exc:  # the server's temporary path is not shown, only the file's name
+                return gr.update(), _error(str(exc).replace(str(path), os.path.basename(str(path)))), None
+            rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+            return {"background": rgba, "layers": [], "composite": rgba}, "", None  # the picker empties again
+
         def on_upload(editor_v):
             background = (editor_v or {}).get("background")
             if background is None:
@@ -187,6 +205,7 @@ def build(session: Session):
 
         example.click(on_example, outputs=[editor, source, target, upload_error])
         editor.upload(on_upload, inputs=[editor], outputs=[upload_error])
+        upload_file.upload(on_file, inputs=[upload_file], outputs=[editor, upload_error, upload_file])
         method.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
         inversion.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
         run.click(on_edit, inputs=[cache, *common],
