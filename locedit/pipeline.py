@@ -153,7 +153,9 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
             conds = traj.conditions(bundle, prompts, i, fixed_conds)
             if guide is not None:
                 z = guide(bundle, ctrl, i, t, a, z, conds)
-            if has_source and traj.source_guidance:  # Noise Map Guidance: no controller acts in this phase
+            # Noise Map Guidance moves the source row (no controller acts in this phase); a method that
+            # pins the source row to the trajectory (Plug-and-Play) would discard the move
+            if has_source and traj.source_guidance and not pin_source:
                 ctrl.clock.set(i, t, "inversion-guide")
                 z = traj.guide_source(bundle, i, z, traj.uncond_embedding(i, null_embed, source_embed))
             ctrl.clock.set(i, t, "sample")

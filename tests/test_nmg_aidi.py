@@ -81,3 +81,12 @@ def test_aidi_rounds_drive_the_fixed_point_residual_down_on_the_bundled_model():
         assert end < 0.5 * start
     ddim = pipeline.invert(b, x, src, "ddim", num_steps=6)
     assert torch.equal(one.latents[1], ddim.latents[1]) is False  # one round already moves off DDIM's step
+
+
+def test_a_pinned_source_row_skips_the_noise_map_move(bundle, image):
+    from locedit.methods import PnPOptions
+
+    traj = pipeline.invert(bundle, image, SRC, "nmg", num_steps=3)
+    res = pipeline.edit(bundle, None, SRC, TGT, method="pnp", trajectory=traj, options=PnPOptions())
+    assert res.stats["edit_unet_calls"] == 3  # no guided source call: PnP pins the source row anyway
+    assert torch.equal(res.sample.latents[0:1], traj.latents[0])
