@@ -12,7 +12,8 @@ from .base import Citation, Method, Plan
 MASACTRL_PAPER = Citation(
     "Cao et al., MasaCtrl: Tuning-Free Mutual Self-Attention Control for Consistent Image Synthesis and Editing, "
     "ICCV 2023", "Sec. 3.2, Eq. 4-5 (mutual self-attention), Sec. 3.3, Eq. 6-7 (mask-guided)",
-    "TencentARC/MasaCtrl (masactrl/masactrl.py: MutualSelfAttentionControl, MutualSelfAttentionControlMask)")
+    "TencentARC/MasaCtrl (masactrl/masactrl.py: MutualSelfAttentionControl, MutualSelfAttentionControlMask, "
+    "MutualSelfAttentionControlMaskAuto)")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class MasaCtrlOptions:
 
 class MasaCtrl(Method):
     name = "masactrl"
-    summary = "MasaCtrl: the target's self-attention reads the source's keys and values (any inversion; --mask: mask-guided)"
+    summary = ("MasaCtrl: the target's self-attention reads the source's keys and values (any inversion; --mask or "
+               "--masactrl-auto WORD: mask-guided)")
     Options = MasaCtrlOptions
     uses = frozenset({"mask", "inversion"})
     papers = (MASACTRL_PAPER,)
