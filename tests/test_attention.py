@@ -49,6 +49,20 @@ def test_sd_layout_selects_the_five_16x16_cross_layers():
     assert map_level(sites) == 2
 
 
+def test_a_mid_block_alone_at_a_level_does_not_make_it_the_map_level():
+    # the shapes v2 UNet: cross-attention in down/up blocks at 16x16 and 8x8 latents, an attention-free
+    # third level whose only cross-attention is the mid block's (4x4)
+    names = [f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn{k}.processor"
+             for b in range(2) for a in range(2) for k in (1, 2)]
+    names += [f"mid_block.attentions.0.transformer_blocks.0.attn{k}.processor" for k in (1, 2)]
+    names += [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn{k}.processor"
+              for b in (1, 2) for a in range(3) for k in (1, 2)]
+    sites = [parse_site(n, 3) for n in names]
+    assert {s.level for s in sites if s.place == "mid"} == {2}
+    assert map_level(sites) == 1  # the deepest level the down and up blocks attend at (8x8 latents)
+    assert [s for s in sites if cross_maps_selector(sites)(s)]  # maps to average exist there
+
+
 def test_tiny_model_sites(bundle):
     sites = unet_sites(bundle.unet)
     assert len(sites) == len(bundle.unet.attn_processors)

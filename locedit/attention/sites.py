@@ -80,9 +80,12 @@ def map_level(sites: list[Site], preferred: int = 2) -> int:
     """The level whose cross-attention maps the editing methods average ("16x16 maps" on SD).
 
     ``preferred`` (2: latent/4, SD's 16x16) when the model has cross-attention there, otherwise the
-    deepest level that has it, so tiny models with fewer blocks still get maps.
+    deepest level that has it, so tiny models with fewer blocks still get maps. Only the down and up
+    blocks count: the methods average their maps, never the mid block's (a UNet whose mid block is
+    the only cross-attention at some level - the shapes v2 UNet's attention-free 4x4 level - would
+    otherwise get a level with no map to average).
     """
-    levels = sorted({s.level for s in sites if s.kind == "cross"})
+    levels = sorted({s.level for s in sites if s.kind == "cross" and s.place != "mid"})
     if not levels:
         raise ValueError("the UNet has no cross-attention sites")
     return preferred if preferred in levels else levels[-1]
