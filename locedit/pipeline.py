@@ -157,7 +157,7 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
             # pins the source row to the trajectory (Plug-and-Play) would discard the move
             if has_source and traj.source_guidance and not pin_source:
                 ctrl.clock.set(i, t, "inversion-guide")
-                z = traj.guide_source(bundle, i, z, traj.uncond_embedding(i, null_embed, source_embed))
+                z = traj.guide_source(bundle, i, t, a, a_next, z, traj.uncond_embedding(i, null_embed, source_embed))
             ctrl.clock.set(i, t, "sample")
             unc = source_embed if options.npi_null else traj.uncond_embedding(i, null_embed, source_embed)
             rows = uncond_rows(branches, traj, controller, options, unc, conds, pin_source)

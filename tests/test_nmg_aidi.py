@@ -80,7 +80,7 @@ def test_aidi_rounds_drive_the_fixed_point_residual_down_on_the_bundled_model():
     for start, end in list(zip(five.stats["residual_ddim"], five.stats["residual"]))[1:]:
         assert end < 0.5 * start
     ddim = pipeline.invert(b, x, src, "ddim", num_steps=6)
-    assert torch.equal(one.latents[1], ddim.latents[1]) is False  # one round already moves off DDIM's step
+    assert not torch.equal(one.latents[1], ddim.latents[1])  # one round already moves off DDIM's step
 
 
 def test_a_pinned_source_row_skips_the_noise_map_move(bundle, image):

@@ -95,6 +95,10 @@ def test_region_words_pair_with_layers_in_order(session, picture):
     assert argv.count("--region") == 2 and argv[argv.index("--attribute") + 1] == "blue=MASK1.png"
     assert "--inversion" in argv  # MDE-Edit takes one; SDEdit does not
     assert "--inversion" not in session.command(EditInputs(picture, SRC, TGT, method="sdedit"), {})
+    # Blended Latent Diffusion takes one only when its noise option says so, as the CLI decides
+    assert "--inversion" not in session.command(EditInputs(picture, SRC, TGT, method="blended"), {})
+    assert "--inversion" in session.command(EditInputs(picture, SRC, TGT, method="blended",
+                                                       options={"blended-noise": "inversion"}), {})
 
 
 def test_the_page_offers_every_registry_method_and_inversion(session):

@@ -96,17 +96,18 @@ class Trajectory:
                 out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
         return torch.cat(out)
 
-    def guide_source(self, bundle, step: int, z: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    def guide_source(self, bundle, step: int, t: int, alpha: float, alpha_next: float, z: torch.Tensor,
+                     null: torch.Tensor) -> torch.Tensor:
         """The source row (row 0) of ``z`` moved by the trajectory's source rule before sampling step
-        ``step`` (Noise Map Guidance); ``z`` unchanged without one."""
+        ``step`` (timestep ``t``, from ``alpha`` to ``alpha_next``; Noise Map Guidance); ``z``
+        unchanged without one."""
         if not self.source_guidance:
             return z
         from .nmg import noise_map_step
 
         g = self.source_guidance
-        sched = bundle.schedule(self.num_steps)
-        moved = noise_map_step(bundle, z[0:1], sched.timesteps[step], sched.alphas[step], sched.alphas_next[step],
-                               null, self.target_latent(step).to(z), g["grad_scale"], g["scale"], g["loss"])
+        moved = noise_map_step(bundle, z[0:1], t, alpha, alpha_next, null, self.target_latent(step).to(z),
+                               g["grad_scale"], g["scale"], g["loss"])
         return torch.cat([moved, z[1:]])
 
     def pin_source(self, step: int, z_next: torch.Tensor, force: bool = False) -> torch.Tensor:

@@ -153,7 +153,7 @@ class Session:
         m = METHODS[inputs.method]
         argv = ["edit", "IMAGE.png", "--source", inputs.source, "--target", inputs.target,
                 "--model", self.config.model, "--method", inputs.method]
-        takes = "inversion" in m.uses
+        takes = _takes_inversion(m, inputs)
         fields = [("method", inputs.method)] + ([("inversion", inputs.inversion)] if takes else [])
         argv += ["--steps", str(int(inputs.steps)), "--guidance", repr(float(inputs.guidance)),
                  "--seed", str(int(inputs.seed))]
@@ -278,6 +278,23 @@ class Session:
                 with contextlib.suppress(OSError):
                     os.unlink(self.downloads.pop(0))
         return EditOutput(panel, edited, attention, "locedit " + shlex.join(argv), keep.name, summary)
+
+
+def _takes_inversion(method, inputs: EditInputs) -> bool:
+    """Whether the method runs on an inversion with the page's option values (Blended Latent
+    Diffusion decides by its noise option), so the command gets --inversion exactly when the CLI
+    uses it; values the CLI would refuse are left for its parser to report."""
+    from ..options import flag_fields, preset, replace_path
+
+    options = preset(method.Options, inputs.preset if inputs.preset in ("paper", "official") else None)
+    for f in flag_fields(method.Options):
+        text = str(inputs.options.get(f.flag, "") or "").strip()
+        if text and not isinstance(f.default, bool) and not f.meta.get("repeat"):
+            try:
+                options = replace_path(options, {f.path: f.meta.get("type", str)(text)})
+            except Exception:  # noqa: BLE001 - the CLI's parser gives the one-line error
+                return "inversion" in method.uses
+    return method.takes_inversion(options)
 
 
 def _substitute(arg: str, files: dict[str, str]) -> str:
