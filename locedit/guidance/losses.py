@@ -5,6 +5,10 @@ usually the probability of one token averaged over heads and layers; a mask is a
 same pixel shape with values in [0, 1]. Several tokens stack on a leading axis (K, P). The MAG-Edit
 ratio losses take the per-layer probabilities instead, a list of (heads, P, K) tensors over all K
 token positions, because their authors average the loss, not the maps, over heads and layers.
+
+Every loss computes in float32 whatever the dtype of the maps it is given (the networks may run in
+fp16/bf16 and capture their maps in that dtype; BCE's clamp 1 - 1e-6 is not even representable in
+half precision); the gradient flows back through the cast.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ def token_ratio_loss(probs: list[torch.Tensor], tokens: list[int], mask: torch.T
     maps are averaged (the code's ``mean(-1)``); ``mask`` (P,) binary. MDE-Edit's CCL (Eq. 6) is
     the same form on the attribute word.
     """
-    total = probs[0].new_zeros(())
+    total = probs[0].new_zeros((), dtype=torch.float32)
+    mask = mask.float()
     n = mask.sum().clamp_min(EPS)
     for a in probs:
+        a = a.float()
         ratio = a[..., tokens].mean(-1) / a.sum(-1).clamp_min(EPS)  # (heads, P)
         inside = (ratio * mask).sum(-1) / n
         total = total + ((1 - inside) ** 2).mean()
@@ -48,9 +54,10 @@ def spatial_ratio_loss(probs: list[torch.Tensor], tokens: list[int], mask: torch
 
     with A* the *sum* of the word's token maps (the code's ``sum(-1)``); lam = 3 gives the code's
     ``3 - 4 r``."""
-    total = probs[0].new_zeros(())
+    total = probs[0].new_zeros((), dtype=torch.float32)
+    mask = mask.float()
     for a in probs:
-        word = a[..., tokens].sum(-1)  # (heads, P)
+        word = a[..., tokens].float().sum(-1)  # (heads, P)
         r = (word * mask).sum(-1) / word.sum(-1).clamp_min(EPS)
         total = total + (lam * (1 - r) - r).mean()
     return total / len(probs)
@@ -71,6 +78,7 @@ def object_alignment_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tens
     heads axis, which makes every value 1/heads and this loss's gradient exactly zero; here the
     maps come from the real attention probabilities.
     """
+    maps, masks = maps.float(), masks.float()
     peak = (maps / maps.amax(dim=-1, keepdim=True).clamp_min(EPS)).clamp(PROB_EPS, 1 - PROB_EPS)
     maps = maps.clamp(PROB_EPS, 1 - PROB_EPS)
     loss = maps.new_zeros(())
@@ -84,6 +92,7 @@ def quartic_alignment_loss(maps: torch.Tensor, masks: torch.Tensor, smoothing: f
     ``code/oal_utils.py``, with its default ``ls=0.1``): mean of (S_hat - S)^4, where pixels whose
     map is already within ``smoothing`` of the mask are replaced by the mask clipped to
     [smoothing, 1 - smoothing] (no gradient there). ``maps``, ``masks``: (K, P)."""
+    maps, masks = maps.float(), masks.float()
     clipped = masks.clamp(smoothing, 1 - smoothing)
     close = ((maps - masks).abs() < smoothing).detach().to(maps.dtype)
     maps = maps * (1 - close) + close * clipped
@@ -92,7 +101,7 @@ def quartic_alignment_loss(maps: torch.Tensor, masks: torch.Tensor, smoothing: f
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity over the last axis."""
-    return F.cosine_similarity(a, b, dim=-1, eps=EPS)
+    return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=EPS)
 
 
 def similarity_loss_seg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -107,6 +116,7 @@ def similarity_loss_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
 
 def overlap_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """LocInv overlap loss: 1 - mean_k (sum_p A_k S_k / sum_p A_k)."""
+    maps, masks = maps.float(), masks.float()
     return 1 - ((maps * masks).sum(-1) / maps.sum(-1).clamp_min(EPS)).mean()
 
 
