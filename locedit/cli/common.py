@@ -38,6 +38,9 @@ def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str 
                         f"(safetensors only). Default: {DEFAULT_MODEL}{model_help}")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPE_NAMES), help="network precision; step math stays fp32")
+    g.add_argument("--vae", default=None, metavar="FOLDER_OR_HUB_ID",
+                   help="replace the model's VAE with this diffusers VAE (safetensors), e.g. SDXL's fp16-safe "
+                        "madebyollin/sdxl-vae-fp16-fix; without it SDXL's own VAE runs in float32 at fp16/bf16")
     g.add_argument("--steps", type=_positive_int, default=steps,
                    help=f"sampling steps, 1 to the scheduler's training steps (default {steps})")
     g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
@@ -135,7 +138,10 @@ def load_bundle(args):
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries(getattr(args, "verbose", False))
     # the web app loads its model once and hands it over with the parsed command line
-    bundle = getattr(args, "bundle", None) or load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    bundle = getattr(args, "bundle", None)
+    if bundle is not None and getattr(args, "vae", None):
+        raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
+    bundle = bundle or load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
     try:
         bundle.schedule(args.steps)
     except ValueError as exc:

@@ -342,6 +342,8 @@ def cmd_edit(args) -> dict:
         "steps": result.trajectory.num_steps, "seed": args.seed, "guidance": args.guidance,
         "fit": fit.mode, "dtype": args.dtype, "locedit_version": __version__,
     }
+    if args.vae:
+        meta["vae"] = args.vae
     if args.image:
         meta["input"] = os.path.basename(args.image)
     if uses_inversion:

@@ -99,6 +99,8 @@ def cmd_instruct(args) -> dict:
     meta = {"instruction": args.instruction, "model": bundle.name, "method": args.method, "preset": args.preset,
             "options": describe(options), "steps": args.steps, "seed": args.seed, "fit": fit.mode,
             "dtype": args.dtype, "input": os.path.basename(args.image), "locedit_version": __version__}
+    if args.vae:
+        meta["vae"] = args.vae
     if args.mask:
         meta["mask"] = os.path.basename(args.mask)
     roi_img = None

@@ -100,9 +100,28 @@ def _locate(model: str) -> Path:
     return Path(local)
 
 
+def _is_sdxl(folder: Path) -> bool:
+    """An SDXL-layout folder: a second text encoder beside the first (base and its InstructPix2Pix
+    variant; the refiner, which has only the second encoder, is not an editing model)."""
+    return (folder / "text_encoder_2").is_dir()
+
+
+def _model_index(folder: Path) -> dict:
+    import json
+
+    path = folder / "model_index.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+
+
 def check_safetensors(folder: Path) -> None:
     """Refuse a diffusers folder whose weight components are missing or pickle-only."""
-    for comp in _WEIGHT_FOLDERS:
+    xl = _is_sdxl(folder)
+    for comp in _WEIGHT_FOLDERS + (("text_encoder_2",) if xl else ()):
         sub = folder / comp
         if not sub.is_dir():
             raise ModelLoadError(f"model folder {folder} has no {comp}/ component")
@@ -116,49 +135,88 @@ def check_safetensors(folder: Path) -> None:
                 "(convert it with diffusers' save_pretrained(..., safe_serialization=True))"
             )
         raise ModelLoadError(f"{sub} holds no .safetensors weights")
-    for comp in ("tokenizer", "scheduler"):
+    for comp in ("tokenizer", "scheduler") + (("tokenizer_2",) if xl else ()):
         if not (folder / comp).is_dir():
             raise ModelLoadError(f"model folder {folder} has no {comp}/ component")
 
 
-def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32") -> ModelBundle:
+def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
+               vae: str | None = None) -> ModelBundle:
     """Load a model by built-in name, local diffusers folder or hub id.
 
-    Supports SD v1.x and v2.x layouts (epsilon and v-prediction, read from the scheduler config).
+    Supports SD v1.x and v2.x layouts (epsilon and v-prediction, read from the scheduler config)
+    and SDXL's (a folder with ``text_encoder_2``/``tokenizer_2``: base, or an InstructPix2Pix UNet
+    with 8 input channels in the same layout). ``vae`` replaces the folder's VAE with another
+    diffusers VAE folder or hub id (SDXL's fp16-safe one, ``madebyollin/sdxl-vae-fp16-fix``).
     The networks are put in eval mode with gradients off; methods that optimise do so on latents
     or embeddings, never on weights.
+
+    SDXL at fp16/bf16: its VAE overflows in half precision, so the VAE stays float32 when its config
+    says ``force_upcast`` (as the SDXL pipelines upcast it to decode) unless a replacement ``vae``
+    is given, which runs in the requested dtype.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     if model in BUILTIN_MODELS:
+        if vae is not None:
+            raise ModelLoadError(f"--vae replaces a model folder's VAE; the built-in model {model!r} has its own")
         return BUILTIN_MODELS[model](dev, dt)
     folder = _locate(model)
     check_safetensors(folder)
+    vae_folder = None
+    if vae is not None:
+        vae_folder = _locate(vae)
+        if not any(f.suffix == ".safetensors" for f in vae_folder.iterdir()):
+            raise ModelLoadError(f"VAE {vae!r}: {vae_folder} holds no .safetensors weights")
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    xl = _is_sdxl(folder)
     try:
         # diffusers wants `accelerate` for its low-memory loading and warns on every load without it
         low_mem = importlib.util.find_spec("accelerate") is not None
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, torch_dtype=dt,
                                                     low_cpu_mem_usage=low_mem)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dt,
-                                            low_cpu_mem_usage=low_mem)
+        if vae_folder is None:
+            # SDXL's own VAE overflows in half precision: float32 when its config asks (the pipeline's upcast)
+            upcast = xl and dt != torch.float32 and AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", False)
+            vae_net = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True,
+                                                    torch_dtype=torch.float32 if upcast else dt, low_cpu_mem_usage=low_mem)
+        else:
+            vae_net = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True, torch_dtype=dt,
+                                                    low_cpu_mem_usage=low_mem)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, dtype=dt)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        extra = {}
+        if xl:
+            extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", use_safetensors=True, dtype=dt)
+            extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+            # diffusers' SDXL pipelines default to True when the index does not say
+            extra["force_zeros_for_empty_prompt"] = bool(_model_index(folder).get("force_zeros_for_empty_prompt", True))
+            extra["vae_dtype"] = vae_net.dtype
         scheduler_config = dict(DDIMScheduler.load_config(folder, subfolder="scheduler"))
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"model {model!r} could not be loaded: {first[:200]}") from None
-    return finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt)
+    if xl and unet.config.addition_embed_type != "text_time":
+        raise ModelLoadError(f"model {model!r} has two text encoders but its UNet takes no pooled text embedding "
+                             f"(addition_embed_type {unet.config.addition_embed_type!r}, SDXL's is 'text_time')")
+    return finish_bundle(unet, vae_net, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt,
+                         **extra)
 
 
-def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, device, dtype) -> ModelBundle:
-    """Move, cast, freeze and wrap components into a :class:`ModelBundle`."""
-    for net in (unet, vae, text_encoder):
+def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, device, dtype, text_encoder_2=None,
+                  tokenizer_2=None, force_zeros_for_empty_prompt=False, vae_dtype=None) -> ModelBundle:
+    """Move, cast, freeze and wrap components into a :class:`ModelBundle` (``vae_dtype``: the VAE's
+    own precision when it differs from the networks', SDXL's float32 VAE)."""
+    nets = [(unet, dtype), (vae, vae_dtype or dtype), (text_encoder, dtype)]
+    if text_encoder_2 is not None:
+        nets.append((text_encoder_2, dtype))
+    for net, dt in nets:
         net.to(device=device)
-        if next(net.parameters()).dtype != dtype:  # cast only when needed (diffusers warns on no-op casts)
-            net.to(dtype=dtype)
+        if next(net.parameters()).dtype != dt:  # cast only when needed (diffusers warns on no-op casts)
+            net.to(dtype=dt)
         net.eval().requires_grad_(False)
     return ModelBundle(
         unet=unet,
@@ -169,17 +227,42 @@ def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, de
         name=name,
         device=device,
         dtype=dtype,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
     )
 
 
 def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
     """Write a bundle as a diffusers folder with safetensors weights (what :func:`load_model` reads)."""
-    from diffusers import DDIMScheduler
+    import json
+
+    import diffusers
 
     folder = Path(folder)
     bundle.unet.save_pretrained(folder / "unet", safe_serialization=True)
     bundle.vae.save_pretrained(folder / "vae", safe_serialization=True)
     bundle.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     bundle.tokenizer.save_pretrained(folder / "tokenizer")
-    DDIMScheduler.from_config(bundle.scheduler_config).save_config(folder / "scheduler")
+    # the scheduler class the config came with (SDXL ships Euler's); locedit reads only its betas
+    scheduler = bundle.scheduler_config.get("_class_name", "DDIMScheduler")
+    cls = getattr(diffusers, scheduler, None) or diffusers.DDIMScheduler
+    cls.from_config(bundle.scheduler_config).save_config(folder / "scheduler")
+    # model_index.json: what diffusers' DiffusionPipeline.from_pretrained reads
+    xl, ip2p = bundle.text_encoder_2 is not None, bundle.unet.config.in_channels == 8
+    index = {
+        "_class_name": ("StableDiffusionXL" if xl else "StableDiffusion") + ("InstructPix2PixPipeline" if ip2p else "Pipeline"),
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", scheduler],
+    }
+    if xl:
+        bundle.text_encoder_2.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
+        bundle.tokenizer_2.save_pretrained(folder / "tokenizer_2")
+        index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"],
+                     force_zeros_for_empty_prompt=bundle.force_zeros_for_empty_prompt)
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder

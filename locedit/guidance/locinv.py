@@ -163,10 +163,9 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     side = bundle.unet.config.sample_size // 2**level
     priors = torch.stack([map_mask_from(r.mask, side, options.prior_resize) for r in regions]).to(bundle.device)  # (K, P)
 
-    table = bundle.token_embedding_table().weight
     ids = bundle.tokenizer(prompt).input_ids
     positions = {r.word: token_positions(bundle.tokenizer, prompt, r.word) for r in regions}
-    vectors = {w: torch.stack([table[ids[p]].detach().float().clone() for p in pos]) for w, pos in positions.items()}
+    vectors = {w: bundle.input_token_vectors([ids[p] for p in pos]) for w, pos in positions.items()}
     noun_tokens = [positions[w] for w in nouns]
     adj_tokens = [token_positions(bundle.tokenizer, prompt, a) for a, _ in pair_list]
     capture = MapCapture(level, branch="source")

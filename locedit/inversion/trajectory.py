@@ -214,10 +214,10 @@ class Trajectory:
             raise LoceditError(f"the saved trajectory's {self.num_steps} steps do not fit model {bundle.name!r}: {exc}") from None
         dim = int(bundle.unet.config.cross_attention_dim)
         for e in self.null_embeddings or []:
-            if tuple(e.shape) != (1, bundle.max_tokens, dim):
+            if tuple(e.shape) != (1, bundle.embed_length, dim):
                 raise LoceditError(f"the saved trajectory's null embeddings are {tuple(e.shape)}, not "
-                                   f"{(1, bundle.max_tokens, dim)} as model {bundle.name!r} needs")
-        width = bundle.token_embedding_table().weight.shape[1]
+                                   f"{(1, bundle.embed_length, dim)} as model {bundle.name!r} needs")
+        width = bundle.token_width()
         for word, v in self.token_vectors.items():
             if v.ndim != 3 or v.shape[0] != self.num_steps or v.shape[2] != width:
                 raise LoceditError(f"the saved trajectory's token vectors of {word!r} are {tuple(v.shape)}, which do "
