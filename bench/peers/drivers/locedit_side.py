@@ -18,6 +18,11 @@ peer = importlib.import_module(spec["peer"])
 from locedit.diffusion.loading import load_model  # noqa: E402
 from locedit.fileio import load_image  # noqa: E402
 
+# libraries the locedit side imports lazily inside the work (the official drivers import theirs
+# before it): imported here, so that their pages do not count as the method's working memory
+for name in getattr(peer, "LOCEDIT_IMPORTS", ()):
+    importlib.import_module(name)
+
 torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
 bundle = load_model(spec["model"], spec["device"], "fp32")
 with measure.Meter(bundle.unet, spec["device"], [bundle.unet, bundle.vae, bundle.text_encoder]) as meter:
