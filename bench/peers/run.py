@@ -30,6 +30,14 @@ PEERS = {"pnpinversion": "pnpinversion", "spdinv": "spdinv", "mag-edit": "mag_ed
 SOURCE, TARGET, BLEND = "a cat sitting on the grass", "a dog sitting on the grass", ("cat", "dog")
 
 
+# glibc settings of both sides' processes. "live": blocks of 1 MiB and more are mapped and unmapped
+# with each tensor and no arena keeps freed memory, so the peak RSS follows the live tensors rather
+# than what the allocator happened to keep cached (which differs between two programs that hold the
+# same tensors); "default": glibc's own thresholds, as the first tables of docs/peers.md were measured
+MALLOC = {"live": {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "2"},
+          "default": {}}
+
+
 def _calls(c: dict) -> str:
     return " + ".join(f"{n}x{b}" for b, n in sorted(c.items(), key=lambda kv: int(kv[0])))
 
@@ -72,10 +80,11 @@ def run(args) -> dict:
             for side in order:
                 out = runs / f"{method}-{side}-{r}.json"
                 if side == "official":
-                    fig = run_process(python, DRIVERS / mod.DRIVER, spec, out,
+                    fig = run_process(python, DRIVERS / mod.DRIVER, spec, out, env_extra=MALLOC[args.malloc],
                                       python_path=official_path)
                 else:
-                    fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec, out)
+                    fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec, out,
+                                      env_extra=MALLOC[args.malloc])
                 sides[side].append(fig)
                 print(f"[{peer.name}] {method} {side} #{r}: {fig['seconds']:.1f} s, "
                       f"UNet {_calls(fig['unet_calls'])}, peak RSS {fig['peak_rss_gib']:.2f} GiB", file=sys.stderr)
@@ -92,6 +101,7 @@ def run(args) -> dict:
         rows.append(row)
     return {"peer": peer.name, "repository": peer.repository, "commit": checkout_commit(checkout),
             "model_diff": model_diff, "size": args.size, "steps": args.steps, "device": args.device, "repeats": args.repeats,
+            "malloc": args.malloc,
             "machine": f"{platform.machine()}, {platform.python_version()}", "rows": rows,
             "environment": [*peer.requirements, *(r for r, _ in peer.adjustments)],
             "patches": [{"file": p.file, "old": p.old, "new": p.new, "why": p.why}
@@ -109,7 +119,8 @@ def table(result: dict) -> str:
     gpu = result["device"].startswith("cuda")
     mem, mem_label = ("cuda_peak_gib", "peak GPU GiB") if gpu else ("work_rss_gib", "working RSS GiB")
     lines = [f"{result['peer']} @ {result['commit'][:10]}, {result['size']} px, {result['steps']} steps, "
-             f"{result['device']}, {result['repeats']} repeats (time: min / median; memory: median)", "",
+             f"{result['device']}, {result['repeats']} repeats, glibc malloc {result.get('malloc', 'default')} "
+             "(time: min / median; memory: median)", "",
              f"| method | max diff latents (of max) | max diff image (levels) | official s | locedit s | speed-up | "
              f"UNet calls official | UNet calls locedit | peak RSS GiB official / locedit | "
              f"{mem_label} official / locedit | ratio | locedit UNet efficiency |",
@@ -186,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
+    p.add_argument("--malloc", default="live", choices=sorted(MALLOC),
+                   help="glibc allocator settings of both sides: live (peak RSS follows the live tensors; "
+                        "default) or default (glibc's caching thresholds)")
     p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
     p.add_argument("--json", default="", help="write the figures here")
     args = p.parse_args(argv)
