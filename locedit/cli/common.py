@@ -38,15 +38,19 @@ def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str 
                         f"(safetensors only). Default: {DEFAULT_MODEL}{model_help}")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPE_NAMES), help="network precision; step math stays fp32")
-    g.add_argument("--vae", default=None, metavar="FOLDER_OR_HUB_ID",
-                   help="replace the model's VAE with this diffusers VAE (safetensors), e.g. SDXL's fp16-safe "
-                        "madebyollin/sdxl-vae-fp16-fix; without it SDXL's own VAE runs in float32 at fp16/bf16")
+    add_vae_flag(g)
     g.add_argument("--steps", type=_positive_int, default=steps,
                    help=f"sampling steps, 1 to the scheduler's training steps (default {steps})")
     g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
     g.add_argument("--fit", default="pad", choices=["pad", "resize"],
                    help="how an image that is not the model's square size is fitted: pad the short side by "
                         "edge replication (default) or stretch; the result is returned at the input size")
+
+
+def add_vae_flag(group) -> None:
+    group.add_argument("--vae", default=None, metavar="FOLDER_OR_HUB_ID",
+                       help="replace the model's VAE with this diffusers VAE (safetensors), e.g. SDXL's fp16-safe "
+                            "madebyollin/sdxl-vae-fp16-fix; without it SDXL's own VAE runs in float32 at fp16/bf16")
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:

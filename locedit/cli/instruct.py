@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import (add_image_limit_flags, add_option_flags, add_output_flags, apply_option_flags, limits,
+from .common import (add_image_limit_flags, add_option_flags, add_output_flags, add_vae_flag, apply_option_flags, limits,
                      option_flag_table, seed)
 
 
@@ -43,6 +43,7 @@ def register(sub) -> None:
                         "shapes-instruct; --instruct-model, the bench's name for it, is the same)")
     n.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     n.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision")
+    add_vae_flag(n)
     n.add_argument("--steps", type=int, default=100, help="sampling steps (default 100, as the LIME paper)")
     n.add_argument("--seed", type=seed, default=0, help="random seed of the starting noise and k-means (default 0)")
     add_image_limit_flags(n)
