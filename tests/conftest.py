@@ -66,3 +66,23 @@ def instruct_bundle():
 @pytest.fixture(scope="session")
 def instruct_dir(tmp_path_factory, instruct_bundle):
     return save_model(instruct_bundle, tmp_path_factory.mktemp("tiny-instruct"))
+
+
+# the square scene's prompts and inversion options that act within three steps on the tiny models
+# (a few optimiser steps; NMG's gradient scale at a size the tiny model's 3 steps stay finite with)
+SRC = "a red square on the gray background"
+TGT = "a blue square on the gray background"
+
+
+def fast_inversion_options() -> dict:
+    from locedit.inversion import AIDIOptions, NMGOptions, NullTextOptions, SPDOptions
+
+    return {"null-text": NullTextOptions(inner_steps=2), "spd": SPDOptions(max_steps=2), "aidi": AIDIOptions(rounds=2),
+            "nmg": NMGOptions(grad_scale=1.0)}
+
+
+def square_box(side=64):
+    """(1, 1, side, side) box around the square of the ``image`` fixture."""
+    m = torch.zeros(1, 1, side, side)
+    m[..., 16:40, 20:44] = 1
+    return m

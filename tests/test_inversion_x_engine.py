@@ -4,24 +4,16 @@ the trajectory it was given."""
 
 import pytest
 import torch
+from conftest import SRC, TGT, fast_inversion_options, square_box
 
 from locedit import pipeline
-from locedit.inversion import INVERSIONS, AIDIOptions, NMGOptions, NullTextOptions, SPDOptions
+from locedit.inversion import INVERSIONS
 from locedit.methods import METHODS, BlendedOptions, DiffEditOptions, MasaCtrlOptions, PnPOptions
 from locedit.methods.blended import latent_mask
 
-SRC = "a red square on the gray background"
-TGT = "a blue square on the gray background"
 STEPS = 3
-# a few optimiser steps; NMG's gradient scale at a size the tiny model's 3 steps stay finite with
-FAST = {"null-text": NullTextOptions(inner_steps=2), "spd": SPDOptions(max_steps=2), "aidi": AIDIOptions(rounds=2),
-        "nmg": NMGOptions(grad_scale=1.0)}
-
-
-def box(side=64):
-    m = torch.zeros(1, 1, side, side)
-    m[..., 16:40, 20:44] = 1
-    return m
+FAST = fast_inversion_options()
+box = square_box
 
 
 # the engines, with options that act within three steps; the guided methods (MAG-Edit, MDE-Edit)

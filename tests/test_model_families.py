@@ -6,28 +6,21 @@ import json
 
 import pytest
 import torch
+from conftest import SRC, TGT, fast_inversion_options, square_box
 
 from locedit import pipeline
 from locedit.diffusion import load_model, save_model
 from locedit.diffusion.loading import finish_bundle
 from locedit.diffusion.tiny import tiny_sd2_components, tiny_sdxl_bundle, tiny_sdxl_components
-from locedit.inversion import INVERSIONS, AIDIOptions, NMGOptions, NullTextOptions, SPDOptions
+from locedit.inversion import INVERSIONS, NullTextOptions
 from locedit.masks import Region
 from locedit.guidance import GuidanceOptions, LocInvOptions
 from locedit.methods import (METHODS, BlendedOptions, DiffEditOptions, LocInvEditOptions, MAGEditOptions,
                              MasaCtrlOptions, MDEEditOptions, PnPOptions)
 
-SRC = "a red square on the gray background"
-TGT = "a blue square on the gray background"
 STEPS = 3
-FAST = {"null-text": NullTextOptions(inner_steps=2), "spd": SPDOptions(max_steps=2), "aidi": AIDIOptions(rounds=2),
-        "nmg": NMGOptions(grad_scale=1.0)}
-
-
-def box(side=64):
-    m = torch.zeros(1, 1, side, side)
-    m[..., 16:40, 20:44] = 1
-    return m
+FAST = fast_inversion_options()
+box = square_box
 
 
 def other_box(side=64):
