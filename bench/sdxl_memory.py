@@ -2,7 +2,7 @@
 extrapolated to 1024 px (issue 18: "every method at 1024 px within 24 GB").
 
     python bench/sdxl_memory.py build                      # writes the random SDXL folder once (~7 GB bf16)
-    python bench/sdxl_memory.py run --sizes 128,192,256    # each (row, size) in a fresh process; resumable
+    python bench/sdxl_memory.py run --sizes 256,384        # each (row, size) in a fresh process; resumable
     python bench/sdxl_memory.py table                      # fit and print the table (docs/sdxl.md)
     python bench/sdxl_memory.py run --device cuda --dtype fp16 --sizes 512,768,1024   # on a GPU
 
@@ -14,17 +14,18 @@ the work's memory above the loaded weights: on CPU the process's peak RSS during
 RSS when the work starts (weights read once beforehand); on GPU ``torch.cuda.max_memory_allocated``
 less the weights' allocation. Each (row, size) runs in a fresh process, so nothing is shared.
 
-The extrapolation fits ``work(P) = a + b P + c P^2`` over the measured sizes, P = latent pixels, and
-evaluates it at 1024 px (P = 16384); the weights at fp16 (UNet, both text encoders; the VAE in float32
-as SDXL's VAE is upcast) are added. The P^2 term is the attention probabilities a controller
-materialises (self-attention at the latent/2 level is 4096 x 4096 per head at 1024 px); from sizes
-this small it is poorly determined, so the table prints the measured figures beside the fitted ones.
+The extrapolation to 1024 px (P = 16384 latent pixels) is ``work = a + b P + Q``: Q, the attention
+probabilities the controllers materialise (self-attention at the latent/2 level is 4096 x 4096 per head
+at 1024 px), is observed at the largest measured size and scaled by the fourth power of the side; a
+and b are fitted to the rest over the measured sizes. The weights at fp16 (UNet, both text encoders;
+the VAE in float32 as SDXL's VAE is upcast) are added. docs/sdxl.md derives the formula.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,17 +124,13 @@ class _Probabilities:
             return
         nbytes = probs.numel() * probs.element_size()
         key = self.bundle.unet_calls
-        grad, total, top = self.calls.get(key, (torch_grad() and not self.checkpointing, 0, 0))
+        import torch
+
+        grad, total, top = self.calls.get(key, (torch.is_grad_enabled() and not self.checkpointing, 0, 0))
         self.calls[key] = (grad, total + nbytes, max(top, nbytes))
 
     def peak_gib(self) -> float:
         return max([(t if g else 2 * m) / 2**30 for g, t, m in self.calls.values()], default=0.0)
-
-
-def torch_grad() -> bool:
-    import torch
-
-    return torch.is_grad_enabled()
 
 
 def _observe_probabilities(bundle, checkpointing: bool) -> _Probabilities:
@@ -217,9 +214,7 @@ def weights_gib(folder: Path) -> dict:
         n = 0
         for f in (folder / comp).glob("*.safetensors"):
             with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():
-                    n += sf.get_slice(k).get_shape().numel() if hasattr(sf.get_slice(k).get_shape(), "numel") else \
-                        __import__("math").prod(sf.get_slice(k).get_shape())
+                n += sum(math.prod(sf.get_slice(k).get_shape()) for k in sf.keys())
         out[comp] = n * (4 if comp == "vae" else 2) / 2**30
     return out
 
@@ -261,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("command", choices=["build", "run", "one", "table"])
     p.add_argument("--folder", type=Path, default=WORK / "sdxl-random")
     p.add_argument("--rows", default="all", help=f"comma-separated rows of {', '.join(ROWS)} (default all)")
-    p.add_argument("--sizes", default="128,192,256", help="image sides in px, multiples of 64 (default 128,192,256)")
+    p.add_argument("--sizes", default="256,384", help="image sides in px, multiples of 64 (default 256,384, as docs/sdxl.md)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--out", type=Path, default=WORK / "rows.jsonl", help="figures, one JSON line per (row, size)")
