@@ -89,9 +89,10 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def scene_batch(rng: random.Random, n: int):
+def scene_batch(rng: random.Random, n: int, with_scenes: bool = False):
     scenes = [sample_scene(rng) for _ in range(n)]
-    return to_tensor([render(s, IMAGE_SIZE)[0] for s in scenes]), [s.caption() for s in scenes]
+    x, caps = to_tensor([render(s, IMAGE_SIZE)[0] for s in scenes]), [s.caption() for s in scenes]
+    return (x, caps, scenes) if with_scenes else (x, caps)
 
 
 def edit_batch(rng: random.Random, n: int):
@@ -242,9 +243,10 @@ class LatentCache:
             save_file({"latents": self.latents[first: first + self.SHARD].contiguous()}, str(tmp))
             tmp.replace(path)
 
-    def batch(self, gen: torch.Generator, n: int):
-        idx = torch.randint(0, len(self), (n,), generator=gen)
-        return self.latents[idx].float(), [self.captions[i] for i in idx.tolist()]
+    def batch(self, gen: torch.Generator, n: int, with_scenes: bool = False):
+        idx = torch.randint(0, len(self), (n,), generator=gen).tolist()
+        z, caps = self.latents[idx].float(), [self.captions[i] for i in idx]
+        return (z, caps, [_scene_of(i) for i in idx]) if with_scenes else (z, caps)
 
 
 def _scene_of(seed: int):
@@ -280,7 +282,9 @@ def _lr_factor(step: int, args) -> float:
 def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, out: Path, evaluate=None) -> None:
     """Epsilon-prediction training of UNet and text encoder with AdamW and EMA, resumable.
 
-    ``batch_fn(rng, gen)`` returns (latents, image condition or None, prompts). Every
+    ``batch_fn(rng, gen)`` returns (latents, image condition or None, prompts), and with ``--ground``
+    the scenes of the prompts (None where the caption was dropped): TokenCompose's token grounding
+    loss (:mod:`locedit.world.grounding`) is then added with that weight. Every
     ``--checkpoint-minutes`` the full state (live weights, optimiser, EMA, step, random streams) is
     written atomically to ``out/checkpoint.pt`` and the EMA weights to ``out/ema`` (a diffusers folder);
     ``--resume`` continues from the checkpoint exactly where it stopped. ``evaluate(step)``, if
@@ -309,6 +313,13 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     t0, last_save = time.time(), time.time()
     every = getattr(args, "checkpoint_minutes", 0) * 60
     gamma = getattr(args, "min_snr", 0.0)
+    ground = getattr(args, "ground", 0.0)
+    recorder = None
+    if ground:
+        from ..attention import controlled_attention
+        from .grounding import GROUNDED_SITES, GroundingRecorder, grounding_targets, token_grounding_loss
+
+        recorder = GroundingRecorder(GROUNDED_SITES)
 
     def save_state(step):
         tmp = state_path.with_suffix(".tmp")
@@ -321,7 +332,7 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     for step in range(step0 + 1, args.steps + 1):
         for g in opt.param_groups:
             g["lr"] = args.lr * _lr_factor(step, args)
-        z0, cond_in, prompts = batch_fn(rng, gen)
+        z0, cond_in, prompts, *scenes = batch_fn(rng, gen)
         b = z0.shape[0]
         z0 = z0.to(device)
         t = torch.randint(0, len(alphas), (b,), generator=gen).to(device)
@@ -330,10 +341,24 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         emb = _encode(tokenizer, text_encoder, prompts, device)
         x = zt if cond_in is None else torch.cat([zt, cond_in], 1)
-        pred = unet(x, t, encoder_hidden_states=emb).sample
+        if recorder is None:
+            pred = unet(x, t, encoder_hidden_states=emb).sample
+        else:
+            recorder.probs.clear()
+            with controlled_attention(unet, recorder, GROUNDED_SITES):
+                pred = unet(x, t, encoder_hidden_states=emb).sample
         per_sample = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
         mse = per_sample.mean()
         loss = (per_sample * min_snr_weight(alphas[t], gamma)).mean() if gamma else mse
+        extra = {}
+        if recorder is not None:
+            sides = {int(p.shape[2] ** 0.5) for p in recorder.probs}
+            targets, grounded = grounding_targets(tokenizer, scenes[0], emb.shape[1], IMAGE_SIZE, tuple(sides))
+            lg = torch.stack([token_grounding_loss(p, targets[int(p.shape[2] ** 0.5)].to(device), grounded)
+                              for p in recorder.probs]).mean()
+            recorder.probs.clear()
+            loss = loss + ground * lg
+            extra["ground"] = lg.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -343,7 +368,7 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
             for e, p in zip(ema, params):
                 e.mul_(d).add_(p.detach(), alpha=1 - d)
         if step % args.log_every == 0 or step == args.steps:
-            _log(out, step, loss=loss.item(), mse=mse.item(), lr=opt.param_groups[0]["lr"],
+            _log(out, step, loss=loss.item(), mse=mse.item(), **extra, lr=opt.param_groups[0]["lr"],
                  seconds=elapsed0 + time.time() - t0)
         if evaluate is not None and args.eval_every and step % args.eval_every == 0:
             _with_ema(params, ema, lambda: evaluate(step))
@@ -473,15 +498,20 @@ def train_t2i(args) -> None:
         print(f"latent cache: {len(cache)} of {args.cache_size} scenes in {cache.folder}", file=sys.stderr, flush=True)
         cache.fill(max(0, args.batch * 4 - len(cache)))
 
+    ground = bool(args.ground)
+
     def batch(rng, gen):
         if cache is None:
-            x, caps = scene_batch(rng, args.batch)
+            x, caps, *scenes = scene_batch(rng, args.batch, with_scenes=ground)
             z = _latents(vae, x, device)
         else:
             cache.fill(args.cache_fill)
-            z, caps = cache.batch(gen, args.batch)
+            z, caps, *scenes = cache.batch(gen, args.batch, with_scenes=ground)
         drop = torch.rand(len(caps), generator=gen) < args.drop
-        return z, None, ["" if d else c for c, d in zip(caps, drop.tolist())]
+        prompts = ["" if d else c for c, d in zip(caps, drop.tolist())]
+        if not ground:
+            return z, None, prompts
+        return z, None, prompts, [None if d else s for s, d in zip(scenes[0], drop.tolist())]
 
     evaluate = _t2i_curve(unet, te, tok, vae, device, out, args.eval_n, args.eval_steps) if args.eval_every else None
     _diffusion_loop(args, unet, te, tok, vae, device, batch, out, evaluate)
@@ -593,6 +623,8 @@ def main(argv=None) -> None:
                 s.add_argument("--eval-every", type=int, default=0, help="gate 2 on held-out captions every N steps")
                 s.add_argument("--eval-n", type=int, default=50)
                 s.add_argument("--eval-steps", type=int, default=50)
+                s.add_argument("--ground", type=float, default=0.0,
+                               help="weight of TokenCompose's token grounding loss on the cross-attention maps (0: off)")
     a = sub.add_parser("assemble")
     a.add_argument("--vae", required=True)
     a.add_argument("--t2i")
