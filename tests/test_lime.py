@@ -47,6 +47,29 @@ def test_roi_is_a_union_of_whole_clusters_containing_the_top_points(localized):
     assert 0 < roi.sum() < roi.numel() or labels.unique().numel() == 1
 
 
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_localisation_stops_after_its_windows_and_finds_the_same(instruct_bundle, image, preset):
+    """The run stops after the last attention/feature step; what it records is the full run's."""
+    import dataclasses
+
+    from locedit.instruct.lime import localisation_steps
+    from locedit.options import apply_preset
+
+    opts = dataclasses.replace(apply_preset(OPTS, preset), drop_verbs=False)
+    n = 12
+    calls0 = instruct_bundle.unet_calls
+    short = localize(instruct_bundle, image, INSTR, n, opts, seed=0)
+    calls1 = instruct_bundle.unet_calls
+    full = localize(instruct_bundle, image, INSTR, n, opts, seed=0, run_all=True)
+    stop = localisation_steps(n, opts)
+    assert stop < n  # both presets' windows end before the schedule does (official: step 4 of 12)
+    assert calls1 - calls0 == stop and instruct_bundle.unet_calls - calls1 == n
+    for a, b in zip(short[:6], full[:6]):
+        if isinstance(a, torch.Tensor):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(short.latents, full.latents)  # it did stop early
+
+
 def test_cluster_is_seeded():
     f = torch.nn.functional.normalize(torch.randn(5, 8, 8), dim=0)
     assert torch.equal(cluster(f, 3, seed=1), cluster(f, 3, seed=1))

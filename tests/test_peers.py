@@ -123,6 +123,19 @@ def test_meter_counts_unet_calls_by_batch_and_compare_finds_the_largest_differen
     measure.write(str(tmp_path / "b.json"), fig, torch.from_numpy(b), img + 3)
     diff = common.compare(tmp_path / "a.npz", tmp_path / "b.npz")
     assert diff["max_diff_latents"] == 0.5 and diff["max_diff_image"] == 3
+    # a side with no final output (LIME's localisation stops early) is compared on what both saved
+    gram = np.eye(3, dtype=np.float32)
+    measure.write(str(tmp_path / "c.json"), fig, torch.from_numpy(a), img, {"gram": gram})
+    measure.write(str(tmp_path / "d.json"), fig, None, None, {"gram": gram * 0.75})
+    diff = common.compare(tmp_path / "c.npz", tmp_path / "d.npz")
+    assert set(diff) == {"max_diff_gram", "latent_scale"} and diff["max_diff_gram"] == 0.25
+    import run
+
+    side = {"seconds": {"min": 1.0, "median": 1.0}, "unet_calls": {"3": 5}, "peak_rss_gib": {"median": 1.0},
+            "work_rss_gib": {"median": 0.5}}
+    text = run.table({"peer": "lime", "commit": "0" * 10, "size": 64, "steps": 15, "device": "cpu", "repeats": 3,
+                      "rows": [{"method": "lime-localize", **diff, "official": side, "locedit": side}]})
+    assert "| lime-localize | not compared | not compared |" in text and "gram 2.5e-01" in text
 
 
 def _mag_files() -> dict[str, str]:

@@ -25,7 +25,9 @@ from common import Patch, Peer
 # locedit's k-means imports scikit-learn on first use; the driver imports it before the measured work,
 # as the official driver imports its own libraries (the k-means itself is measured)
 LOCEDIT_IMPORTS = ("sklearn.cluster",)
-METHODS = {"lime-localize": "first call: localisation run", "lime-edit-mask": "second call: the edit, same mask"}
+METHODS = {"lime-localize": "first call: localisation run (locedit stops after the windows' last step)",
+           "lime-localize-full": "first call sampled to the end on both sides, its output compared",
+           "lime-edit-mask": "second call: the edit, same mask"}
 INSTRUCTION = "a green square"  # every word in the random model's vocabulary; "a" is its one stop word
 SEED = 42
 
@@ -91,11 +93,17 @@ def locedit_run(spec: dict, bundle, image):
     options = dataclasses.replace(apply_preset(LIMEOptions(), "official"), drop_verbs=False)
     steps, seed = spec["steps"], spec["seed"]
     extra = {}
-    if spec["method"] == "lime-localize":
-        found = localize(bundle, image, spec["instruction"], steps, options, seed)
-        z = found.latents
+    if spec["method"].startswith("lime-localize"):
+        # lime-localize: locedit stops after the windows' last step (step 10 of 30), so there are no final
+        # latents or image to compare, only what the region is found from; lime-localize-full samples the
+        # whole schedule, as the code does, and compares its output too
+        full = spec["method"] == "lime-localize-full"
+        found = localize(bundle, image, spec["instruction"], steps, options, seed, run_all=full)
         flat = found.features.reshape(found.features.shape[0], -1).T  # (pixels, channels), unit rows
         extra = {"attention": found.attention, "feature_gram": flat @ flat.T}
+        if not full:
+            return None, None, extra
+        z = found.latents
     else:
         m = torch.from_numpy(np.asarray(Image.open(spec["masks"][1]).convert("L"), dtype=np.float32) / 255)
         z = lime_edit(bundle, image, spec["instruction"], steps, options, seed, mask=(m > 0.5).float()[None, None]).latents

@@ -129,9 +129,12 @@ def table(result: dict) -> str:
         o, l = r["official"], r["locedit"]
         speed = o["seconds"]["median"] / l["seconds"]["median"]
         ratio = l[mem]["median"] / o[mem]["median"]
+        diff_latents = (f"{r['max_diff_latents']:.1e} ({r.get('latent_scale', 0):.1f})" if "max_diff_latents" in r
+                        else "not compared")
+        diff_image = f"{r['max_diff_image']:.0f}" if "max_diff_image" in r else "not compared"
         lines.append(
-            f"| {r['method']} | {r.get('max_diff_latents', float('nan')):.1e} ({r.get('latent_scale', 0):.1f}) | "
-            f"{r.get('max_diff_image', float('nan')):.0f} | {o['seconds']['min']:.1f} / {o['seconds']['median']:.1f} | "
+            f"| {r['method']} | {diff_latents} | "
+            f"{diff_image} | {o['seconds']['min']:.1f} / {o['seconds']['median']:.1f} | "
             f"{l['seconds']['min']:.1f} / {l['seconds']['median']:.1f} | {speed:.2f}x | {_calls(o['unet_calls'])} | "
             f"{_calls(l['unet_calls'])} | {o['peak_rss_gib']['median']:.2f} / {l['peak_rss_gib']['median']:.2f} | "
             f"{o[mem]['median']:.2f} / {l[mem]['median']:.2f} | {ratio:.2f} | "

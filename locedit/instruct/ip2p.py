@@ -23,8 +23,11 @@ IP2P_LAYOUT = BatchLayout((("edit", "image+text"), ("edit", "image"), ("edit", "
 def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int = 50,
                   options: IP2POptions = IP2POptions(), generator: torch.Generator | None = None,
                   controller: AttentionController | None = None, progress: Progress | None = None,
-                  sampler: str = "ddim") -> torch.Tensor:
+                  sampler: str = "ddim", run_steps: int | None = None) -> torch.Tensor:
     """Edit ``image`` (1, 3, S, S) in [0, 1] by ``instruction``; returns latents (1, C, h, w).
+
+    ``run_steps``: stop after the first ``run_steps`` steps of the ``num_steps`` schedule and return
+    the latents there (a caller that only records attention needs no later step); None runs all.
 
     ``controller`` (optional) is installed on the UNet for the loop; its layout is
     :data:`IP2P_LAYOUT` and its clock is set before every call. ``sampler``: "ddim" (deterministic)
@@ -46,6 +49,7 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
     ctrl.layout = IP2P_LAYOUT
     ctrl.clock.num_steps = num_steps
     ctx = controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext()
+    run = num_steps if run_steps is None else min(num_steps, run_steps)
 
     def guided(x, t, a):  # LIME Eq. 2
         e_full, e_img, e_none = bundle.predict_eps(x.expand(3, -1, -1, -1), t, a, embeds, image_in).chunk(3)
@@ -54,7 +58,7 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
     with ctx, torch.no_grad():
         if sampler == "ddim":
             sched = bundle.schedule(num_steps)
-            for i in track(progress, range(num_steps), "instruct"):
+            for i in track(progress, range(run), "instruct"):
                 t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
                 ctrl.clock.set(i, t, "sample")
                 z = ctrl.after_step(ddim_step(z, guided(z, t, a), a, a_next))
@@ -65,7 +69,7 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
             euler.set_timesteps(num_steps)
             acp = euler.alphas_cumprod
             z = z * euler.init_noise_sigma
-            for i in track(progress, range(num_steps), "instruct"):
+            for i in track(progress, range(run), "instruct"):
                 t = euler.timesteps[i]
                 ctrl.clock.set(i, int(t), "sample")
                 a = float(acp[int(round(float(t)))])

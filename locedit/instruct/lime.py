@@ -87,10 +87,15 @@ def _verbs(words: list[str]) -> set[int]:
     return {k for k, (_, pos) in enumerate(tags) if pos.startswith("VB")}
 
 
+def _window_steps(window, num_steps: int) -> tuple[int, int]:
+    """Steps [lo, hi) of a fractional window over ``num_steps``: [round(lo N), round(hi N)), at least one step wide."""
+    lo, hi = round(window[0] * num_steps), round(window[1] * num_steps)
+    return lo, max(hi, lo + 1)
+
+
 def _in_window(clock, window) -> bool:
-    """Step ``clock.step`` in [round(lo N), round(hi N)), at least one step wide."""
-    lo, hi = round(window[0] * clock.num_steps), round(window[1] * clock.num_steps)
-    return lo <= clock.step < max(hi, lo + 1)
+    lo, hi = _window_steps(window, clock.num_steps)
+    return lo <= clock.step < hi
 
 
 def site_filter(unet, sites: str):
@@ -259,7 +264,8 @@ class Localisation(NamedTuple):
     """What the localisation run found: the RoI (S, S) bool, the cluster labels (S, S), the
     attention map (S, S), the top points' flat indices, the kept tokens, the fused features
     (channels, S, S), and the run's own final latents (1, C, h, w) (plain IP2P; side by side with
-    the authors' first pipeline call)."""
+    the authors' first pipeline call) - or, when it stopped after the last step it records (the
+    default), the latents there."""
 
     roi: torch.Tensor
     labels: torch.Tensor
@@ -270,9 +276,21 @@ class Localisation(NamedTuple):
     latents: torch.Tensor
 
 
+def localisation_steps(num_steps: int, options: LIMEOptions) -> int:
+    """How many steps the localisation run needs: up to the end of its attention and feature windows."""
+    return max(_window_steps(options.attention_steps, num_steps)[1], _window_steps(options.feature_steps, num_steps)[1])
+
+
 def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_steps: int, options: LIMEOptions,
-             seed: int, progress=None) -> Localisation:
-    """Run plain IP2P once, recording features and attention (a :class:`Localisation`)."""
+             seed: int, progress=None, run_all: bool = False) -> Localisation:
+    """Run plain IP2P, recording features and attention (a :class:`Localisation`).
+
+    The run stops after the last step of the attention and feature windows: the localisation reads
+    nothing later, and the steps before are the same whether or not later ones follow, so the region
+    found is the same as after a full run (the authors' code samples to the end, and its image is
+    not used: the notebook's second call makes the edit). With the official windows (step 10 of 30)
+    that is a third of the UNet calls. ``run_all`` samples the whole schedule (to compare the
+    run's own output)."""
     tokens = content_tokens(bundle.tokenizer, instruction, options.drop_verbs, options.keep_end_token)
     if not content_tokens(bundle.tokenizer, instruction):
         raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
@@ -284,7 +302,7 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
                        kinds, keep) as store:
         z = instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
                           torch.Generator().manual_seed(seed), controller=rec, progress=progress,
-                          sampler=options.sampler)
+                          sampler=options.sampler, run_steps=None if run_all else localisation_steps(num_steps, options))
         feats = fuse_features(store)
     labels = cluster(feats, options.clusters, options.seed, options.kmeans_init)
     roi, top = region_of_interest(labels, rec.attention(), options.points)

@@ -45,7 +45,7 @@ words = [pipe.tokenizer.decode(int(t)) for t in ids]
 # utils.py's rule (locate_points, get_effective_tokens): every token but the start token and the stop
 # words (and punctuation and verbs in locate_points; the instruction has none)
 effective = [i for i, w in enumerate(words) if i > 0 and w not in set(spec["stop_words"])]
-if spec["method"] == "lime-localize":  # the notebook's first call
+if spec["method"].startswith("lime-localize"):  # the notebook's first call
     # attn_res=16 there is an int: the store keeps maps of >= np.prod(16) = 16 pixels (side 4 at 512 px,
     # i.e. latent / 16), which at this size is max(1, (size // 128) ** 2)
     kwargs = dict(guidance_scale=5.5, image_guidance_scale=1.5, attn_res=max(1, (size // 128) ** 2),
@@ -59,7 +59,7 @@ with measure.Meter(pipe.unet, spec["device"], [pipe.unet, pipe.vae, pipe.text_en
 latents, images = decoded[-1]
 picture = ((images[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
 extra = {}
-if spec["method"] == "lime-localize":  # what utils.py would cluster and rank, before k-means
+if spec["method"].startswith("lime-localize"):  # what utils.py would cluster and rank, before k-means
     store = pipe.attention_store
     attention = store.aggregate_attention(["down_cross", "up_cross", "mid_cross"])[:, :, effective].mean(2)
     feats = store.aggregate_attention(["down_feats", "up_feats", "mid_feats"]).float()

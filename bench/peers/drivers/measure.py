@@ -122,12 +122,17 @@ class Meter:
 
 
 def write(out: str, figures: dict, latents: torch.Tensor, image: np.ndarray, extra: dict | None = None) -> None:
-    """``latents``: (branches, 4, h, w) edited latents; ``image``: (H, W, 3) uint8 target image;
-    ``extra``: further intermediate arrays both sides save under the same names (compared too)."""
+    """``latents``: (branches, 4, h, w) edited latents; ``image``: (H, W, 3) uint8 target image
+    (either None when the side has no such output to compare: locedit's LIME localisation stops
+    before the end of the schedule); ``extra``: further intermediate arrays both sides save under the
+    same names (compared too)."""
     arrays = {k: np.asarray(v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor) else v)
               for k, v in (extra or {}).items()}
-    np.savez(out[:-5] + ".npz" if out.endswith(".json") else out + ".npz",
-             latents=latents.detach().float().cpu().numpy(), image=np.asarray(image, dtype=np.uint8), **arrays)
+    if latents is not None:
+        arrays["latents"] = latents.detach().float().cpu().numpy()
+    if image is not None:
+        arrays["image"] = np.asarray(image, dtype=np.uint8)
+    np.savez(out[:-5] + ".npz" if out.endswith(".json") else out + ".npz", **arrays)
     with open(out, "w") as f:
         json.dump(figures, f)
 
