@@ -284,3 +284,38 @@ def test_gradient_checkpointing_changes_no_result_and_is_restored(bundle, image)
             assert all(m.gradient_checkpointing for m in flags)
             raise RuntimeError("boom")
     assert not any(m.gradient_checkpointing for m in flags)
+
+
+@pytest.mark.parametrize("name", ["mag-edit", "mde-edit"])
+def test_source_replay_equals_the_full_batch_iterations_with_half_the_rows(bundle, setup, name):
+    """After the first iteration of a guided step the target runs alone, the source's attention
+    replayed (SourceReplay): the same guided latents and losses as every iteration on [source,
+    target], with batch-1 calls."""
+    from locedit.masks import Region
+
+    traj, mask = setup
+    attr = torch.zeros(1, 1, 64, 64)
+    attr[..., 16:40, 20:32] = 1
+    kw = {"guidance.guided_steps": 2, "guidance.iterations": 4, "guidance.step_size": 50.0}
+    # MAG-Edit's engine: P2P refine with self-attention injected (probabilities); MDE-Edit: logits captured
+    plan = (lambda: _plan(bundle, "mag-edit", [Region("blue", mask)], **kw)) if name == "mag-edit" else (
+        lambda: _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], **kw))
+    conds = bundle.encode_text([SRC, TGT])
+    sched = bundle.schedule(6)
+    z = traj.noise.expand(2, -1, -1, -1).clone()
+    out, calls = {}, {}
+    for replay in (False, True):
+        ctrl, guide = plan()
+        guide.replay_source = replay
+        batches = []
+        hook = bundle.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+        try:
+            with controlled_attention(bundle.unet, ctrl):
+                z1 = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+        finally:
+            hook.remove()
+        out[replay], calls[replay] = (z1, guide.history[0]), batches
+    assert calls[False] == [2, 2, 2, 2] and calls[True] == [2, 1, 1, 1]
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-5)
+    assert out[True][1] == pytest.approx(out[False][1], rel=1e-4)
+    assert not torch.equal(out[True][0][1], z[1])  # it did guide

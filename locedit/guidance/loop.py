@@ -6,7 +6,8 @@ updated ``iterations`` times (MAG-Edit Alg. 1, Eq. 4-5; MDE-Edit Eq. 8):
     z*_t <- z*_t - M (.) delta * s_t * grad_z L(A_hat)
 
 where A_hat are the target's cross-attention maps at the map level (SD: the 16x16 layers) after
-the engine's injection, computed by one UNet call on [source, target] without CFG;
+the engine's injection, computed by a UNet call on [source, target] without CFG (after the first
+iteration of a step, on the target alone with the source's attention replayed: :class:`SourceReplay`);
 s_t = sqrt((1 - abar_t) / abar_t) when ``sigma_scaling`` (the MAG-Edit code's choice) else 1;
 M is the union of the edit masks at latent resolution. The source latent is never changed, and
 latents outside M are untouched by the update.
@@ -14,12 +15,13 @@ latents outside M are untouched by the update.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionController, BatchLayout, Chain, Site  # noqa: F401 (Chain: re-exported)
+from ..attention import AttentionController, BatchLayout, Chain, Site, controlled_attention  # noqa: F401 (Chain: re-exported)
 from ..errors import OptimisationError
 from .options import GuidanceOptions  # noqa: F401 (re-exported)
 
@@ -68,6 +70,61 @@ class MapCapture(AttentionController):
         return self.token_maps(tokens).sum(0)
 
 
+class SourceReplay(AttentionController):
+    """Runs a [source, target] controller on target-only UNet calls by replaying the source row.
+
+    Within one guided step the source latent, the timestep and the prompts are fixed, and nothing
+    in the source row depends on the target's (the engines inject source into target, never back),
+    so what the controller is handed for the source row at each site - queries, keys and values,
+    logits, probabilities - is the same at every iteration. The first call (``replay`` False) runs
+    [source, target] and keeps the source row of each; later calls (``replay`` True) run the target
+    alone and hand the controller [kept source row, target row], so it computes what it would on the
+    full batch, and only the target row goes on. The same arithmetic up to float rounding (kernels
+    may round differently at another batch size); the forward and backward passes are half as wide.
+    The authors' MAG-Edit code likewise backpropagates a target-only graph after a source call.
+    """
+
+    def __init__(self, inner: AttentionController):
+        super().__init__(inner.clock, BatchLayout.single(("source", "target")))
+        self.inner = inner
+        self.replay = False
+        self.kept: dict[tuple[str, str], torch.Tensor] = {}
+
+    def start_replay(self) -> None:
+        self.replay = True
+        self.layout = BatchLayout.single(("target",))
+
+    def wants(self, site: Site) -> bool:
+        return self.inner.wants(site)
+
+    def rewrites_scores(self, site: Site) -> bool:
+        return self.inner.rewrites_scores(site)
+
+    def rewrites_qkv(self, site: Site) -> bool:
+        return self.inner.rewrites_qkv(site)
+
+    def _both(self, site: Site, what: str, x: torch.Tensor) -> torch.Tensor:
+        key = (site.name, what)
+        if self.replay:
+            return torch.cat([self.kept[key], x])
+        self.kept[key] = x[0:1].detach()
+        return x
+
+    def _target(self, x: torch.Tensor) -> torch.Tensor:
+        return x[1:] if self.replay else x
+
+    def edit_qkv(self, query, key, value, site):
+        q, k, v = self.inner.edit_qkv(self._both(site, "q", query), self._both(site, "k", key),
+                                      self._both(site, "v", value), site)
+        return self._target(q), self._target(k), self._target(v)
+
+    def edit_scores(self, scores, site):
+        return self._target(self.inner.edit_scores(self._both(site, "scores", scores), site))
+
+    def edit_probs(self, probs, site):
+        return self._target(self.inner.edit_probs(self._both(site, "probs", probs), site))
+
+
 # loss(*captures) -> scalar; built by each method from its words and masks
 LossFn = Callable[..., torch.Tensor]
 
@@ -77,8 +134,9 @@ class LatentGuidance:
     the first ``guided_steps`` steps. ``latent_mask`` (1, 1, h, w) is M."""
 
     def __init__(self, options: GuidanceOptions, capture: MapCapture | tuple[MapCapture, ...], loss: LossFn,
-                 latent_mask: torch.Tensor):
+                 latent_mask: torch.Tensor, replay_source: bool = True):
         self.options = options
+        self.replay_source = replay_source  # False: every iteration on [source, target] (the reference)
         self.captures = capture if isinstance(capture, tuple) else (capture,)
         self.loss = loss
         self.latent_mask = latent_mask
@@ -97,19 +155,29 @@ class LatentGuidance:
         controller.clock.set(step, t, "guide")
         z_src, z_tgt = z[0:1], z[1:2].detach()
         losses = []
+        # the engine's feature hooks (Plug-and-Play) see whole batches, not attention sites: no replay
+        replay = SourceReplay(controller) if self.replay_source and not controller.feature_hooks(bundle.unet) else None
+        # installed around the backward passes too: gradient checkpointing runs the blocks again there
+        ctx = controlled_attention(bundle.unet, replay) if replay is not None else contextlib.nullcontext()
         try:
-            for _ in range(opt.iterations):
-                for c in self.captures:
-                    c.begin()
-                z_tgt = z_tgt.requires_grad_(True)
-                with torch.enable_grad():
-                    bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds)
-                    loss = self.loss(*self.captures)
-                    if not torch.isfinite(loss):
-                        raise OptimisationError(f"latent guidance: loss became {loss.item()} at step {step}")
-                    (grad,) = torch.autograd.grad(loss, z_tgt)
-                losses.append(loss.item())
-                z_tgt = (z_tgt - mask * scale * grad).detach()
+            with ctx:
+                for k in range(opt.iterations):
+                    for c in self.captures:
+                        c.begin()
+                    z_tgt = z_tgt.requires_grad_(True)
+                    with torch.enable_grad():
+                        if replay is not None and replay.replay:
+                            bundle.predict_eps(z_tgt, t, alpha, conds[1:2])
+                        else:
+                            bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds)
+                        loss = self.loss(*self.captures)
+                        if not torch.isfinite(loss):
+                            raise OptimisationError(f"latent guidance: loss became {loss.item()} at step {step}")
+                        (grad,) = torch.autograd.grad(loss, z_tgt)
+                    losses.append(loss.item())
+                    z_tgt = (z_tgt - mask * scale * grad).detach()
+                    if replay is not None:
+                        replay.start_replay()
         finally:
             for c in self.captures:
                 c.end()
