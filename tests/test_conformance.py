@@ -553,7 +553,7 @@ def test_lime_official_features_come_from_self_and_cross_outputs_below_the_laten
     emb = instruct_bundle.encode_text(["a", "b", "c"])
     official = preset(METHODS_INSTRUCT()["lime"].Options, "official")
     keep = site_filter(unet, official.sites)
-    with feature_hooks(unet, clock, (0.0, 1.0), 8, 1, ("self", "cross"), keep) as store, torch.no_grad():
+    with feature_hooks(unet, clock, (0.0, 1.0), 1, ("self", "cross"), keep) as store, torch.no_grad():
         unet(x, 500, encoder_hidden_states=emb)
     latent_side = x.shape[-1]
     # every site whose maps are coarser than the latent (the tiny model's 16x16), mid block included

@@ -75,6 +75,22 @@ def test_cluster_is_seeded():
     assert torch.equal(cluster(f, 3, seed=1), cluster(f, 3, seed=1))
 
 
+def test_cluster_on_the_gram_embedding_equals_kmeans_on_the_features(localized):
+    """The N-dimensional embedding has the features' distances, so scikit-learn's k-means gives the
+    same labels as on the C-dimensional features (random clustered features and the real ones)."""
+    from sklearn.cluster import KMeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 3000, generator=g)
+    pts = centres[torch.randint(0, 6, (256,), generator=g)] + 0.6 * torch.randn(256, 3000, generator=g)
+    synthetic = torch.nn.functional.normalize(pts, dim=1).T.reshape(3000, 16, 16)
+    for feats, k in ((synthetic, 6), (localized.features, 4)):
+        c, s, _ = feats.shape
+        direct = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(
+            feats.reshape(c, -1).T.numpy().astype(np.float64))
+        assert np.array_equal(cluster(feats, k, seed=0).flatten().numpy(), direct)
+
+
 class _Probe(AttentionController):
     def __init__(self):
         super().__init__()

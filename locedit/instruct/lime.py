@@ -150,11 +150,12 @@ def _at(site: Site, keep) -> bool:
 
 
 @contextlib.contextmanager
-def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), keep=None):
+def feature_hooks(unet, clock, window, row: int, kinds=("self",), keep=None):
     """Forward hooks on the attention modules of ``kinds`` at the sites ``keep`` accepts (None: all,
-    else a predicate, :func:`site_filter`); accumulates
-    each output for batch ``row``, resized to ``side``, during the window's steps. Yields a dict
-    site name -> [sum, count]."""
+    else a predicate, :func:`site_filter`); accumulates each output for batch ``row`` at its own
+    resolution during the window's steps (resized to the fused side by :func:`fuse_features` after the
+    run: resizing is linear, so the mean of resized maps is the resized mean, and the coarse levels
+    take a fraction of the memory until then). Yields a dict site name -> [sum (1, C, g, g), count]."""
     sites = [s for s in unet_sites(unet) if s.kind in kinds and _at(s, keep)]
     modules = dict(unet.named_modules())
     store: dict[str, list] = {}
@@ -169,7 +170,6 @@ def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), kee
             q, c = x.shape
             g = int(round(q ** 0.5))
             x = x.transpose(0, 1).reshape(1, c, g, g)
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)[0]
             entry = store.setdefault(name, [torch.zeros_like(x), 0])
             entry[0] += x
             entry[1] += 1
@@ -182,11 +182,13 @@ def feature_hooks(unet, clock, window, side: int, row: int, kinds=("self",), kee
             h.remove()
 
 
-def fuse_features(store: dict[str, list]) -> torch.Tensor:
-    """(C_total, S, S): per-layer step averages concatenated, L2-normalised per pixel."""
+def fuse_features(store: dict[str, list], side: int) -> torch.Tensor:
+    """(C_total, S, S): per-layer step averages, resized to ``side`` (bilinear, corners aligned, as
+    the code's ``aggregate_attention``), concatenated, L2-normalised per pixel."""
     if not store:
         raise LoceditError("no features were recorded (the feature steps saw no UNet call)")
-    feats = torch.cat([s / max(n, 1) for s, n in store.values()], dim=0)
+    feats = torch.cat([F.interpolate(s / max(n, 1), size=(side, side), mode="bilinear", align_corners=True)[0]
+                       for s, n in store.values()], dim=0)
     return feats / feats.norm(dim=0, keepdim=True).clamp_min(1e-12)
 
 
@@ -195,13 +197,28 @@ def feature_side(bundle, options: LIMEOptions) -> int:
 
 
 def cluster(features: torch.Tensor, k: int, seed: int = 0, n_init: int = 3) -> torch.Tensor:
-    """k-means labels (S, S) of the fused features' pixels (scikit-learn, seeded)."""
+    """k-means labels (S, S) of the fused features' pixels (scikit-learn, seeded).
+
+    k-means reads the points only through their distances (k-means++ draws by distance, Lloyd's steps
+    assign by distance to means), so it runs on an isometric embedding of the N pixels in N
+    dimensions instead of their C-dimensional features (C is the fused layers' channels, tens of
+    thousands on SD): from the Gram matrix G = X X^T (float64, accumulated over channel chunks),
+    G = Q diag(l) Q^T, the rows of Q diag(sqrt(l)) have exactly the features' pairwise distances.
+    The same clusters as k-means on the features themselves (tested), in N^2 memory instead of the
+    float64 copies of an N x C matrix that scikit-learn makes (127 MB at 64 px, side by side)."""
     from sklearn.cluster import KMeans
 
     c, s, _ = features.shape
-    x = features.reshape(c, -1).T.numpy().astype(np.float64)
-    k = min(k, x.shape[0])
-    labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
+    x = features.reshape(c, -1)  # (C, N)
+    n = x.shape[1]
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for chunk in x.split(2048):
+        d = chunk.double()
+        gram += d.T @ d
+    evals, evecs = torch.linalg.eigh(gram)
+    y = (evecs * evals.clamp_min(0).sqrt()).numpy()
+    k = min(k, n)
+    labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(y)
     return torch.from_numpy(labels.reshape(s, s).astype(np.int64))
 
 
@@ -298,12 +315,12 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
     keep = site_filter(bundle.unet, options.sites)
     rec = LocalisationRecorder(tokens, side, options.attention_steps, keep)
     kinds = ("self", "cross") if options.features == "self+cross" else ("self",)
-    with feature_hooks(bundle.unet, rec.clock, options.feature_steps, side, IP2P_LAYOUT.index("edit", "image"),
+    with feature_hooks(bundle.unet, rec.clock, options.feature_steps, IP2P_LAYOUT.index("edit", "image"),
                        kinds, keep) as store:
         z = instruct_edit(bundle, image, instruction, num_steps, options.localize_guidance,
                           torch.Generator().manual_seed(seed), controller=rec, progress=progress,
                           sampler=options.sampler, run_steps=None if run_all else localisation_steps(num_steps, options))
-        feats = fuse_features(store)
+        feats = fuse_features(store, side)
     labels = cluster(feats, options.clusters, options.seed, options.kmeans_init)
     roi, top = region_of_interest(labels, rec.attention(), options.points)
     return Localisation(roi, labels, rec.attention(), top, tokens, feats, z)
