@@ -344,7 +344,6 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
         if recorder is None:
             pred = unet(x, t, encoder_hidden_states=emb).sample
         else:
-            recorder.probs.clear()
             with controlled_attention(unet, recorder, GROUNDED_SITES):
                 pred = unet(x, t, encoder_hidden_states=emb).sample
         per_sample = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
@@ -352,11 +351,11 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
         loss = (per_sample * min_snr_weight(alphas[t], gamma)).mean() if gamma else mse
         extra = {}
         if recorder is not None:
-            sides = {int(p.shape[2] ** 0.5) for p in recorder.probs}
-            targets, grounded = grounding_targets(tokenizer, scenes[0], emb.shape[1], IMAGE_SIZE, tuple(sides))
-            lg = torch.stack([token_grounding_loss(p, targets[int(p.shape[2] ** 0.5)].to(device), grounded)
-                              for p in recorder.probs]).mean()
-            recorder.probs.clear()
+            side = [int(p.shape[2] ** 0.5) for p in recorder.probs]
+            targets, grounded = grounding_targets(tokenizer, scenes[0], emb.shape[1], IMAGE_SIZE, tuple(set(side)))
+            lg = torch.stack([token_grounding_loss(p, targets[s].to(device), grounded)
+                              for p, s in zip(recorder.probs, side)]).mean()
+            recorder.probs.clear()  # the graph holds them until the backward pass
             loss = loss + ground * lg
             extra["ground"] = lg.item()
         opt.zero_grad(set_to_none=True)
