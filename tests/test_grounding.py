@@ -13,10 +13,13 @@ from locedit.world.grounding import (
     GROUNDED_SITES,
     GroundingRecorder,
     caption_regions,
+    edit_region_masks,
     grounding_targets,
+    instruction_regions,
     region_masks,
     token_grounding_loss,
 )
+from locedit.world.edits import EDIT_KINDS, sample_edit
 from locedit.world.scene import render, sample_scene
 
 
@@ -43,6 +46,43 @@ def test_caption_regions_name_each_objects_own_words(tokenizer):
             assert mine == expected, scene.caption()
         assert sorted(words[p] for p, r in pairs if r == BACKGROUND) == sorted([scene.background, "background"])
         assert len({p for p, _ in pairs}) == len(pairs)  # no token grounded twice
+
+
+def _instruction_words(tokenizer, edit):
+    ids = tokenizer(edit.instruction).input_ids
+    return [w.removesuffix("</w>") for w in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def test_instruction_regions_name_each_edited_objects_words(tokenizer):
+    rng = random.Random(11)
+    edits = [sample_edit(rng, kind) for kind in EDIT_KINDS for _ in range(30)]
+    assert any(e.source.objects[e.edited[0]].colour in e.instruction.split() for e in edits if e.kind == "shape")
+    for e in edits:
+        words = _instruction_words(tokenizer, e)
+        pairs = instruction_regions(tokenizer, e)
+        assert len({p for p, _ in pairs}) == len(pairs), e.instruction
+        assert not {"make", "turn", "the", "into", "a", "an", "and"} & {words[p] for p, _ in pairs}
+        if not e.edited:
+            assert sorted(words[p] for p, _ in pairs) == sorted(["background", e.target.background])
+            assert {r for _, r in pairs} == {BACKGROUND}
+            continue
+        for j, k in enumerate(e.edited):
+            src, tgt = e.source.objects[k], e.target.objects[k]
+            mine = [words[p] for p, r in pairs if r == j]
+            new = {"colour": tgt.colour, "two": tgt.colour, "shape": tgt.shape, "texture": tgt.texture}[e.kind]
+            named = [src.colour] if f"{src.colour} {src.shape}" in e.instruction else []
+            assert mine == named + [src.shape, new], e.instruction
+
+
+def test_edit_region_masks_are_footprints_then_background():
+    e = sample_edit(random.Random(2), "two", n_objects=3)
+    masks = edit_region_masks(e, 64)
+    assert masks.shape == (3, 64, 64)
+    for j, m in enumerate(e.object_masks(64)):
+        assert (masks[j] == m).all()
+    assert (masks[-1] == region_masks(e.source, 64)[-1]).all()
+    bg = sample_edit(random.Random(2), "background")
+    assert (edit_region_masks(bg, 64)[-1] == bg.mask(64)).all()
 
 
 def test_region_masks_partition_the_image(tokenizer):
@@ -123,3 +163,7 @@ def test_t2i_training_with_ground_logs_the_term(tmp_path):
     assert all("ground" in r for r in log)
     # the added term is in the loss: plain MSE alone would be smaller (min-SNR off here)
     assert all(r["loss"] == pytest.approx(r["mse"] + 0.5 * r["ground"], rel=1e-4) for r in log)
+    train.main(["instruct", "--out", str(tmp_path / "ip2p"), "--vae", str(tmp_path / "vae"), "--ground", "0.5",
+                "--drop", "0"] + base)
+    log = [json.loads(l) for l in (tmp_path / "ip2p" / "log.jsonl").read_text().splitlines()]
+    assert all(r["ground"] > 0 and r["loss"] == pytest.approx(r["mse"] + 0.5 * r["ground"], rel=1e-4) for r in log)

@@ -18,6 +18,12 @@ averaged over grounded tokens and layers. Here the masks are exact (the world re
 object's colour, texture and shape words are grounded in its visible mask, the background's colour
 word and "background" in the pixels no object covers; masks are area-averaged to each map's side
 (soft at edges). Their pixel-level BCE term (Eq. 4) is not used.
+
+The same term grounds the instruct model's instructions (:func:`instruction_regions`): the words
+naming an edited object and its new colour, shape or texture in the footprint the edit may change
+(source and target), "background" and the new background colour in the background. TokenCompose
+grounds captions only; this is the shapes world's own use of the term, to teach an instruction which
+region it refers to.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionController, SiteSelector
+from .edits import Edit
 from .scene import Scene, render
 
 BACKGROUND = -1  # region index of the background in :func:`caption_regions`
@@ -35,14 +42,7 @@ BACKGROUND = -1  # region index of the background in :func:`caption_regions`
 def caption_regions(tokenizer, scene: Scene) -> list[tuple[int, int]]:
     """(token position, region) pairs for ``scene.caption()``: region k is ``scene.objects[k]``,
     :data:`BACKGROUND` the background. Positions count the start token, as the text encoder's rows."""
-    ids = tokenizer(scene.caption()).input_ids
-    words = [w.removesuffix("</w>") for w in tokenizer.convert_ids_to_tokens(ids)]
-
-    def find(word: str, start: int) -> int:
-        try:
-            return words.index(word, start)
-        except ValueError:
-            raise ValueError(f"{word!r} not found after token {start} of {scene.caption()!r}") from None
+    find = _finder(scene.caption(), _words(tokenizer, scene.caption()))
 
     out, p = [], 1
     for obj in scene.ordered():
@@ -56,6 +56,44 @@ def caption_regions(tokenizer, scene: Scene) -> list[tuple[int, int]]:
     return out
 
 
+def _words(tokenizer, text: str) -> list[str]:
+    ids = tokenizer(text).input_ids
+    return [w.removesuffix("</w>") for w in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def _finder(text: str, words: list[str]):
+    def find(word: str, start: int) -> int:
+        try:
+            return words.index(word, start)
+        except ValueError:
+            raise ValueError(f"{word!r} not found after token {start} of {text!r}") from None
+
+    return find
+
+
+def instruction_regions(tokenizer, edit: Edit) -> list[tuple[int, int]]:
+    """(token position, region) pairs for ``edit.instruction``: region j is ``edit.edited[j]``'s
+    footprint (:meth:`Edit.object_masks`), :data:`BACKGROUND` the background (:meth:`Edit.mask` of a
+    background edit). Grounded: the words naming each edited object (its colour where the instruction
+    says it, its shape) and the object's new colour, shape or texture; "background" and the new
+    background colour. "make", "turn", "the", "into", "a", "and" are not grounded."""
+    words = _words(tokenizer, edit.instruction)
+    find = _finder(edit.instruction, words)
+    if not edit.edited:
+        b = find("background", 1)
+        return [(b, BACKGROUND), (find(edit.target.background, b + 1), BACKGROUND)]
+    out, p = [], 1
+    for j, k in enumerate(edit.edited):
+        src, tgt = edit.source.objects[k], edit.target.objects[k]
+        s = find(src.shape, p)
+        named = [(s - 1, j)] if s - 1 >= p and words[s - 1] == src.colour else []
+        new = next(getattr(tgt, f) for f in ("colour", "shape", "texture") if getattr(tgt, f) != getattr(src, f))
+        n = find(new, s + 1)
+        out += named + [(s, j), (n, j)]
+        p = n + 1
+    return out
+
+
 def region_masks(scene: Scene, size: int) -> np.ndarray:
     """(n_objects + 1, size, size) float32: each object's visible mask, then the background, rendered
     at ``size``."""
@@ -64,17 +102,30 @@ def region_masks(scene: Scene, size: int) -> np.ndarray:
     return np.concatenate([masks, 1.0 - masks.max(0, keepdims=True)])
 
 
-def grounding_targets(tokenizer, scenes: list[Scene | None], num_tokens: int, size: int, sides: tuple[int, ...]):
+def edit_region_masks(edit: Edit, size: int) -> np.ndarray:
+    """(n_edited + 1, size, size) float32: each edited object's footprint (source and target), then
+    the source's background (the regions of :func:`instruction_regions`)."""
+    objects = [m.astype(np.float32) for m in edit.object_masks(size)]
+    return np.stack(objects + [region_masks(edit.source, size)[-1]])
+
+
+def grounding_targets(tokenizer, items: list[Scene | Edit | None], num_tokens: int, size: int,
+                      sides: tuple[int, ...]):
     """Per map side, (B, K, side*side) target masks for the K token rows, and (B, K) bool: which
-    tokens are grounded. A ``None`` scene (caption dropped) grounds nothing."""
-    b = len(scenes)
+    tokens are grounded. A scene grounds its caption (:func:`caption_regions`), an edit its
+    instruction (:func:`instruction_regions`); ``None`` (the text dropped) grounds nothing."""
+    b = len(items)
     grounded = torch.zeros((b, num_tokens), dtype=torch.bool)
     full = torch.zeros((b, num_tokens, size, size))
-    for i, scene in enumerate(scenes):
-        if scene is None:
+    for i, item in enumerate(items):
+        if item is None:
             continue
-        masks = torch.from_numpy(region_masks(scene, size))
-        for pos, region in caption_regions(tokenizer, scene):
+        if isinstance(item, Edit):
+            masks, pairs = edit_region_masks(item, size), instruction_regions(tokenizer, item)
+        else:
+            masks, pairs = region_masks(item, size), caption_regions(tokenizer, item)
+        masks = torch.from_numpy(masks)
+        for pos, region in pairs:
             full[i, pos] = masks[region]
             grounded[i, pos] = True
     targets = {side: F.adaptive_avg_pool2d(full, side).flatten(2) for side in sides}

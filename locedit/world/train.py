@@ -95,11 +95,11 @@ def scene_batch(rng: random.Random, n: int, with_scenes: bool = False):
     return (x, caps, scenes) if with_scenes else (x, caps)
 
 
-def edit_batch(rng: random.Random, n: int):
+def edit_batch(rng: random.Random, n: int, with_edits: bool = False):
     edits = [sample_edit(rng) for _ in range(n)]
     src = to_tensor([e.render_source(IMAGE_SIZE) for e in edits])
     tgt = to_tensor([e.render_target(IMAGE_SIZE) for e in edits])
-    return src, tgt, [e.instruction for e in edits]
+    return (src, tgt, [e.instruction for e in edits]) + ((edits,) if with_edits else ())
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -283,8 +283,9 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     """Epsilon-prediction training of UNet and text encoder with AdamW and EMA, resumable.
 
     ``batch_fn(rng, gen)`` returns (latents, image condition or None, prompts), and with ``--ground``
-    the scenes of the prompts (None where the caption was dropped): TokenCompose's token grounding
-    loss (:mod:`locedit.world.grounding`) is then added with that weight. Every
+    what each prompt describes (its scene for a caption, its edit for an instruction, None where the
+    text was dropped): TokenCompose's token grounding loss (:mod:`locedit.world.grounding`) is then
+    added with that weight. Every
     ``--checkpoint-minutes`` the full state (live weights, optimiser, EMA, step, random streams) is
     written atomically to ``out/checkpoint.pt`` and the EMA weights to ``out/ema`` (a diffusers folder);
     ``--resume`` continues from the checkpoint exactly where it stopped. ``evaluate(step)``, if
@@ -521,8 +522,10 @@ def train_instruct(args) -> None:
     the instruction and the image conditioning are each dropped 5% of the time, both together 5%."""
     device, out, _, vae, tok, te, unet = _prepare(args, in_channels=8)
 
+    ground = bool(args.ground)
+
     def batch(rng, gen):
-        src, tgt, instr = edit_batch(rng, args.batch)
+        src, tgt, instr, *edits = edit_batch(rng, args.batch, with_edits=ground)
         # the image condition is the unscaled posterior mode, as InstructPix2Pix checkpoints use
         with torch.no_grad():
             zs = vae.encode(src.to(device) * 2 - 1).latent_dist.mode()
@@ -535,7 +538,9 @@ def train_instruct(args) -> None:
                 zs[i] = 0
             elif r < 3 * args.drop:
                 instr[i], zs[i] = "", 0
-        return zt, zs, instr
+        if not ground:
+            return zt, zs, instr
+        return zt, zs, instr, [e if p else None for e, p in zip(edits[0], instr)]
 
     _diffusion_loop(args, unet, te, tok, vae, device, batch, out)
 
@@ -615,6 +620,9 @@ def main(argv=None) -> None:
             s.add_argument("--cooldown", type=int, default=0, help="with --schedule constant: linear decay over the last N steps")
             s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
             s.add_argument("--checkpoint-minutes", type=float, default=0.0, help="write the full training state this often")
+            s.add_argument("--ground", type=float, default=0.0,
+                           help="weight of TokenCompose's token grounding loss on the cross-attention maps (0: off); "
+                                "t2i grounds the caption's words, instruct the instruction's")
             if name == "t2i":
                 s.add_argument("--cache", help="folder for cached training latents (built progressively)")
                 s.add_argument("--cache-size", type=int, default=200_000)
@@ -622,8 +630,6 @@ def main(argv=None) -> None:
                 s.add_argument("--eval-every", type=int, default=0, help="gate 2 on held-out captions every N steps")
                 s.add_argument("--eval-n", type=int, default=50)
                 s.add_argument("--eval-steps", type=int, default=50)
-                s.add_argument("--ground", type=float, default=0.0,
-                               help="weight of TokenCompose's token grounding loss on the cross-attention maps (0: off)")
     a = sub.add_parser("assemble")
     a.add_argument("--vae", required=True)
     a.add_argument("--t2i")
