@@ -1,6 +1,8 @@
 """The shapes models' code paths (gates, IP2P loop) on tiny random stand-ins, and the bundled
 models themselves when they are installed."""
 
+import random
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from locedit.diffusion.loading import BUNDLED_DIR
 from locedit.errors import LoceditError
 from locedit.instruct import instruct_edit
 from locedit.world import gates as G
+from locedit.world.edits import sample_edit
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +26,14 @@ def test_gate_code_paths_run_on_tiny_models(bundle, tiny_instruct):
     assert 0.0 <= t["t2i_oracle"] <= 1.0
     r = G.gate_nti(bundle, n=1, steps=2)
     assert r["nti_psnr"] > 0
-    i = G.gate_instruct(tiny_instruct, n=2, steps=2)
+    i = G.gate_instruct(tiny_instruct, n=3, steps=2)
     assert set(i) >= {"instruct_oracle", "instruct_outside_psnr"}
+    # the by-kind figures are the same edits split by kind: their weighted means are the totals
+    rng = random.Random(G.HELD_OUT_SEED + 30_000)
+    kinds = [sample_edit(rng).kind for _ in range(3)]
+    assert {k.removeprefix("instruct_oracle_") for k in i if k.startswith("instruct_oracle_")} == set(kinds)
+    for key in ("instruct_oracle", "instruct_outside_psnr"):
+        assert sum(i[f"{key}_{k}"] for k in kinds) / 3 == pytest.approx(i[key])
     c = G.gate_p2p_colour(bundle, n=2, steps=2)
     s = G.gate_p2p_shape(bundle, n=2, steps=2)
     assert c["n"] == 2 and c["p2p_colour_outside_psnr"] < G.GATES["p2p_colour_outside_psnr"]  # random model

@@ -14,7 +14,7 @@ import torch
 from .. import pipeline
 from ..diffusion import ModelBundle
 from ..instruct import IP2POptions, instruct_edit
-from .edits import sample_edit
+from .edits import EDIT_KINDS, sample_edit
 from .oracle import change_seen, read_scene
 from .scene import render, sample_scene
 from .train import HELD_OUT_SEED, to_tensor
@@ -82,18 +82,23 @@ def gate_instruct(bundle: ModelBundle, n: int = 200, steps: int = 50, options: I
     rng = random.Random(HELD_OUT_SEED + 30_000)
     edits = [sample_edit(rng) for _ in range(n)]
     g = torch.Generator().manual_seed(seed)
-    ok, full, outside = 0, 0, []
+    full, rows = 0, []
     size = bundle.image_size
     for e in (edits if progress is None else progress(edits, "instruct gate")):
         src = to_tensor([e.render_source(size)]).to(bundle.device)
         out = bundle.decode_latents(instruct_edit(bundle, src, e.instruction, steps, options, g))
         reading = read_scene(_to_uint8(out))
-        ok += change_seen(reading, e)
         full += reading.matches(e.target)
         keep = torch.from_numpy(~e.mask(size))
-        outside.append(psnr(out.cpu(), src.cpu(), keep))
-    return {"instruct_oracle": ok / n, "instruct_full_scene": full / n,
-            "instruct_outside_psnr": float(np.mean(outside)), "n": n}
+        rows.append((e.kind, change_seen(reading, e), psnr(out.cpu(), src.cpu(), keep)))
+    figures = {"instruct_oracle": sum(ok for _, ok, _ in rows) / n, "instruct_full_scene": full / n,
+               "instruct_outside_psnr": float(np.mean([v for _, _, v in rows])), "n": n}
+    for kind in EDIT_KINDS:  # the same figures by edit kind (information, not gates)
+        mine = [(ok, v) for k, ok, v in rows if k == kind]
+        if mine:
+            figures[f"instruct_oracle_{kind}"] = sum(ok for ok, _ in mine) / len(mine)
+            figures[f"instruct_outside_psnr_{kind}"] = float(np.mean([v for _, v in mine]))
+    return figures
 
 
 def _p2p_gate(bundle: ModelBundle, kind: str, offset: int, n: int, steps: int, use_mask: bool, mode: str,
