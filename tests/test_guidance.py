@@ -319,3 +319,66 @@ def test_source_replay_equals_the_full_batch_iterations_with_half_the_rows(bundl
     torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-5)
     assert out[True][1] == pytest.approx(out[False][1], rel=1e-4)
     assert not torch.equal(out[True][0][1], z[1])  # it did guide
+
+
+@pytest.mark.parametrize("name", ["mag-edit", "mde-edit"])
+def test_maps_only_forwards_stop_after_the_last_map_site_with_the_same_result(bundle, setup, name):
+    """MapsOnly: after the first guidance forward, each one stops once the captures hold their maps.
+    The guided latents and losses are those of whole forwards, over two guided steps (the counts
+    carried from the first step to the second), and the output convolution runs only in the first."""
+    from locedit.masks import Region
+
+    traj, mask = setup
+    attr = torch.zeros(1, 1, 64, 64)
+    attr[..., 16:40, 20:32] = 1
+    kw = {"guidance.guided_steps": 2, "guidance.iterations": 3, "guidance.step_size": 50.0}
+    plan = (lambda: _plan(bundle, "mag-edit", [Region("blue", mask)], **kw)) if name == "mag-edit" else (
+        lambda: _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], **kw))
+    conds = bundle.encode_text([SRC, TGT])
+    sched = bundle.schedule(6)
+    out, tails = {}, {}
+    for stop in (False, True):
+        ctrl, guide = plan()
+        guide.maps_only = stop
+        ran = []
+        hook = bundle.unet.conv_out.register_forward_hook(lambda m, a, o: ran.append(1))
+        z = traj.noise.expand(2, -1, -1, -1).clone()
+        try:
+            with controlled_attention(bundle.unet, ctrl):
+                for i in range(2):
+                    z = guide(bundle, ctrl, i, sched.timesteps[i], sched.alphas[i], z, conds)
+        finally:
+            hook.remove()
+        out[stop], tails[stop] = (z, guide.history), len(ran)
+    assert tails[False] == 6 and tails[True] == 1
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-6)
+    for a, b in zip(out[True][1], out[False][1]):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert not torch.equal(out[True][0][1], traj.noise[0])  # it did guide
+
+
+def test_locinv_token_learning_stops_at_the_maps_with_the_same_tokens(bundle, image):
+    from locedit.guidance.locinv import LocInvOptions, locinv_inversion
+    from locedit.inversion import NullTextOptions
+    from locedit.masks import Region
+
+    prior = torch.zeros(1, 1, 64, 64)
+    prior[..., 16:40, 20:44] = 1
+    z0 = bundle.encode_image(image)
+    opts = LocInvOptions(max_inner=3, nti=NullTextOptions(inner_steps=1))
+    runs = {}
+    for stop in (False, True):
+        ran = []
+        hook = bundle.unet.conv_out.register_forward_hook(lambda m, a, o: ran.append(1))
+        try:
+            runs[stop] = (locinv_inversion(bundle, z0, SRC, [Region("square", prior)], 2, options=opts,
+                                           stop_at_maps=stop), len(ran))
+        finally:
+            hook.remove()
+    (full, n_full), (short, n_short) = runs[False], runs[True]
+    assert sum(full.stats["iterations"]) > 1  # several token-learning forwards, all but the first stopped
+    assert n_full - n_short == sum(i + (i < 3) for i in full.stats["iterations"]) - 1
+    for w in full.token_vectors:
+        torch.testing.assert_close(short.token_vectors[w], full.token_vectors[w], rtol=0, atol=1e-6)
+    for a, b in zip(short.null_embeddings, full.null_embeddings):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

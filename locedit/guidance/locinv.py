@@ -63,7 +63,7 @@ from ..inversion.null_text import optimise_null
 from ..masks import Region, check_mask
 from ..progress import Progress, track
 from . import losses as L
-from .loop import MapCapture, map_mask_from
+from .loop import MapCapture, MapsOnly, map_mask_from
 from .options import (BOX_DEFAULTS, ENCODE_SEED, LOCINV_DEFAULTS, NTI_MODES, PAIR_SOURCES,  # noqa: F401 (re-exported)
                       RESTART_ITERATIONS, LocInvOptions)
 
@@ -129,8 +129,10 @@ def prior_kind(regions: list[Region]) -> str:
 
 def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions: list[Region], num_steps: int,
                      guidance: float = 7.5, pairs: list[tuple[str, str]] = (), options: LocInvOptions = LocInvOptions(),
-                     progress: Progress | None = None) -> Trajectory:
-    """Learn per-step noun tokens for ``regions`` (noun word + prior mask at the model's size)."""
+                     progress: Progress | None = None, stop_at_maps: bool = True) -> Trajectory:
+    """Learn per-step noun tokens for ``regions`` (noun word + prior mask at the model's size).
+    ``stop_at_maps`` ends each token-learning forward at the last map-level site (:class:`MapsOnly`;
+    the same losses and tokens; False runs the whole UNet, as the authors' code does)."""
     if not regions:
         raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
     size = (bundle.image_size, bundle.image_size)
@@ -178,6 +180,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     stored = {w: [] for w in nouns}
     nulls, z = [], latents[-1]
     history = {"iterations": [], "sim_first": [], "sim_last": [], "ov_first": [], "ov_last": [], "adj_first": [], "adj_last": []}
+    maps_only = MapsOnly((capture,), enabled=stop_at_maps)
     with controlled_attention(bundle.unet, capture):
         for i in track(progress, range(num_steps), "locinv"):
             t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
@@ -192,7 +195,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
                 capture.begin()
                 with torch.enable_grad():
                     cond = bundle.encode_text_with_tokens(prompt, pos_vectors(params))
-                    bundle.predict_eps(z, t, a, cond)
+                    maps_only.run(bundle, lambda: bundle.predict_eps(z, t, a, cond))
                     maps = torch.stack([capture.word_map(t) for t in noun_tokens])  # (K, P)
                     parts = {
                         "sim": L.similarity_loss_seg(maps, priors) if kind == "seg" else L.similarity_loss_box(maps, priors),

@@ -38,6 +38,12 @@ class MapCapture(AttentionController):
         self.branch = branch
         self.scores = scores
         self.records: list[torch.Tensor] | None = None
+        self.on_record: Callable[[], None] | None = None  # :class:`MapsOnly` stops the forward here
+
+    def _record(self, x: torch.Tensor) -> None:
+        self.records.append(x)
+        if self.on_record is not None:
+            self.on_record()
 
     def begin(self) -> None:
         self.records = []
@@ -53,12 +59,12 @@ class MapCapture(AttentionController):
         return self.scores
 
     def edit_scores(self, scores, site):
-        self.records.append(scores[self.layout.index(self.branch, "cond")])  # (heads, P, K)
+        self._record(scores[self.layout.index(self.branch, "cond")])  # (heads, P, K)
         return scores
 
     def edit_probs(self, probs, site):
         if not self.scores:
-            self.records.append(probs[self.layout.index(self.branch, "cond")])  # (heads, P, K)
+            self._record(probs[self.layout.index(self.branch, "cond")])  # (heads, P, K)
         return probs
 
     def token_maps(self, tokens: list[int]) -> torch.Tensor:
@@ -68,6 +74,61 @@ class MapCapture(AttentionController):
     def word_map(self, tokens: list[int]) -> torch.Tensor:
         """(P,): the word's map, its tokens' maps summed."""
         return self.token_maps(tokens).sum(0)
+
+
+class _MapsComplete(Exception):
+    """Raised inside a UNet forward once every capture holds its maps (see :class:`MapsOnly`)."""
+
+
+class MapsOnly:
+    """Runs loss-only UNet forwards up to the last site whose maps the loss reads, and no further.
+
+    The guidance and token-learning losses (MAG-Edit Eq. 3-4, MDE-Edit's OAL/CCL, LocInv Eq. 5-8)
+    read the cross-attention maps of the map-level sites and never the noise prediction, so the
+    layers after the last such site (at SD's 16x16 level: the 32x32 and 64x64 up blocks, where
+    self-attention is widest, and the output convolution) do nothing for them; their gradient was
+    already zero. The first forward runs whole and counts each capture's records; every later one
+    stops, by an exception raised from the capture's hook, when all captures hold that many (the
+    counts can be handed on to the next instance on the same captures). The
+    losses, gradients and updates are the same tensors (tested); the authors' code runs the whole
+    UNet. Off under gradient checkpointing (its backward re-runs blocks whole) and with
+    ``enabled=False``. A stopped forward still counts as a UNet call in ``bundle.unet_calls``.
+    """
+
+    def __init__(self, captures: tuple[MapCapture, ...], enabled: bool = True, counts: list[int] | None = None):
+        self.captures = captures
+        self.enabled = enabled
+        self.counts = counts  # records per whole forward; None: counted on the first
+        self.armed = False
+        for c in captures:
+            c.on_record = self._recorded
+
+    def _recorded(self) -> None:
+        if self.armed and all(len(c.records) >= n for c, n in zip(self.captures, self.counts)):
+            raise _MapsComplete
+
+    def run(self, bundle, forward: Callable[[], object]) -> None:
+        """Call ``forward`` (a UNet call whose output is not used) with the early stop armed."""
+        if not self.enabled or getattr(bundle.unet, "is_gradient_checkpointing", False):
+            forward()
+            return
+        if self.counts is None:
+            forward()
+            self.counts = [len(c.records) for c in self.captures]
+            return
+        self.armed = True
+        try:
+            forward()
+        except _MapsComplete:
+            pass
+        finally:
+            self.armed = False
+
+    def close(self) -> list[int] | None:
+        """Detach from the captures; returns the counts, for the next :class:`MapsOnly` on them."""
+        for c in self.captures:
+            c.on_record = None
+        return self.counts
 
 
 class SourceReplay(AttentionController):
@@ -134,9 +195,11 @@ class LatentGuidance:
     the first ``guided_steps`` steps. ``latent_mask`` (1, 1, h, w) is M."""
 
     def __init__(self, options: GuidanceOptions, capture: MapCapture | tuple[MapCapture, ...], loss: LossFn,
-                 latent_mask: torch.Tensor, replay_source: bool = True):
+                 latent_mask: torch.Tensor, replay_source: bool = True, maps_only: bool = True):
         self.options = options
         self.replay_source = replay_source  # False: every iteration on [source, target] (the reference)
+        self.maps_only = maps_only  # False: every forward runs the whole UNet (the reference)
+        self._map_counts: list[int] | None = None  # records per forward, counted on the first
         self.captures = capture if isinstance(capture, tuple) else (capture,)
         self.loss = loss
         self.latent_mask = latent_mask
@@ -159,6 +222,7 @@ class LatentGuidance:
         replay = SourceReplay(controller) if self.replay_source and not controller.feature_hooks(bundle.unet) else None
         # installed around the backward passes too: gradient checkpointing runs the blocks again there
         ctx = controlled_attention(bundle.unet, replay) if replay is not None else contextlib.nullcontext()
+        maps = MapsOnly(self.captures, self.maps_only, self._map_counts)
         try:
             with ctx:
                 for k in range(opt.iterations):
@@ -167,9 +231,9 @@ class LatentGuidance:
                     z_tgt = z_tgt.requires_grad_(True)
                     with torch.enable_grad():
                         if replay is not None and replay.replay:
-                            bundle.predict_eps(z_tgt, t, alpha, conds[1:2])
+                            maps.run(bundle, lambda: bundle.predict_eps(z_tgt, t, alpha, conds[1:2]))
                         else:
-                            bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds)
+                            maps.run(bundle, lambda: bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds))
                         loss = self.loss(*self.captures)
                         if not torch.isfinite(loss):
                             raise OptimisationError(f"latent guidance: loss became {loss.item()} at step {step}")
@@ -179,6 +243,7 @@ class LatentGuidance:
                     if replay is not None:
                         replay.start_replay()
         finally:
+            self._map_counts = maps.close()
             for c in self.captures:
                 c.end()
             controller.layout = saved
