@@ -8,7 +8,16 @@ from conftest import write_png
 from locedit.attention import BatchLayout, controlled_attention
 from locedit.attention import Chain
 from locedit.instruct import IP2P_LAYOUT, IP2POptions, LIMEOptions, content_tokens, instruct_edit, lime_edit
-from locedit.instruct.lime import AttentionRegularizer, cluster, fuse_features, localize, region_of_interest
+from locedit.instruct.lime import (
+    AttentionRegularizer,
+    cluster,
+    cluster_gram,
+    feature_hooks,
+    fuse_features,
+    fused_gram,
+    localize,
+    region_of_interest,
+)
 from locedit.attention import AttentionController
 
 INSTR = "make the square blue"
@@ -29,8 +38,9 @@ def test_stop_words_are_dropped_and_content_words_kept(instruct_bundle):
 
 
 def test_fused_features_have_unit_norm_per_pixel(localized, instruct_bundle):
-    roi, labels, attention, top, tokens, feats, _ = localized
+    labels, attention, feats = localized.labels, localized.attention, localized.features
     side = instruct_bundle.image_size // 2
+    assert localized.gram is None  # the tiny model has fewer channels than pixels: k-means on the features
     assert feats.ndim == 3 and feats.shape[1:] == (side, side)
     n_self = sum(1 for name in instruct_bundle.unet.attn_processors if "attn1" in name)
     assert feats.shape[0] >= n_self  # one block of channels per self-attention layer
@@ -39,7 +49,7 @@ def test_fused_features_have_unit_norm_per_pixel(localized, instruct_bundle):
 
 
 def test_roi_is_a_union_of_whole_clusters_containing_the_top_points(localized):
-    roi, labels, attention, top, tokens, _, _ = localized
+    roi, labels, top = localized.roi, localized.labels, localized.top
     assert roi.flatten()[top].all()
     for lab in labels.unique():
         inside = roi[labels == lab]
@@ -84,11 +94,33 @@ def test_cluster_on_the_gram_embedding_equals_kmeans_on_the_features(localized):
     centres = torch.randn(6, 3000, generator=g)
     pts = centres[torch.randint(0, 6, (256,), generator=g)] + 0.6 * torch.randn(256, 3000, generator=g)
     synthetic = torch.nn.functional.normalize(pts, dim=1).T.reshape(3000, 16, 16)
-    for feats, k in ((synthetic, 6), (localized.features, 4)):
+    for feats, k in ((synthetic, 6), (localized.features[:, :16, :16], 4)):
         c, s, _ = feats.shape
-        direct = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(
-            feats.reshape(c, -1).T.numpy().astype(np.float64))
-        assert np.array_equal(cluster(feats, k, seed=0).flatten().numpy(), direct)
+        flat = feats.reshape(c, -1).double()
+        flat = flat / flat.norm(dim=0, keepdim=True)
+        assert flat.shape[1] <= c  # fewer pixels than channels: cluster() takes the Gram embedding
+        direct = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(flat.T.numpy())
+        assert np.array_equal(cluster(flat.reshape(c, s, s), k, seed=0).flatten().numpy(), direct)
+        gram = flat.T @ flat
+        assert np.array_equal(cluster_gram(gram, s, k, seed=0).flatten().numpy(), direct)  # Cholesky embedding
+        # a singular Gram (duplicated pixels): Cholesky fails, the eigen-embedding takes over
+        dup = torch.cat([flat[:, : s * s // 2]] * 2, dim=1)
+        labels = cluster_gram(dup.T @ dup, s, k, seed=0).flatten()
+        assert torch.equal(labels[: s * s // 2], labels[s * s // 2 :])
+
+
+def test_fused_gram_is_the_gram_of_the_fused_features(instruct_bundle, image):
+    """Built layer by layer from the recorded store, without concatenating the features."""
+    from locedit.instruct.lime import LocalisationRecorder
+
+    side = 16
+    rec = LocalisationRecorder(content_tokens(instruct_bundle.tokenizer, INSTR), side, (0.0, 1.0))
+    with feature_hooks(instruct_bundle.unet, rec.clock, (0.0, 1.0), IP2P_LAYOUT.index("edit", "image"),
+                       ("self", "cross")) as store:
+        instruct_edit(instruct_bundle, image, INSTR, 2, IP2POptions(), torch.Generator().manual_seed(0), controller=rec)
+    assert len(store) > 2
+    feats = fuse_features(store, side).reshape(-1, side * side).double()
+    torch.testing.assert_close(fused_gram(store, side), feats.T @ feats, rtol=1e-5, atol=1e-6)
 
 
 class _Probe(AttentionController):

@@ -99,8 +99,12 @@ def locedit_run(spec: dict, bundle, image):
         # whole schedule, as the code does, and compares its output too
         full = spec["method"] == "lime-localize-full"
         found = localize(bundle, image, spec["instruction"], steps, options, seed, run_all=full)
-        flat = found.features.reshape(found.features.shape[0], -1).T  # (pixels, channels), unit rows
-        extra = {"attention": found.attention, "feature_gram": flat @ flat.T}
+        if found.gram is not None:  # k-means ran on the Gram embedding (fewer pixels than channels)
+            gram = found.gram.float()
+        else:
+            flat = found.features.reshape(found.features.shape[0], -1).T  # (pixels, channels), unit rows
+            gram = flat @ flat.T
+        extra = {"attention": found.attention, "feature_gram": gram}
         if not full:
             return None, None, extra
         z = found.latents
