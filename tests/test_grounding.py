@@ -28,8 +28,8 @@ def tokenizer():
     return train.make_tokenizer()
 
 
-def _words(tokenizer, scene):
-    ids = tokenizer(scene.caption()).input_ids
+def _words(tokenizer, text):
+    ids = tokenizer(text).input_ids
     return [w.removesuffix("</w>") for w in tokenizer.convert_ids_to_tokens(ids)]
 
 
@@ -38,7 +38,7 @@ def test_caption_regions_name_each_objects_own_words(tokenizer):
     scenes = [sample_scene(rng, n_objects=n) for n in (1, 2, 3) for _ in range(20)]
     assert any(o.texture == "striped" for s in scenes for o in s.objects)
     for scene in scenes:
-        words = _words(tokenizer, scene)
+        words = _words(tokenizer, scene.caption())
         pairs = caption_regions(tokenizer, scene)
         for k, obj in enumerate(scene.objects):
             mine = sorted(words[p] for p, r in pairs if r == k)
@@ -48,17 +48,12 @@ def test_caption_regions_name_each_objects_own_words(tokenizer):
         assert len({p for p, _ in pairs}) == len(pairs)  # no token grounded twice
 
 
-def _instruction_words(tokenizer, edit):
-    ids = tokenizer(edit.instruction).input_ids
-    return [w.removesuffix("</w>") for w in tokenizer.convert_ids_to_tokens(ids)]
-
-
 def test_instruction_regions_name_each_edited_objects_words(tokenizer):
     rng = random.Random(11)
     edits = [sample_edit(rng, kind) for kind in EDIT_KINDS for _ in range(30)]
     assert any(e.source.objects[e.edited[0]].colour in e.instruction.split() for e in edits if e.kind == "shape")
     for e in edits:
-        words = _instruction_words(tokenizer, e)
+        words = _words(tokenizer, e.instruction)
         pairs = instruction_regions(tokenizer, e)
         assert len({p for p, _ in pairs}) == len(pairs), e.instruction
         assert not {"make", "turn", "the", "into", "a", "an", "and"} & {words[p] for p, _ in pairs}

@@ -286,20 +286,28 @@ def test_gradient_checkpointing_changes_no_result_and_is_restored(bundle, image)
     assert not any(m.gradient_checkpointing for m in flags)
 
 
+def _guided_plan(bundle, name, mask, iterations):
+    """A factory of fresh (controller, guide) for 2 guided steps of ``iterations``: MAG-Edit with
+    ``mask`` as the region of "blue", or MDE-Edit with it as the object "square" and a narrower
+    attribute box for "blue"."""
+    from locedit.masks import Region
+
+    attr = torch.zeros(1, 1, 64, 64)
+    attr[..., 16:40, 20:32] = 1
+    kw = {"guidance.guided_steps": 2, "guidance.iterations": iterations, "guidance.step_size": 50.0}
+    if name == "mag-edit":
+        return lambda: _plan(bundle, "mag-edit", [Region("blue", mask)], **kw)
+    return lambda: _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], **kw)
+
+
 @pytest.mark.parametrize("name", ["mag-edit", "mde-edit"])
 def test_source_replay_equals_the_full_batch_iterations_with_half_the_rows(bundle, setup, name):
     """After the first iteration of a guided step the target runs alone, the source's attention
     replayed (SourceReplay): the same guided latents and losses as every iteration on [source,
     target], with batch-1 calls."""
-    from locedit.masks import Region
-
     traj, mask = setup
-    attr = torch.zeros(1, 1, 64, 64)
-    attr[..., 16:40, 20:32] = 1
-    kw = {"guidance.guided_steps": 2, "guidance.iterations": 4, "guidance.step_size": 50.0}
     # MAG-Edit's engine: P2P refine with self-attention injected (probabilities); MDE-Edit: logits captured
-    plan = (lambda: _plan(bundle, "mag-edit", [Region("blue", mask)], **kw)) if name == "mag-edit" else (
-        lambda: _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], **kw))
+    plan = _guided_plan(bundle, name, mask, iterations=4)
     conds = bundle.encode_text([SRC, TGT])
     sched = bundle.schedule(6)
     z = traj.noise.expand(2, -1, -1, -1).clone()
@@ -326,14 +334,8 @@ def test_maps_only_forwards_stop_after_the_last_map_site_with_the_same_result(bu
     """MapsOnly: after the first guidance forward, each one stops once the captures hold their maps.
     The guided latents and losses are those of whole forwards, over two guided steps (the counts
     carried from the first step to the second), and the output convolution runs only in the first."""
-    from locedit.masks import Region
-
     traj, mask = setup
-    attr = torch.zeros(1, 1, 64, 64)
-    attr[..., 16:40, 20:32] = 1
-    kw = {"guidance.guided_steps": 2, "guidance.iterations": 3, "guidance.step_size": 50.0}
-    plan = (lambda: _plan(bundle, "mag-edit", [Region("blue", mask)], **kw)) if name == "mag-edit" else (
-        lambda: _plan(bundle, "mde-edit", [Region("square", mask)], [Region("blue", attr)], **kw))
+    plan = _guided_plan(bundle, name, mask, iterations=3)
     conds = bundle.encode_text([SRC, TGT])
     sched = bundle.schedule(6)
     out, tails = {}, {}

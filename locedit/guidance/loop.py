@@ -89,9 +89,8 @@ class MapsOnly:
     self-attention is widest, and the output convolution) do nothing for them; their gradient was
     already zero. The first forward runs whole and counts each capture's records; every later one
     stops, by an exception raised from the capture's hook, when all captures hold that many (the
-    counts can be handed on to the next instance on the same captures). The
-    losses, gradients and updates are the same tensors (tested); the authors' code runs the whole
-    UNet. Off under gradient checkpointing (its backward re-runs blocks whole) and with
+    counts can be handed on to the next instance on the same captures). The losses, gradients and
+    updates are the same tensors (tested); the authors' code runs the whole UNet. Off under gradient checkpointing (its backward re-runs blocks whole) and with
     ``enabled=False``. A stopped forward still counts as a UNet call in ``bundle.unet_calls``.
     """
 
