@@ -27,7 +27,7 @@ def test_train_assemble_and_load(tmp_path, image):
                 "--init", str(tmp_path / "t2i")] + base)
     widened = json.loads((tmp_path / "ip2p-from-t2i" / "unet" / "config.json").read_text())
     assert widened["in_channels"] == 8
-    train.main(["assemble", "--vae", str(tmp_path / "vae"), "--t2i", str(tmp_path / "t2i"),
+    train.main(["assemble", "--vae", str(tmp_path / "vae"), "--t2i", str(tmp_path / "t2i-more"),
                 "--instruct", str(tmp_path / "ip2p"), "--dest", str(tmp_path / "models")])
     t2i = load_model(str(tmp_path / "models" / "shapes"))
     assert next(load_model(str(tmp_path / "models" / "shapes"), dtype="fp16").unet.parameters()).dtype == torch.float16
@@ -37,6 +37,10 @@ def test_train_assemble_and_load(tmp_path, image):
     assert instruct_edit(ip2p, image, "make the square blue", 2).shape == (1, 4, 16, 16)
     meta = json.loads((tmp_path / "models" / "shapes" / "training.json").read_text())
     assert set(meta) == {"vae", "diffusion"}
+    # the shipped folder records its whole lineage: each run's settings and the run it started from
+    assert meta["diffusion"]["train.json"]["init"] == str(tmp_path / "t2i")
+    assert meta["diffusion"]["init"]["folder"] == str(tmp_path / "t2i") and "init" not in meta["diffusion"]["init"]
+    assert meta["vae"]["init"]["train.json"]["steps"] == 2 and meta["vae"]["init"]["folder"] == str(tmp_path / "vae0")
 
 
 def test_widen_input_keeps_the_function():

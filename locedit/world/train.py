@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import random
 import sys
 import time
@@ -563,14 +564,31 @@ def assemble(args) -> None:
             folder / "text_encoder", safe_serialization=True)
         CLIPTokenizer.from_pretrained(src, subfolder="tokenizer").save_pretrained(folder / "tokenizer")
         DDIMScheduler.from_config(SD_SCHEDULER_CONFIG).save_config(folder / "scheduler")
-        meta = {}
-        for part, path in (("vae", args.vae), ("diffusion", src)):
-            info = Path(path) / "train.json"
-            if info.exists():
-                meta[part] = json.loads(info.read_text())
+        meta = {"vae": provenance(Path(args.vae)), "diffusion": provenance(Path(src))}
         (folder / "training.json").write_text(json.dumps(meta, indent=2))
         write_model_index(folder, instruct=name == "shapes-instruct")
         print(f"wrote {folder}", file=sys.stderr)
+
+
+def provenance(folder: Path, _seen: frozenset = frozenset()) -> dict:
+    """What a weights folder records of how it was trained: every ``train*.json`` (settings and
+    seconds), ``progress.json`` (steps, runs) and ``command.txt``, and then the same of the folder its
+    run started from (``--init``), back to a run from scratch. ``training.json`` in a shipped folder is
+    this, so the shipped weights carry their whole lineage."""
+    record: dict = {"folder": str(folder)}
+    for info in sorted(folder.glob("train*.json")):
+        record[info.name] = json.loads(info.read_text())
+    if (folder / "progress.json").exists():
+        record["progress"] = json.loads((folder / "progress.json").read_text())
+    init = next((r.get("init") for r in record.values() if isinstance(r, dict) and r.get("init")), None)
+    if (folder / "command.txt").exists():
+        command = (folder / "command.txt").read_text()
+        record["command"] = command
+        found = re.search(r"--init (\S+)", command)
+        init = init or (found.group(1) if found else None)
+    if init and Path(init).is_dir() and Path(init).resolve() != folder.resolve() and str(Path(init).resolve()) not in _seen:
+        record["init"] = provenance(Path(init), _seen | {str(folder.resolve())})
+    return record
 
 
 def write_model_index(folder: Path, instruct: bool) -> None:
