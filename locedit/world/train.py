@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -580,14 +580,14 @@ def provenance(folder: Path, _seen: frozenset = frozenset()) -> dict:
         record[info.name] = json.loads(info.read_text())
     if (folder / "progress.json").exists():
         record["progress"] = json.loads((folder / "progress.json").read_text())
-    init = next((r.get("init") for r in record.values() if isinstance(r, dict) and r.get("init")), None)
+    init = next((r["init"] for r in record.values() if isinstance(r, dict) and r.get("init")), None)
     if (folder / "command.txt").exists():
-        command = (folder / "command.txt").read_text()
-        record["command"] = command
-        found = re.search(r"--init (\S+)", command)
+        record["command"] = (folder / "command.txt").read_text()
+        found = re.search(r"--init (\S+)", record["command"])
         init = init or (found.group(1) if found else None)
-    if init and Path(init).is_dir() and Path(init).resolve() != folder.resolve() and str(Path(init).resolve()) not in _seen:
-        record["init"] = provenance(Path(init), _seen | {str(folder.resolve())})
+    seen = _seen | {str(folder.resolve())}
+    if init and Path(init).is_dir() and str(Path(init).resolve()) not in seen:
+        record["init"] = provenance(Path(init), seen)
     return record
 
 
