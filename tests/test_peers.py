@@ -276,3 +276,21 @@ def test_dpl_prior_is_small_enough_to_leave_map_cells_empty(tmp_path):
         read[size] = np.asarray(Image.open(dpl.inputs(image)["prior"]).resize((side, side))).astype(bool)  # read_segfile
     assert read[64].tolist() == [[True, False], [False, False]]  # the top-left cell alone
     assert 0 < read[512].sum() < 30  # a few of the 256 cells
+
+
+def test_efficiency_script_runs_the_locedit_side_alone_and_divides_plain_unet_time_by_wall_time(tmp_path, monkeypatch):
+    """bench/peers/efficiency.py: the locedit side of a peer's row, with no official checkout, in a
+    fresh process; its efficiency is the plain time of the same UNet calls over the wall time."""
+    import efficiency
+    import run
+
+    monkeypatch.setattr(run, "make_model", lambda folder, size, instruct=False: common.make_model(
+        folder, size, instruct=instruct, components=_tiny))
+    out = tmp_path / "eff.json"
+    assert efficiency.main(["lime", "--work", str(tmp_path), "--steps", "3", "--methods", "lime-edit-mask",
+                            "--threads", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["unet_calls"] == {"3": 3}  # IP2P: one batch-3 call per step, nothing else
+    fig = json.loads((tmp_path / "lime" / "efficiency" / "lime-edit-mask-64-3-0.json").read_text())
+    assert fig["unet_efficiency"] == pytest.approx(row["plain_unet_seconds"] / fig["seconds"])
+    assert efficiency.main(["lime", "--work", str(tmp_path), "--methods", "lime-nothing"]) == 2

@@ -42,6 +42,19 @@ def _calls(c: dict) -> str:
     return " + ".join(f"{n}x{b}" for b, n in sorted(c.items(), key=lambda kv: int(kv[0])))
 
 
+def shared_inputs(mod, work: Path, size: int, steps: int) -> dict:
+    """What both sides are given (the model folder, image, box masks, prompts and the peer's own
+    settings), written under ``work`` when missing."""
+    peer = mod.PEER
+    model = work / f"model-{'ip2p' if peer.instruct else 'sd15'}-{size}"
+    make_model(model, size, instruct=peer.instruct)
+    image = make_image(work / f"input-{size}.png", size)
+    boxes = [str(image.with_name(f"{image.stem}-box-{s}.png")) for s in ("left", "right")]
+    return {"model": str(model), "image": str(image), "masks": boxes, "source": SOURCE, "target": TARGET,
+            "size": size, **(mod.spec(steps) if hasattr(mod, "spec") else {}),
+            **(mod.inputs(image) if hasattr(mod, "inputs") else {})}
+
+
 def run(args) -> dict:
     mod = importlib.import_module(PEERS[args.peer])
     peer = mod.PEER
@@ -53,15 +66,8 @@ def run(args) -> dict:
         raise PeerError(f"{peer.name} has no method {unknown[0]!r}; choose from {', '.join(peer.methods)}")
     python = build_env(peer, work)
     src = prepare_checkout(peer, checkout, work, args.size, args.device, args.steps)
-    common = work / f"model-{'ip2p' if peer.instruct else 'sd15'}-{args.size}"
-    make_model(common, args.size, instruct=peer.instruct)
-    image = make_image(work / f"input-{args.size}.png", args.size)
+    base = shared_inputs(mod, work, args.size, args.steps)
     runs = work / peer.name / "runs"
-    boxes = [str(image.with_name(f"{image.stem}-box-{s}.png")) for s in ("left", "right")]
-    base = {"model": str(common), "image": str(image), "masks": boxes,
-            "source": SOURCE, "target": TARGET, "size": args.size,
-            **(mod.spec(args.steps) if hasattr(mod, "spec") else {}),
-            **(mod.inputs(image) if hasattr(mod, "inputs") else {})}
     official_path = [src, *(src / p for p in peer.python_path), *([SHIMS] if peer.shims else [])]
     run_process(python, DRIVERS / "components.py", base, runs / "components-official.json")
     run_process(sys.executable, DRIVERS / "components.py", base, runs / "components-locedit.json")

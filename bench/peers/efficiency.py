@@ -1,0 +1,102 @@
+"""UNet efficiency of locedit's side of a peer's methods, at any step count, without the official code.
+
+    python bench/peers/efficiency.py pnpinversion --size 64 --steps 50
+    python bench/peers/efficiency.py lime --size 64 --steps 50 --methods lime-localize,lime-edit-mask
+
+UNet efficiency is the time that plain UNet calls of the same batch sizes take (no controller,
+best of three, measured in the same process after the work) divided by the wall time of the whole
+edit, encode, inversion, sampling and decode included: 1.0 means the edit costs nothing but its
+UNet calls. The side-by-side runs (``run.py``) report it at their few steps, where encoding and
+decoding weigh most; this script runs the locedit side alone (the same driver, inputs and
+``--preset official`` options as ``run.py``; each run a fresh process) at the step count the goal
+is stated for (50). Methods that backpropagate (null-text, SPDInv, the guidance methods) count only
+their forward calls in the numerator, so theirs is lower by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_WORK, DRIVERS, PeerError, run_process, summarise  # noqa: E402
+from run import BLEND, MALLOC, PEERS, _calls, shared_inputs  # noqa: E402
+
+
+def measure(args) -> dict:
+    mod = importlib.import_module(PEERS[args.peer])
+    methods = args.methods.split(",") if args.methods else list(mod.PEER.methods)
+    unknown = [m for m in methods if m not in mod.PEER.methods]
+    if unknown:
+        raise PeerError(f"{mod.PEER.name} has no method {unknown[0]!r}; choose from {', '.join(mod.PEER.methods)}")
+    work = Path(args.work).expanduser()
+    base = shared_inputs(mod, work, args.size, args.steps)
+    runs = work / mod.PEER.name / "efficiency"
+    rows = []
+    for method in methods:
+        spec = {**base, "blend_words": list(BLEND), "steps": args.steps, "device": args.device,
+                "method": method, "src": "", "peer": PEERS[args.peer]}
+        if args.threads:
+            spec["threads"] = args.threads
+        figs = []
+        for r in range(args.repeats):
+            fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec,
+                              runs / f"{method}-{args.size}-{args.steps}-{r}.json", env_extra=MALLOC[args.malloc])
+            figs.append(fig)
+            print(f"[{mod.PEER.name}] {method} #{r}: {fig['seconds']:.1f} s, UNet {_calls(fig['unet_calls'])}, "
+                  f"efficiency {fig['unet_efficiency']:.2f}", file=sys.stderr)
+        plain = sum(n * figs[0]["plain_unet_seconds"][b] for b, n in figs[0]["unet_calls"].items())
+        rows.append({"method": method, "unet_calls": figs[0]["unet_calls"], "plain_unet_seconds": plain,
+                     **{k: summarise([f[k] for f in figs])
+                        for k in ("seconds", "unet_efficiency", "peak_rss_gib", "work_rss_gib")}})
+    return {"peer": mod.PEER.name, "size": args.size, "steps": args.steps, "device": args.device,
+            "repeats": args.repeats, "malloc": args.malloc,
+            "machine": f"{platform.machine()}, {platform.python_version()}", "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['peer']} (locedit side), {result['size']} px, {result['steps']} steps, {result['device']}, "
+             f"{result['repeats']} repeats, glibc malloc {result['malloc']} (time: min / median)", "",
+             "| method | UNet calls | wall s | plain UNet s (same calls) | UNet efficiency (median) | "
+             "working RSS GiB |", "|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {_calls(r['unet_calls'])} | {r['seconds']['min']:.1f} / "
+                     f"{r['seconds']['median']:.1f} | {r['plain_unet_seconds']:.1f} | "
+                     f"{r['unet_efficiency']['median']:.2f} | {r['work_rss_gib']['median']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("peer", choices=sorted(PEERS), help="whose methods (the locedit side of run.py's rows)")
+    p.add_argument("--work", default=str(DEFAULT_WORK), help="model, inputs and runs (shared with run.py)")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels, a multiple of 64 (default 64)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the goal's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
+    p.add_argument("--malloc", default="live", choices=sorted(MALLOC), help="glibc allocator settings (run.py's)")
+    p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
+    p.add_argument("--json", default="", help="write the figures here")
+    args = p.parse_args(argv)
+    if args.size % 64 or not 64 <= args.size <= 1024:
+        p.error("--size must be a multiple of 64 between 64 and 1024")
+    if not 1 <= args.steps <= 999 or args.repeats < 1:
+        p.error("--steps must be in 1..999 and --repeats >= 1")
+    try:
+        result = measure(args)
+    except PeerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
