@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_WORK, DRIVERS, PeerError, run_process, summarise  # noqa: E402
-from run import BLEND, MALLOC, PEERS, _calls, shared_inputs  # noqa: E402
+from run import BLEND, MALLOC, PEERS, _calls, checked_run, shared_inputs, shared_options  # noqa: E402
 
 
 def measure(args) -> dict:
@@ -74,28 +73,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("peer", choices=sorted(PEERS), help="whose methods (the locedit side of run.py's rows)")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="model, inputs and runs (shared with run.py)")
-    p.add_argument("--size", type=int, default=64, help="image size in pixels, a multiple of 64 (default 64)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the goal's)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
-    p.add_argument("--malloc", default="live", choices=sorted(MALLOC), help="glibc allocator settings (run.py's)")
-    p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
-    p.add_argument("--json", default="", help="write the figures here")
-    args = p.parse_args(argv)
-    if args.size % 64 or not 64 <= args.size <= 1024:
-        p.error("--size must be a multiple of 64 between 64 and 1024")
-    if not 1 <= args.steps <= 999 or args.repeats < 1:
-        p.error("--steps must be in 1..999 and --repeats >= 1")
-    try:
-        result = measure(args)
-    except PeerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    shared_options(p, size=64, steps=50, steps_help="the goal's", repeats=1)
+    return checked_run(p, argv, measure, table)
 
 
 if __name__ == "__main__":

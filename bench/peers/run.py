@@ -201,23 +201,34 @@ def main(argv=None) -> int:
     p.add_argument("peer", choices=sorted(PEERS))
     p.add_argument("--checkout", required=True, help="your clone of the official repository")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="environments, adapted copies, model, runs")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels, a multiple of 64 (default 256)")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps (default 10; the papers use 50)")
+    shared_options(p, size=256, steps=10, steps_help="the papers use 50", repeats=3)
+    return checked_run(p, argv, run, table)
+
+
+def shared_options(p: argparse.ArgumentParser, size: int, steps: int, steps_help: str, repeats: int) -> None:
+    """The options run.py and efficiency.py share (after each one's own)."""
+    p.add_argument("--size", type=int, default=size, help=f"image size in pixels, a multiple of 64 (default {size})")
+    p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps}; {steps_help})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
     p.add_argument("--malloc", default="live", choices=sorted(MALLOC),
-                   help="glibc allocator settings of both sides: live (peak RSS follows the live tensors; "
+                   help="glibc allocator settings of every run: live (peak RSS follows the live tensors; "
                         "default) or default (glibc's caching thresholds)")
     p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
     p.add_argument("--json", default="", help="write the figures here")
+
+
+def checked_run(p: argparse.ArgumentParser, argv, work, table) -> int:
+    """Parse, check the shared options, run ``work(args)`` and print ``table(result)``; exit 2 with
+    one line on a :class:`PeerError`."""
     args = p.parse_args(argv)
     if args.size % 64 or not 64 <= args.size <= 1024:
         p.error("--size must be a multiple of 64 between 64 and 1024")
     if not 1 <= args.steps <= 999 or args.repeats < 1:
         p.error("--steps must be in 1..999 and --repeats >= 1")
     try:
-        result = run(args)
+        result = work(args)
     except PeerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -225,7 +236,6 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
