@@ -22,25 +22,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_WORK, DRIVERS, PeerError, run_process, summarise  # noqa: E402
-from run import BLEND, MALLOC, PEERS, _calls, checked_run, shared_inputs, shared_options  # noqa: E402
+from common import DEFAULT_WORK, DRIVERS, run_process, summarise  # noqa: E402
+from run import (MALLOC, PEERS, _calls, checked_run, chosen_methods, method_spec, shared_inputs,  # noqa: E402
+                 shared_options)
 
 
 def measure(args) -> dict:
     mod = importlib.import_module(PEERS[args.peer])
-    methods = args.methods.split(",") if args.methods else list(mod.PEER.methods)
-    unknown = [m for m in methods if m not in mod.PEER.methods]
-    if unknown:
-        raise PeerError(f"{mod.PEER.name} has no method {unknown[0]!r}; choose from {', '.join(mod.PEER.methods)}")
+    methods = chosen_methods(mod.PEER, args.methods)
     work = Path(args.work).expanduser()
     base = shared_inputs(mod, work, args.size, args.steps)
     runs = work / mod.PEER.name / "efficiency"
     rows = []
     for method in methods:
-        spec = {**base, "blend_words": list(BLEND), "steps": args.steps, "device": args.device,
-                "method": method, "src": "", "peer": PEERS[args.peer]}
-        if args.threads:
-            spec["threads"] = args.threads
+        spec = method_spec(base, args, method)
         figs = []
         for r in range(args.repeats):
             fig = run_process(sys.executable, DRIVERS / "locedit_side.py", spec,

@@ -55,15 +55,31 @@ def shared_inputs(mod, work: Path, size: int, steps: int) -> dict:
             **(mod.inputs(image) if hasattr(mod, "inputs") else {})}
 
 
+def chosen_methods(peer, methods: str) -> list[str]:
+    """``--methods`` (comma-separated; empty: all of the peer's), each checked against the peer's."""
+    chosen = methods.split(",") if methods else list(peer.methods)
+    unknown = [m for m in chosen if m not in peer.methods]
+    if unknown:
+        raise PeerError(f"{peer.name} has no method {unknown[0]!r}; choose from {', '.join(peer.methods)}")
+    return chosen
+
+
+def method_spec(base: dict, args, method: str, src: str = "") -> dict:
+    """One run's arguments: the shared inputs, the method and the run settings (``src``: the
+    adapted official copy, which only the official driver reads)."""
+    spec = {**base, "blend_words": list(BLEND), "steps": args.steps, "device": args.device,
+            "method": method, "src": src, "peer": PEERS[args.peer]}
+    if args.threads:
+        spec["threads"] = args.threads
+    return spec
+
+
 def run(args) -> dict:
     mod = importlib.import_module(PEERS[args.peer])
     peer = mod.PEER
     work = Path(args.work).expanduser()
     checkout = Path(args.checkout).expanduser().resolve()
-    methods = args.methods.split(",") if args.methods else list(peer.methods)
-    unknown = [m for m in methods if m not in peer.methods]
-    if unknown:
-        raise PeerError(f"{peer.name} has no method {unknown[0]!r}; choose from {', '.join(peer.methods)}")
+    methods = chosen_methods(peer, args.methods)
     python = build_env(peer, work)
     src = prepare_checkout(peer, checkout, work, args.size, args.device, args.steps)
     base = shared_inputs(mod, work, args.size, args.steps)
@@ -76,10 +92,7 @@ def run(args) -> dict:
           ", ".join(f"{k} {v:.1e}" for k, v in model_diff.items()), file=sys.stderr)
     rows = []
     for method in methods:
-        spec = {**base, "blend_words": list(BLEND), "steps": args.steps, "device": args.device,
-                "method": method, "src": str(src), "peer": PEERS[args.peer]}
-        if args.threads:
-            spec["threads"] = args.threads
+        spec = method_spec(base, args, method, src=str(src))
         sides = {"official": [], "locedit": []}
         for r in range(args.repeats):
             order = ("official", "locedit") if r % 2 == 0 else ("locedit", "official")
@@ -236,6 +249,7 @@ def checked_run(p: argparse.ArgumentParser, argv, work, table) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
