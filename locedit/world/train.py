@@ -280,20 +280,19 @@ def _lr_factor(step: int, args) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
-def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, out: Path, evaluate=None) -> None:
-    """Epsilon-prediction training of UNet and text encoder with AdamW and EMA, resumable.
+def _diffusion_loop(args, modules: dict, loss_fn, save_fn, batch_fn, out: Path, evaluate=None) -> None:
+    """Train ``modules`` (name -> module) on ``loss_fn`` with AdamW and EMA, resumable.
 
-    ``batch_fn(rng, gen)`` returns (latents, image condition or None, prompts), and with ``--ground``
-    what each prompt describes (its scene for a caption, its edit for an instruction, None where the
-    text was dropped): TokenCompose's token grounding loss (:mod:`locedit.world.grounding`) is then
-    added with that weight. Every
+    ``batch_fn(rng, gen)`` returns one batch (a tuple); ``loss_fn(batch, gen)`` returns (loss, mse,
+    extra figures for the log); ``save_fn(folder)`` writes the modules as they are (it is called with
+    the EMA weights swapped in). The epsilon-prediction UNets (:func:`_epsilon_loss`) and the shapes
+    flow transformer (:mod:`locedit.world.train_flow`) share this loop. Every
     ``--checkpoint-minutes`` the full state (live weights, optimiser, EMA, step, random streams) is
     written atomically to ``out/checkpoint.pt`` and the EMA weights to ``out/ema`` (a diffusers folder);
     ``--resume`` continues from the checkpoint exactly where it stopped. ``evaluate(step)``, if
     given, runs every ``--eval-every`` steps with the EMA weights swapped in.
     """
-    alphas = _alphas(device)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -301,8 +300,8 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     state_path, step0 = out / "checkpoint.pt", 0
     if getattr(args, "resume", False) and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
         with torch.no_grad():
             for e, v in zip(ema, state["ema"]):
@@ -314,6 +313,51 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
     elapsed0 = float(_read_json(out / "progress.json").get("seconds", 0.0)) if step0 else 0.0
     t0, last_save = time.time(), time.time()
     every = getattr(args, "checkpoint_minutes", 0) * 60
+
+    def save_state(step):
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"step": step, **{name: m.state_dict() for name, m in modules.items()},
+                    "opt": opt.state_dict(), "ema": ema, "gen": gen.get_state(), "rng": rng.getstate()}, tmp)
+        tmp.replace(state_path)
+        _with_ema(params, ema, lambda: save_fn(out / "ema"))
+        (out / "progress.json").write_text(json.dumps({"step": step, "seconds": elapsed0 + time.time() - t0}))
+
+    for step in range(step0 + 1, args.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = args.lr * _lr_factor(step, args)
+        loss, mse, extra = loss_fn(batch_fn(rng, gen), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        if step % args.log_every == 0 or step == args.steps:
+            _log(out, step, loss=loss.item(), mse=mse.item(), **extra, lr=opt.param_groups[0]["lr"],
+                 seconds=elapsed0 + time.time() - t0)
+        if evaluate is not None and args.eval_every and step % args.eval_every == 0:
+            _with_ema(params, ema, lambda: evaluate(step))
+        if (every and time.time() - last_save > every) or (args.save_every and step % args.save_every == 0):
+            save_state(step)
+            last_save = time.time()
+    save_state(args.steps)
+    _with_ema(params, ema, lambda: save_fn(out))
+    (out / "train.json").write_text(json.dumps({**vars(args), "seconds": elapsed0 + time.time() - t0,
+                                                "device": str(device_of(modules))}))
+
+
+def device_of(modules: dict) -> torch.device:
+    return next(next(iter(modules.values())).parameters()).device
+
+
+def _epsilon_loss(args, unet, text_encoder, tokenizer, device):
+    """The UNets' loss: epsilon prediction on SD's scaled-linear schedule (min-SNR-gamma weighting with
+    ``--min-snr``), plus TokenCompose's token grounding term with ``--ground`` (the batch then also
+    carries what each prompt describes: its scene for a caption, its edit for an instruction, None
+    where the text was dropped; :mod:`locedit.world.grounding`)."""
+    alphas = _alphas(device)
     gamma = getattr(args, "min_snr", 0.0)
     ground = getattr(args, "ground", 0.0)
     recorder = None
@@ -323,18 +367,8 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
 
         recorder = GroundingRecorder(GROUNDED_SITES)
 
-    def save_state(step):
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"step": step, "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(), "ema": ema, "gen": gen.get_state(), "rng": rng.getstate()}, tmp)
-        tmp.replace(state_path)
-        _save_diffusion(out / "ema", unet, text_encoder, tokenizer, ema, params)
-        (out / "progress.json").write_text(json.dumps({"step": step, "seconds": elapsed0 + time.time() - t0}))
-
-    for step in range(step0 + 1, args.steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = args.lr * _lr_factor(step, args)
-        z0, cond_in, prompts, *scenes = batch_fn(rng, gen)
+    def loss_fn(batch, gen):
+        z0, cond_in, prompts, *scenes = batch
         b = z0.shape[0]
         z0 = z0.to(device)
         t = torch.randint(0, len(alphas), (b,), generator=gen).to(device)
@@ -360,26 +394,20 @@ def _diffusion_loop(args, unet, text_encoder, tokenizer, vae, device, batch_fn, 
             recorder.probs.clear()  # the graph holds them until the backward pass
             loss = loss + ground * lg
             extra["ground"] = lg.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            for e, p in zip(ema, params):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
-        if step % args.log_every == 0 or step == args.steps:
-            _log(out, step, loss=loss.item(), mse=mse.item(), **extra, lr=opt.param_groups[0]["lr"],
-                 seconds=elapsed0 + time.time() - t0)
-        if evaluate is not None and args.eval_every and step % args.eval_every == 0:
-            _with_ema(params, ema, lambda: evaluate(step))
-        if (every and time.time() - last_save > every) or (args.save_every and step % args.save_every == 0):
-            save_state(step)
-            last_save = time.time()
-    save_state(args.steps)
-    _save_diffusion(out, unet, text_encoder, tokenizer, ema, params)
-    (out / "train.json").write_text(json.dumps({**vars(args), "seconds": elapsed0 + time.time() - t0,
-                                                "device": str(device)}))
+        return loss, mse, extra
+
+    return loss_fn
+
+
+def _unet_loop(args, unet, text_encoder, tokenizer, device, batch_fn, out: Path, evaluate=None) -> None:
+    """The UNet trainers' call of :func:`_diffusion_loop` (checkpoint keys ``unet``, ``text_encoder``)."""
+    def save_fn(folder):
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "tokenizer")
+
+    _diffusion_loop(args, {"unet": unet, "text_encoder": text_encoder},
+                    _epsilon_loss(args, unet, text_encoder, tokenizer, device), save_fn, batch_fn, out, evaluate)
 
 
 def _to_rng_state(saved):
@@ -427,22 +455,6 @@ def _t2i_curve(unet, text_encoder, tokenizer, vae, device, out: Path, n: int, st
             f.write(line + "\n")
 
     return evaluate
-
-
-def _save_diffusion(folder: Path, unet, text_encoder, tokenizer, ema, params) -> None:
-    """Save with EMA weights swapped in, then swap the live weights back."""
-    live = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    try:
-        unet.save_pretrained(folder / "unet", safe_serialization=True)
-        text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-        tokenizer.save_pretrained(folder / "tokenizer")
-    finally:
-        with torch.no_grad():
-            for p, v in zip(params, live):
-                p.copy_(v)
 
 
 def widen_input(unet, in_channels: int):
@@ -515,7 +527,7 @@ def train_t2i(args) -> None:
         return z, None, prompts, [None if d else s for s, d in zip(scenes[0], drop.tolist())]
 
     evaluate = _t2i_curve(unet, te, tok, vae, device, out, args.eval_n, args.eval_steps) if args.eval_every else None
-    _diffusion_loop(args, unet, te, tok, vae, device, batch, out, evaluate)
+    _unet_loop(args, unet, te, tok, device, batch, out, evaluate)
 
 
 def train_instruct(args) -> None:
@@ -543,7 +555,7 @@ def train_instruct(args) -> None:
             return zt, zs, instr
         return zt, zs, instr, [e if p else None for e, p in zip(edits[0], instr)]
 
-    _diffusion_loop(args, unet, te, tok, vae, device, batch, out)
+    _unet_loop(args, unet, te, tok, device, batch, out)
 
 
 def assemble(args) -> None:
@@ -568,6 +580,10 @@ def assemble(args) -> None:
         (folder / "training.json").write_text(json.dumps(meta, indent=2))
         write_model_index(folder, instruct=name == "shapes-instruct")
         print(f"wrote {folder}", file=sys.stderr)
+    if args.flow:
+        from .train_flow import assemble_flow
+
+        assemble_flow(Path(args.flow), Path(args.vae), dest / "shapes-flow")
 
 
 def provenance(folder: Path, _seen: frozenset = frozenset()) -> dict:
@@ -613,7 +629,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m locedit.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    for name, steps, batch, lr in (("vae", 2500, 16, 2e-3), ("t2i", 4000, 32, 1e-3), ("instruct", 4000, 32, 1e-3)):
+    from .train_flow import FLOW_ARCHS, train_flow
+
+    for name, steps, batch, lr in (("vae", 2500, 16, 2e-3), ("t2i", 4000, 32, 1e-3), ("instruct", 4000, 32, 1e-3),
+                                   ("flow", 60000, 64, 3e-4)):
         s = sub.add_parser(name)
         s.add_argument("--out", required=True)
         s.add_argument("--steps", type=int, default=steps)
@@ -628,21 +647,25 @@ def main(argv=None) -> None:
             s.add_argument("--kl", type=float, default=1e-4)
         else:
             s.add_argument("--vae", required=True)
-            s.add_argument("--drop", type=float, default=0.1 if name == "t2i" else 0.05)
+            s.add_argument("--drop", type=float, default=0.05 if name == "instruct" else 0.1)
             s.add_argument("--ema", type=float, default=0.999)
-            s.add_argument("--arch", choices=sorted(UNET_ARCHS), default="v1",
-                           help="UNet architecture for a fresh model (ignored with --init, which keeps the saved one)")
+            archs = FLOW_ARCHS if name == "flow" else UNET_ARCHS
+            s.add_argument("--arch", choices=sorted(archs), default=min(archs),
+                           help="architecture for a fresh model (ignored with --init, which keeps the saved one)")
             s.add_argument("--min-snr", type=float, default=0.0, help="min-SNR-gamma loss weighting (0: plain MSE)")
             s.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
             s.add_argument("--warmup", type=int, default=100)
             s.add_argument("--cooldown", type=int, default=0, help="with --schedule constant: linear decay over the last N steps")
             s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
             s.add_argument("--checkpoint-minutes", type=float, default=0.0, help="write the full training state this often")
+            if name == "flow":
+                s.add_argument("--init-text", default=str(Path(__file__).resolve().parents[1] / "models" / "shapes"),
+                               help="a fresh model's CLIP text encoder and tokenizer start from this folder's")
             s.add_argument("--ground", type=float, default=0.0,
                            help="weight of TokenCompose's token grounding loss on the cross-attention maps (0: off); "
                                 "t2i grounds the caption's words, instruct the instruction's")
-            if name == "t2i":
-                s.add_argument("--cache", help="folder for cached training latents (built progressively)")
+            if name in ("t2i", "flow"):
+                s.add_argument("--cache", required=name == "flow", help="folder for cached training latents (built progressively)")
                 s.add_argument("--cache-size", type=int, default=200_000)
                 s.add_argument("--cache-fill", type=int, default=32, help="scenes added to the cache per step until full")
                 s.add_argument("--eval-every", type=int, default=0, help="gate 2 on held-out captions every N steps")
@@ -652,10 +675,13 @@ def main(argv=None) -> None:
     a.add_argument("--vae", required=True)
     a.add_argument("--t2i")
     a.add_argument("--instruct")
+    a.add_argument("--flow", help="a flow run's weights folder: written as DEST/shapes-flow (a FluxPipeline folder)")
     a.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"))
     args = p.parse_args(argv)
+    if args.what == "flow" and (args.ground or args.min_snr):
+        p.error("--ground and --min-snr are for the UNets' epsilon loss, not the flow transformer's")
     torch.set_num_threads(torch.get_num_threads())
-    {"vae": train_vae, "t2i": train_t2i, "instruct": train_instruct, "assemble": assemble}[args.what](args)
+    {"vae": train_vae, "t2i": train_t2i, "instruct": train_instruct, "flow": train_flow, "assemble": assemble}[args.what](args)
 
 
 if __name__ == "__main__":

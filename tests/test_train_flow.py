@@ -1,0 +1,82 @@
+"""shapes-flow training (issue 34): the FLUX-architecture transformer's packing, time shift and text
+encoding follow diffusers' FluxPipeline; a few steps train, resume exactly, and the assembled folder
+loads and samples in FluxPipeline itself."""
+
+import json
+
+import pytest
+import torch
+
+from locedit.world import train, train_flow as tf
+
+
+def test_packing_and_position_ids_are_fluxpipelines():
+    from diffusers import FluxPipeline
+
+    z = torch.randn(2, 4, 16, 16)
+    assert torch.equal(tf.pack(z), FluxPipeline._pack_latents(z, 2, 4, 16, 16))
+    assert torch.equal(tf.unpack(tf.pack(z), 16, 16), z)
+    ids = FluxPipeline._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32)
+    assert torch.equal(tf.image_ids(8, 8), ids)
+
+
+def test_training_time_shift_is_the_samplers():
+    """The shift applied to the training times is the one FluxPipeline's scheduler applies at 64 tokens."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    cfg = tf.FLOW_SCHEDULER_CONFIG
+    mu = calculate_shift(64, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
+    assert tf.flow_shift_mu(64) == pytest.approx(mu)
+    sched = FlowMatchEulerDiscreteScheduler(**cfg)
+    plain = np.linspace(1.0, 1 / 10, 10)
+    sched.set_timesteps(sigmas=plain, mu=mu)
+    torch.testing.assert_close(tf.shift_sigmas(torch.tensor(plain, dtype=torch.float32), mu), sched.sigmas[:-1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_t5_tokenizer_spells_each_word_as_one_token_and_round_trips(tmp_path):
+    from transformers import T5TokenizerFast
+
+    from locedit.world.scene import VOCABULARY
+
+    tok = tf.make_t5_tokenizer()
+    for w in VOCABULARY:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    assert len(tok("zebra", add_special_tokens=False).input_ids) > 1  # unknown words still tokenize
+    tok.save_pretrained(tmp_path)
+    again = T5TokenizerFast.from_pretrained(tmp_path)
+    text = "a red circle and a blue striped square on a gray background"
+    assert again(text).input_ids == tok(text).input_ids
+
+
+def _run(tmp_path, name, steps, *extra):
+    vae = str(tmp_path / "vae")
+    train.main(["flow", "--out", str(tmp_path / name), "--vae", vae, "--cache", str(tmp_path / "cache"),
+                "--cache-size", "16", "--cache-fill", "4", "--steps", str(steps), "--batch", "2", "--log-every", "1",
+                "--device", "cpu", "--save-every", "0", "--init-text", str(tmp_path / "t2i"), *extra])
+    return [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+
+
+def test_flow_trains_resumes_exactly_and_loads_in_fluxpipeline(tmp_path):
+    base = ["--steps", "1", "--batch", "2", "--log-every", "1", "--device", "cpu", "--save-every", "0"]
+    train.main(["vae", "--out", str(tmp_path / "vae")] + base)
+    train.main(["t2i", "--out", str(tmp_path / "t2i"), "--vae", str(tmp_path / "vae")] + base)
+    whole = _run(tmp_path, "whole", 3)
+    _run(tmp_path, "parts", 2, "--save-every", "2")
+    parts = _run(tmp_path, "parts", 3, "--resume")
+    assert [r["step"] for r in parts] == [1, 2, 3]
+    assert [r["loss"] for r in parts] == [r["loss"] for r in whole]  # resumed = uninterrupted
+    train.main(["assemble", "--vae", str(tmp_path / "vae"), "--flow", str(tmp_path / "whole"),
+                "--dest", str(tmp_path / "models")])
+    folder = tmp_path / "models" / "shapes-flow"
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    assert pipe.transformer.dtype == torch.float32 and pipe.vae.config.shift_factor == 0.0
+    out = pipe("a red circle on a gray background", height=64, width=64, num_inference_steps=2,
+               max_sequence_length=train.MAX_TOKENS, output_type="pt").images
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    meta = json.loads((folder / "training.json").read_text())
+    assert meta["diffusion"]["train.json"]["steps"] == 3
