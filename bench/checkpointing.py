@@ -35,7 +35,7 @@ def child(name: str, size: int, steps: int, device: str, ckpt: bool) -> dict:
     import torch
 
     from locedit import pipeline
-    from locedit.diffusion.loading import finish_bundle
+    from locedit.diffusion.model import finish_bundle
     from locedit.diffusion.tiny import sd15_components
     from locedit.masks import Region
     from locedit.methods.locinv import LocInvEditOptions

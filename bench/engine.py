@@ -24,7 +24,8 @@ import torch
 from locedit import pipeline
 from locedit.control import P2POptions
 from locedit.methods import P2PEditOptions
-from locedit.diffusion.loading import finish_bundle, resolve_device, resolve_dtype
+from locedit.diffusion.loading import resolve_device, resolve_dtype
+from locedit.diffusion.model import finish_bundle
 from locedit.diffusion.tiny import sd15_components, tiny_bundle
 from locedit.inversion import INVERSIONS
 

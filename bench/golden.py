@@ -58,7 +58,7 @@ SHAPES_SCENE = dict(src="a red circle and a blue striped square on a gray backgr
 def models():
     """name -> (bundle loader, scene, image loader)."""
     from locedit.diffusion import load_model
-    from locedit.diffusion.loading import finish_bundle
+    from locedit.diffusion.model import finish_bundle
     from locedit.diffusion.tiny import tiny_bundle, tiny_sd2_components, tiny_sdxl_bundle
 
     def sd2():
@@ -156,7 +156,7 @@ def record_instruct(name: str, progress=print):
     else:
         from diffusers import UNet2DConditionModel
 
-        from locedit.diffusion.loading import finish_bundle
+        from locedit.diffusion.model import finish_bundle
         from locedit.diffusion.tiny import tiny_components
 
         unet, vae, te, tok, cfg = tiny_components(seed=1)

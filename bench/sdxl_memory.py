@@ -61,7 +61,8 @@ TGT = "a blue square on the gray background"
 def build(folder: Path) -> None:
     import torch
 
-    from locedit.diffusion.loading import finish_bundle, save_model
+    from locedit.diffusion.loading import save_model
+    from locedit.diffusion.model import finish_bundle
     from locedit.diffusion.tiny import sdxl_components
 
     torch.set_default_dtype(torch.bfloat16)  # random init straight into half the memory

@@ -53,7 +53,7 @@ def instruct_bundle():
     """Tiny random InstructPix2Pix-shaped model (UNet with 8 input channels)."""
     from diffusers import UNet2DConditionModel
 
-    from locedit.diffusion.loading import finish_bundle
+    from locedit.diffusion.model import finish_bundle
     from locedit.diffusion.tiny import tiny_components
 
     unet, vae, te, tok, cfg = tiny_components(seed=1)

@@ -10,7 +10,7 @@ from conftest import SRC, TGT, fast_inversion_options, square_box
 
 from locedit import pipeline
 from locedit.diffusion import load_model, save_model
-from locedit.diffusion.loading import finish_bundle
+from locedit.diffusion.model import finish_bundle
 from locedit.diffusion.tiny import tiny_sd2_components, tiny_sdxl_bundle, tiny_sdxl_components
 from locedit.inversion import INVERSIONS, NullTextOptions
 from locedit.masks import Region

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import ModelLoadError
-from .model import ModelBundle
+from .model import ModelBundle, finish_bundle
 from .names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -204,33 +204,6 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
                              f"(addition_embed_type {unet.config.addition_embed_type!r}, SDXL's is 'text_time')")
     return finish_bundle(unet, vae_net, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt,
                          **extra)
-
-
-def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, device, dtype, text_encoder_2=None,
-                  tokenizer_2=None, force_zeros_for_empty_prompt=False, vae_dtype=None) -> ModelBundle:
-    """Move, cast, freeze and wrap components into a :class:`ModelBundle` (``vae_dtype``: the VAE's
-    own precision when it differs from the networks', SDXL's float32 VAE)."""
-    nets = [(unet, dtype), (vae, vae_dtype or dtype), (text_encoder, dtype)]
-    if text_encoder_2 is not None:
-        nets.append((text_encoder_2, dtype))
-    for net, dt in nets:
-        net.to(device=device)
-        if next(net.parameters()).dtype != dt:  # cast only when needed (diffusers warns on no-op casts)
-            net.to(dtype=dt)
-        net.eval().requires_grad_(False)
-    return ModelBundle(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler_config=dict(scheduler_config),
-        name=name,
-        device=device,
-        dtype=dtype,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
-    )
 
 
 def save_model(bundle: ModelBundle, folder: str | Path) -> Path:

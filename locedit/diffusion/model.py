@@ -251,3 +251,30 @@ class ModelBundle:
         out = self.unet(x.to(self.dtype), t, encoder_hidden_states=embeds.to(self.dtype), **extra).sample
         # step math runs in float32 whatever the model's dtype
         return to_epsilon(out.float(), z.float(), alpha, self.prediction_type)
+
+
+def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, device, dtype, text_encoder_2=None,
+                  tokenizer_2=None, force_zeros_for_empty_prompt=False, vae_dtype=None) -> ModelBundle:
+    """Move, cast, freeze and wrap components into a :class:`ModelBundle` (``vae_dtype``: the VAE's
+    own precision when it differs from the networks', SDXL's float32 VAE)."""
+    nets = [(unet, dtype), (vae, vae_dtype or dtype), (text_encoder, dtype)]
+    if text_encoder_2 is not None:
+        nets.append((text_encoder_2, dtype))
+    for net, dt in nets:
+        net.to(device=device)
+        if next(net.parameters()).dtype != dt:  # cast only when needed (diffusers warns on no-op casts)
+            net.to(dtype=dt)
+        net.eval().requires_grad_(False)
+    return ModelBundle(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=dict(scheduler_config),
+        name=name,
+        device=device,
+        dtype=dtype,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+    )

@@ -143,7 +143,7 @@ def tiny_components(seed: int = 0, image_size: int = 64, max_tokens: int = 32, p
 
 
 def tiny_bundle(seed: int = 0, device="cpu", dtype=torch.float32, **kwargs):
-    from .loading import finish_bundle
+    from .model import finish_bundle
 
     unet, vae, te, tok, cfg = tiny_components(seed=seed, **kwargs)
     return finish_bundle(unet, vae, te, tok, cfg, name="tiny-random", device=torch.device(device), dtype=dtype)
@@ -242,7 +242,7 @@ def tiny_sdxl_components(seed: int = 0, image_size: int = 64, max_tokens: int = 
 
 
 def tiny_sdxl_bundle(seed: int = 0, device="cpu", dtype=torch.float32, **kwargs):
-    from .loading import finish_bundle
+    from .model import finish_bundle
 
     unet, vae, te, te2, tok, tok2, cfg = tiny_sdxl_components(seed=seed, **kwargs)
     return finish_bundle(unet, vae, te, tok, cfg, name="tiny-sdxl", device=torch.device(device), dtype=dtype,

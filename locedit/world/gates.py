@@ -17,7 +17,7 @@ from ..instruct import IP2POptions, instruct_edit
 from .edits import EDIT_KINDS, sample_edit
 from .oracle import change_seen, read_scene
 from .scene import render, sample_scene
-from .train import HELD_OUT_SEED, to_tensor
+from .data import HELD_OUT_SEED, to_tensor
 
 GATES = {"vae_psnr": 30.0, "t2i_oracle": 0.80, "nti_psnr": 28.0, "instruct_oracle": 0.70, "instruct_outside_psnr": 25.0,
          "p2p_colour_oracle": 0.80, "p2p_colour_outside_psnr": 25.0, "p2p_shape_oracle": 0.60}

@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from .scene import VOCABULARY
-from .train import (IMAGE_SIZE, LatentCache, MAX_TOKENS, _device, _diffusion_loop, _encode, _load_vae, _read_json,
-                    provenance)
+from .data import IMAGE_SIZE
+from .trainloop import (MAX_TOKENS, LatentCache, diffusion_loop, encode_prompts, load_vae, pick_device, provenance,
+                        read_json)
 
 TEXT_DIM = 64
 # FLUX's scheduler settings (FLUX.1-dev's scheduler_config.json): dynamic shift from the token count
@@ -113,7 +114,7 @@ def _text(tokenizer, text_encoder, tokenizer_2, t5, prompts, device):
     """(T5 token states (B, MAX_TOKENS, TEXT_DIM), CLIP pooled (B, TEXT_DIM)), as FluxPipeline encodes."""
     pooled = text_encoder(tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                                     return_tensors="pt").input_ids.to(device)).pooler_output
-    states = _encode(tokenizer_2, t5, prompts, device)
+    states = encode_prompts(tokenizer_2, t5, prompts, device)
     return states, pooled
 
 
@@ -161,9 +162,9 @@ def _init_flow(args, device):
 def train_flow(args) -> None:
     """Rectified-flow training of the transformer and both text encoders on cached latents; caption
     dropout ``--drop`` for classifier-free guidance; EMA, checkpoints and ``--resume`` as the UNets'."""
-    device, out = _device(args.device), Path(args.out)
+    device, out = pick_device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = _load_vae(args.vae, device)
+    vae = load_vae(args.vae, device)
     tr, clip, tok, t5, tok2 = _init_flow(args, device)
     cache = LatentCache(args.cache, vae, args.vae, device, args.cache_size)
     print(f"latent cache: {len(cache)} of {args.cache_size} scenes in {cache.folder}", file=sys.stderr, flush=True)
@@ -184,7 +185,7 @@ def train_flow(args) -> None:
         tok2.save_pretrained(folder / "tokenizer_2")
 
     evaluate = _flow_curve(args, (tr, clip, tok, t5, tok2), vae, out) if args.eval_every else None
-    _diffusion_loop(args, {"transformer": tr, "text_encoder": clip, "text_encoder_2": t5},
+    diffusion_loop(args, {"transformer": tr, "text_encoder": clip, "text_encoder_2": t5},
                     _flow_loss(tr, clip, tok, t5, tok2, device), save_fn, batch, out, evaluate)
 
 
@@ -192,7 +193,7 @@ def _refill(cache: LatentCache, args, out: Path) -> None:
     """Fill the cache as far as the run had filled it: ``4 * batch`` scenes at the start, then
     ``--cache-fill`` before each step's batch; on ``--resume`` up to the checkpoint's step, in the
     same chunks, so a resumed run draws exactly the batches the uninterrupted run draws."""
-    step = int(_read_json(out / "progress.json").get("step", 0)) if args.resume and (out / "checkpoint.pt").exists() else 0
+    step = int(read_json(out / "progress.json").get("step", 0)) if args.resume and (out / "checkpoint.pt").exists() else 0
     target = min(args.cache_size, args.batch * 4 + args.cache_fill * step)
     if len(cache) < args.batch * 4:
         cache.fill(args.batch * 4 - len(cache))
@@ -281,5 +282,5 @@ def assemble_flow(src: Path, vae_path: Path, folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     meta = {"vae": provenance(Path(vae_path)), "diffusion": provenance(Path(src))}
     (folder / "training.json").write_text(json.dumps(meta, indent=2))
-    progress = _read_json(Path(src) / "progress.json")
+    progress = read_json(Path(src) / "progress.json")
     print(f"wrote {folder} (step {progress.get('step', '?')})", file=sys.stderr)
