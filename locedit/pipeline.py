@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import AttentionController, BatchLayout, controlled_attention, map_level, unet_sites
-from .diffusion import ModelBundle, ddim_step
+from .diffusion import ModelBundle
+from .diffusion.cfg import cfg
 from .errors import LoceditError, OptimisationError, PromptError
+from .events import StepState, Subscriber, publish
 from .inversion import INVERSIONS, Trajectory
+from .inversion.editing import subscribers as trajectory_subscribers
 from .masks import dilate
 from .progress import Progress, track
 
@@ -70,15 +73,6 @@ def soft_threshold(delta: torch.Tensor, quantile: float) -> tuple[torch.Tensor, 
     return delta - delta.clamp(-thr, thr), thr
 
 
-def guided_eps(eps_u: torch.Tensor, eps_c: torch.Tensor, options: EditOptions):
-    """Classifier-free guidance, the one place it is written: eps_u + w (eps_c - eps_u), with the
-    difference soft-thresholded when ``proximal_quantile`` is set. Returns (eps, delta, threshold)."""
-    delta, thr = eps_c - eps_u, None
-    if options.proximal_quantile is not None:
-        delta, thr = soft_threshold(delta, options.proximal_quantile)
-    return eps_u + options.guidance * delta, delta, thr
-
-
 def inversion_guidance(z_next: torch.Tensor, target: torch.Tensor, delta: torch.Tensor, thr) -> torch.Tensor:
     """The SPDInv code's inversion guidance: where the thresholded guidance is zero (per latent
     channel, the complement of its 3x3 dilation), pull the latents fully onto the inversion latent."""
@@ -86,8 +80,45 @@ def inversion_guidance(z_next: torch.Tensor, target: torch.Tensor, delta: torch.
     return z_next - (z_next - target) * (1 - edited)
 
 
-def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: AttentionController | None,
-                options: EditOptions, unc: torch.Tensor, conds: torch.Tensor, pin_source: bool = False) -> tuple[str, ...]:
+class ProximalGuidance(Subscriber):
+    """SPDInv's editing-side extras (:class:`EditOptions`): after the prediction the guidance
+    difference is soft-thresholded at ``proximal_quantile``; after the step, below
+    ``inversion_guidance_t``, the latents where it is zero are pulled onto the inversion."""
+
+    reads_every_row = True
+
+    def __init__(self, options: EditOptions):
+        self.options = options
+
+    def after_prediction(self, state: StepState) -> None:
+        state.delta, state.threshold = soft_threshold(state.delta, self.options.proximal_quantile)
+
+    def after_step(self, state: StepState) -> None:
+        limit = self.options.inversion_guidance_t
+        if limit is not None and state.t < limit:
+            target = state.trajectory.target_latent(state.step).to(state.z_next)
+            state.z_next = inversion_guidance(state.z_next, target, state.delta, state.threshold)
+
+
+class SourceAsNullOption(Subscriber):
+    """``npi_null``: the unconditional rows take the source prompt's embedding, whatever the inversion."""
+
+    def model_input(self, state: StepState) -> None:
+        state.uncond = state.source
+
+
+class ControllerStep(Subscriber):
+    """The attention controller's own end of step (P2P's local blend, map stores)."""
+
+    def __init__(self, controller: AttentionController):
+        self.controller = controller
+
+    def after_step(self, state: StepState) -> None:
+        state.z_next = self.controller.after_step(state.z_next)
+
+
+def uncond_rows(branches: tuple[str, ...], controller: AttentionController | None, pinned: bool,
+                unc: torch.Tensor, conds: torch.Tensor) -> tuple[str, ...]:
     """The branches whose unconditional row the UNet must evaluate at this step.
 
     The source's is left out when its noise prediction is known or unused and no controller reads
@@ -95,9 +126,8 @@ def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: Attenti
     - known: its embedding equals the source's conditional one (negative-prompt inversion, the
       ``npi_null`` option) and no controller rewrites the source's conditional row, so both rows
       compute the same thing and the conditional prediction serves for both;
-    - unused: the trajectory (direct inversion) or the method (``pin_source``, Plug-and-Play) pins
-      the source branch, whose step is then replaced, and no proximal threshold is taken over every
-      row's guidance difference.
+    - unused (``pinned``): a subscriber pins the source branch after the step (direct inversion,
+      Plug-and-Play) and none reads the guidance of every row (the proximal threshold).
     The edit is unchanged; the UNet batch is one row smaller (3 instead of 4 for an edit).
     """
     if not branches or branches[0] != "source":
@@ -106,34 +136,32 @@ def uncond_rows(branches: tuple[str, ...], traj: Trajectory, controller: Attenti
     writes = frozenset() if controller is None else controller.writes
     if reads is None or writes is None or ("source", "uncond") in reads | writes:
         return branches
-    pinned = (traj.source_follows or pin_source) and options.proximal_quantile is None
     known = ("source", "cond") not in writes and torch.equal(unc[0], conds[0])
     return branches[1:] if pinned or known else branches
 
 
 def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: EditOptions = EditOptions(),
            controller: AttentionController | None = None, progress: Progress | None = None,
-           guide=None, *, branches: tuple[str, ...] | None = None, first_step: int = 0, blend=None,
-           pin_source: bool = False, null_prompt: str = "") -> SampleResult:
+           subscribers: tuple[Subscriber, ...] = (), *, branches: tuple[str, ...] | None = None, first_step: int = 0,
+           null_prompt: str = "") -> SampleResult:
     """Denoise from the trajectory with one branch per prompt, CFG batch [uncond..., cond...].
 
     ``branches`` names the prompts' branches, an ordered subset of ("source", "target"); by default
     ``prompts[0]`` is the source branch and ``prompts[1]`` (when given) the target. Sampling runs
-    steps ``first_step`` .. N-1 from ``traj.latents[N - first_step]`` (``traj.noise`` when 0). An
-    unconditional row whose result is known or unused is left out of the batch
-    (:func:`uncond_rows`) and the controller's layout says which rows are there. The trajectory
-    supplies its editing-side rule (unconditional embedding, learned tokens, source pinning); the
-    controller is installed on the UNet for the whole loop and restored after it, even on error;
-    ``guide`` (optional, :class:`locedit.guidance.LatentGuidance`) updates the latents before each
-    step as ``guide(bundle, controller, step, t, alpha, z, conds) -> z``; ``blend`` (optional)
-    rewrites them after each step as ``blend(step, z, traj) -> z``; ``pin_source``: the source row
-    follows the trajectory's latents whatever the inversion (as direct inversion's does);
-    ``null_prompt``: the prompt whose embedding is the "null" unconditional one (a negative prompt;
-    trajectories with learned or source unconditional embeddings keep theirs).
+    steps ``first_step`` .. N-1 from ``traj.latents[N - first_step]`` (``traj.noise`` when 0). The
+    controller is installed on the UNet for the whole loop and restored after it, even on error.
+    Each step publishes the events of :mod:`locedit.events` to, in order: the trajectory's
+    conditioning (:func:`locedit.inversion.editing.subscribers`), the proximal extras of
+    ``options``, the method's ``subscribers``, the trajectory's source-row rules, ``npi_null``,
+    and the controller's end of step. An unconditional row whose result is known or unused is
+    left out of the batch (:func:`uncond_rows`) and the controller's layout says which rows are
+    there. ``null_prompt``: the prompt whose embedding is the "null" unconditional one (a negative
+    prompt; trajectories with learned or source unconditional embeddings keep theirs).
     """
     start_calls, t0 = bundle.unet_calls, time.perf_counter()
     n = traj.num_steps
-    sched = bundle.schedule(n)
+    sampler = bundle.sampler
+    steps = sampler.schedule(n)
     branches = tuple(branches) if branches is not None else ("source", "target")[: len(prompts)]
     if len(branches) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts for branches {branches}")
@@ -147,54 +175,51 @@ def sample(bundle: ModelBundle, traj: Trajectory, prompts: list[str], options: E
     z = traj.latents[n - first_step].to(bundle.device).expand(len(prompts), -1, -1, -1).clone()
     ctrl = controller or AttentionController()
     ctrl.clock.num_steps = n
+    conditioning, source_rules = trajectory_subscribers(traj, list(prompts))
+    subs = [*conditioning, *([ProximalGuidance(options)] if options.proximal_quantile is not None else []),
+            *subscribers, *source_rules, *([SourceAsNullOption()] if options.npi_null else []), ControllerStep(ctrl)]
+    pinned = any(s.pins_source for s in subs)
+    drop_pinned = pinned and not any(s.reads_every_row for s in subs)
     with controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext():
         for i in track(progress, range(first_step, n), "editing" if len(prompts) > 1 or not has_source else "sampling"):
-            t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
-            conds = traj.conditions(bundle, prompts, i, fixed_conds)
-            if guide is not None:
-                z = guide(bundle, ctrl, i, t, a, z, conds)
-            # Noise Map Guidance moves the source row (no controller acts in this phase); a method that
-            # pins the source row to the trajectory (Plug-and-Play) would discard the move
-            if has_source and traj.source_guidance and not pin_source:
-                ctrl.clock.set(i, t, "inversion-guide")
-                z = traj.guide_source(bundle, i, t, a, a_next, z, traj.uncond_embedding(i, null_embed, source_embed))
-            ctrl.clock.set(i, t, "sample")
-            unc = source_embed if options.npi_null else traj.uncond_embedding(i, null_embed, source_embed)
-            rows = uncond_rows(branches, traj, controller, options, unc, conds, pin_source)
+            s = steps[i]
+            state = StepState(bundle, traj, ctrl, branches, s, z, fixed_conds, null_embed, null_embed, source_embed,
+                              pinned)
+            publish(subs, "before_step", state)
+            publish(subs, "model_input", state)
+            ctrl.clock.set(i, s.t, "sample")
+            z, unc, conds = state.z, state.uncond, state.conds
+            rows = uncond_rows(branches, controller, drop_pinned, unc, conds)
             ctrl.layout = BatchLayout(tuple((b, "uncond") for b in rows) + tuple((b, "cond") for b in branches))
             keep = [branches.index(b) for b in rows]
             with torch.no_grad():
-                eps_all = bundle.predict_eps(torch.cat([z[keep], z]), t, a,
-                                             torch.cat([unc.expand(len(keep), -1, -1), conds]))
-            eps_c = eps_all[len(keep):]
-            eps_u = eps_c.clone()  # rows left out: their conditional prediction (see uncond_rows)
-            eps_u[keep] = eps_all[: len(keep)]
-            eps, delta, thr = guided_eps(eps_u, eps_c, options)
-            z_next = ddim_step(z, eps, a, a_next)
-            if options.inversion_guidance_t is not None and t < options.inversion_guidance_t:
-                z_next = inversion_guidance(z_next, traj.target_latent(i).to(z_next), delta, thr)
-            z = ctrl.after_step(traj.pin_source(i, z_next, pin_source) if has_source else z_next)
-            if blend is not None:
-                z = blend(i, z, traj)
-    blend_mask = getattr(ctrl, "last_blend_mask", getattr(blend, "mask", None))
+                pred = bundle.predict(torch.cat([z[keep], z]), s, torch.cat([unc.expand(len(keep), -1, -1), conds]))
+            pred_c = pred[len(keep):]
+            pred_u = pred_c.clone()  # rows left out: their conditional prediction (see uncond_rows)
+            pred_u[keep] = pred[: len(keep)]
+            state.pred_u, state.pred_c, state.delta = pred_u, pred_c, pred_c - pred_u
+            publish(subs, "after_prediction", state)
+            state.z_next = sampler.step(z, cfg(pred_u, pred_c, options.guidance, state.delta), s)
+            publish(subs, "after_step", state)
+            z = state.z_next
+    blend_mask = getattr(ctrl, "last_blend_mask", next((s.blend_mask for s in subs if s.blend_mask is not None), None))
     return SampleResult(z, bundle.unet_calls - start_calls, time.perf_counter() - t0, blend_mask)
 
 
 @torch.no_grad()
 def generate(bundle: ModelBundle, prompts: list[str], num_steps: int = 50, guidance: float = 7.5,
              generator: torch.Generator | None = None, progress: Progress | None = None) -> torch.Tensor:
-    """Text-to-image DDIM sampling with CFG from seeded noise; returns latents (B, C, h, w)."""
-    sched = bundle.schedule(num_steps)
+    """Text-to-image sampling with CFG from seeded noise; returns latents (B, C, h, w)."""
+    sampler = bundle.sampler
     embeds = bundle.encode_text(list(prompts) + [""])
     cond, null = embeds[:-1], embeds[-1:]
     b = len(prompts)
     side = bundle.unet.config.sample_size
     z = torch.randn((b, bundle.unet.config.out_channels, side, side), generator=generator).to(bundle.device)
     batch_embeds = torch.cat([null.expand(b, -1, -1), cond])
-    for i in track(progress, range(num_steps), "generating"):
-        t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
-        eps_u, eps_c = bundle.predict_eps(torch.cat([z, z]), t, a, batch_embeds).chunk(2)
-        z = ddim_step(z, eps_u + guidance * (eps_c - eps_u), a, a_next)
+    for s in track(progress, sampler.schedule(num_steps), "generating"):
+        pred_u, pred_c = bundle.predict(torch.cat([z, z]), s, batch_embeds).chunk(2)
+        z = sampler.step(z, cfg(pred_u, pred_c, guidance), s)
     return z
 
 
@@ -205,7 +230,7 @@ def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = 
     (``grad_checkpointing``: see :meth:`ModelBundle.checkpointing`)."""
     if method not in INVERSIONS:
         raise LoceditError(f"unknown inversion {method!r}; choose one of {', '.join(INVERSIONS)}")
-    opt_cls, fn = INVERSIONS[method]
+    opt_cls, fn = INVERSIONS[method].Options, INVERSIONS[method].run
     if grad_checkpointing and not getattr(opt_cls, "TAKES_GRADIENTS", False):
         raise LoceditError(f"--grad-checkpointing has no effect on --inversion {method}: it takes no gradients")
     options = options if options is not None else opt_cls()
@@ -283,6 +308,79 @@ class AttentionRecorder(AttentionController):
         return {w: self.store.maps(w).sum(0) / max(1, len(self.store._steps)) for w in self.words}
 
 
+def _checked_request(bundle, image, source, target, method, options, inversion, trajectory, mask, blend_words,
+                     regions, attributes, pairs, record_words, num_steps, edit_options, seed):
+    """Every check of :func:`edit` that needs no UNet call; returns (method class, options, request)."""
+    from .methods import METHODS, EditRequest
+
+    if method not in METHODS:
+        raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    m = METHODS[method]
+    options = options if options is not None else m.Options()
+    if not isinstance(options, m.Options):
+        raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
+    steps = trajectory.num_steps if trajectory is not None else num_steps
+    if trajectory is not None:
+        uncond = trajectory.uncond
+    elif m.takes_inversion(options) and inversion in INVERSIONS:
+        uncond = getattr(INVERSIONS[inversion].Options, "UNCOND", "null")
+    else:
+        uncond = None
+    if edit_options.npi_null:
+        uncond = "source"
+    request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
+                          tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed, uncond)
+    m.check_inputs(request)
+    if trajectory is None and image is None:
+        raise LoceditError("edit needs an image or a trajectory")
+    if trajectory is not None and trajectory.prompt != source:
+        raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
+    own = not m.takes_inversion(options)
+    if own and trajectory is not None and trajectory.method != method:
+        raise LoceditError(f"method {method!r} makes its own inversion; a {trajectory.method!r} trajectory cannot be used")
+    if not own and trajectory is None and inversion not in INVERSIONS:
+        raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    m.check(bundle, request, options)
+    if edit_options.grad_checkpointing:
+        inverts_with_grads = (trajectory is None and not own
+                              and getattr(INVERSIONS[inversion].Options, "TAKES_GRADIENTS", False))
+        if not (m.takes_gradients or inverts_with_grads):
+            what = "the saved trajectory" if trajectory is not None else f"--inversion {inversion}"
+            raise LoceditError(f"--grad-checkpointing has no effect here: neither --method {method} nor {what} "
+                               "takes gradients through the UNet")
+    for w in record_words:
+        from .diffusion.text import token_positions
+
+        token_positions(bundle.tokenizer, target, w)
+    return m, options, request
+
+
+def _trajectory_for(bundle, image, request, m, options, inversion, inversion_options, num_steps, guidance, progress,
+                    cache) -> tuple[Trajectory, bool]:
+    """(the edit's trajectory, whether it came from ``cache``): the method's own inversion, or one from
+    the registry, kept in ``cache`` (one entry: the latest image and prompt) when the caller has one."""
+    if not m.takes_inversion(options):
+        t0, calls = time.perf_counter(), bundle.unet_calls
+        trajectory = m.invert(bundle, image, request, options, progress)
+        trajectory.model = bundle.name
+        trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
+        trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
+        return trajectory, False
+    key = None
+    if cache is not None:
+        import hashlib
+
+        digest = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = (bundle.name, digest, request.source, inversion, repr(inversion_options), num_steps, guidance)
+        if key in cache:
+            return cache[key], True
+    trajectory = invert(bundle, image, request.source, inversion, num_steps, guidance, inversion_options, progress)
+    if key is not None:
+        cache.clear()
+        cache[key] = trajectory
+    return trajectory, False
+
+
 def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *, method: str = "p2p",
          options=None, inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
@@ -303,47 +401,9 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     options, steps and guidance on the same model is taken from it instead of being run again.
     Every check runs before the first UNet call.
     """
-    from .methods import METHODS, EditRequest
-
-    if method not in METHODS:
-        raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    m = METHODS[method]
-    options = options if options is not None else m.Options()
-    if not isinstance(options, m.Options):
-        raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
-    steps = trajectory.num_steps if trajectory is not None else num_steps
-    if trajectory is not None:
-        uncond = trajectory.uncond
-    elif m.takes_inversion(options) and inversion in INVERSIONS:
-        uncond = getattr(INVERSIONS[inversion][0], "UNCOND", "null")
-    else:
-        uncond = None
-    if edit_options.npi_null:
-        uncond = "source"
-    request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
-                          tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed, uncond)
-    m.check_inputs(request)
-    if trajectory is None and image is None:
-        raise LoceditError("edit needs an image or a trajectory")
-    if trajectory is not None and trajectory.prompt != source:
-        raise PromptError(f"the trajectory was inverted with prompt {trajectory.prompt!r}, not {source!r}")
-    own = not m.takes_inversion(options)
-    if own and trajectory is not None and trajectory.method != method:
-        raise LoceditError(f"method {method!r} makes its own inversion; a {trajectory.method!r} trajectory cannot be used")
-    if not own and trajectory is None and inversion not in INVERSIONS:
-        raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
-    m.check(bundle, request, options)
-    if edit_options.grad_checkpointing:
-        inverts_with_grads = (trajectory is None and not own
-                              and getattr(INVERSIONS[inversion][0], "TAKES_GRADIENTS", False))
-        if not (m.takes_gradients or inverts_with_grads):
-            what = "the saved trajectory" if trajectory is not None else f"--inversion {inversion}"
-            raise LoceditError(f"--grad-checkpointing has no effect here: neither --method {method} nor {what} "
-                               "takes gradients through the UNet")
-    for w in record_words:
-        from .diffusion.text import token_positions
-
-        token_positions(bundle.tokenizer, target, w)
+    m, options, request = _checked_request(bundle, image, source, target, method, options, inversion, trajectory,
+                                           mask, blend_words, regions, attributes, pairs, record_words, num_steps,
+                                           edit_options, seed)
     plan = m.build(bundle, request, options)
     controller = plan.controller
     recorder = AttentionRecorder(bundle, target, list(record_words)) if record_words else None
@@ -354,36 +414,12 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     reused = False
     with bundle.checkpointing(edit_options.grad_checkpointing):
         if trajectory is None:
-            if own:
-                t0, calls = time.perf_counter(), bundle.unet_calls
-                trajectory = m.invert(bundle, image, request, options, progress)
-                trajectory.model = bundle.name
-                trajectory.stats.setdefault("unet_calls", bundle.unet_calls - calls)
-                trajectory.stats.setdefault("seconds", time.perf_counter() - t0)
-            else:
-                key = None
-                if cache is not None:
-                    import hashlib
-
-                    digest = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-                    key = (bundle.name, digest, source, inversion, repr(inversion_options), num_steps,
-                           edit_options.guidance)
-                if key is not None and key in cache:
-                    trajectory, reused = cache[key], True
-                else:
-                    trajectory = invert(bundle, image, source, inversion, num_steps, edit_options.guidance,
-                                        inversion_options, progress)
-                    if key is not None:
-                        cache.clear()  # one inversion kept: the latest image and prompt
-                        cache[key] = trajectory
-        prep_calls, prep_t0 = bundle.unet_calls, time.perf_counter()
-        if plan.prepare is not None:
-            plan.prepare(bundle, trajectory)
-        prep_calls, prep_seconds = bundle.unet_calls - prep_calls, time.perf_counter() - prep_t0
+            trajectory, reused = _trajectory_for(bundle, image, request, m, options, inversion, inversion_options,
+                                                 num_steps, edit_options.guidance, progress, cache)
         prompts = {"source": source, "target": target, **plan.prompts}
         result = sample(bundle, trajectory, [prompts[b] for b in plan.branches], edit_options, controller, progress,
-                        plan.guide, branches=plan.branches, first_step=plan.first_step, blend=plan.blend,
-                        pin_source=plan.pin_source, null_prompt=plan.null_prompt)
+                        plan.subscribers, branches=plan.branches, first_step=plan.first_step,
+                        null_prompt=plan.null_prompt)
     if not torch.isfinite(result.latents).all():
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     with torch.no_grad():
@@ -391,13 +427,13 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     stats = {
         "inversion_unet_calls": 0 if reused else trajectory.stats.get("unet_calls", 0),
         "inversion_seconds": 0.0 if reused else trajectory.stats.get("seconds", 0.0),
-        "edit_unet_calls": result.unet_calls + prep_calls,  # with the plan's preparation (DiffEdit's mask)
-        "edit_seconds": result.seconds + prep_seconds,
+        "edit_unet_calls": result.unet_calls,  # with a subscriber's preparation (DiffEdit's mask)
+        "edit_seconds": result.seconds,
     }
     if reused:
         stats["inversion_reused"] = True
-    if plan.guide is not None:
-        stats["guidance_loss"] = plan.guide.history
+    for s in plan.subscribers:
+        stats.update(s.stats())
     if recorder is not None and recorder.store.recorded:
         stats["attention"] = recorder.maps()
     return EditResult(edited, trajectory, result, stats, bundle, branches=plan.branches)

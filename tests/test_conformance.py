@@ -224,7 +224,7 @@ def test_mag_edit_loss_is_eq1_per_head_over_all_tokens_averaged_over_words(bundl
     plan = METHODS["mag-edit"].build(bundle, request, METHODS["mag-edit"].Options())
     g = torch.Generator().manual_seed(0)
     records = [torch.rand(2, 64, bundle.max_tokens, generator=g) for _ in range(3)]  # 3 layers, 2 heads, 8x8 maps
-    got = plan.guide.loss(_capture_with(records)).item()
+    got = plan.subscribers[0].loss(_capture_with(records)).item()
     # masks nearest-resized to the 8x8 map and binary
     near = [torch.nn.functional.interpolate(m, size=(8, 8), mode="nearest").flatten() for m in (m1, m2)]
     expected = (reference_token_ratio(records, [2], near[0]) + reference_token_ratio(records, [6], near[1])) / 2
@@ -249,7 +249,7 @@ def _mde(bundle, preset_name):
 def _run_site(plan, probs, scores=None):
     ctrl = plan.controller
     ctrl.clock.set(0, 900, "guide")
-    for c in plan.guide.captures:
+    for c in plan.subscribers[0].captures:
         c.begin()
     if scores is not None:
         ctrl.edit_scores(scores, CROSS)
@@ -263,7 +263,7 @@ def test_mde_ccl_uses_injected_maps_and_oal_the_targets_own(bundle):
     g = torch.Generator().manual_seed(1)
     probs = torch.rand(2, 2, 64, bundle.max_tokens, generator=g).softmax(-1)  # [source, target] rows
     out = _run_site(plan, probs)
-    own, injected = plan.guide.captures
+    own, injected = plan.subscribers[0].captures
     assert torch.equal(own.records[0], probs[1])  # before the engine
     assert torch.equal(injected.records[0], out[1]) and not torch.equal(out[1], probs[1])  # after it
     # expected loss: Eq. 4-5 on the own map of 'dog' (position 3) + 1.25 * Eq. 6 on the injected 'blue' (2)
@@ -274,7 +274,7 @@ def test_mde_ccl_uses_injected_maps_and_oal_the_targets_own(bundle):
     oal = bce(dog, s) + bce(peak.clamp(max=1 - L.PROB_EPS), s)
     near = torch.nn.functional.interpolate(attr, size=(8, 8), mode="nearest").flatten()
     ccl = reference_token_ratio([out[1]], [2], near)
-    got = plan.guide.loss(own, injected).item()
+    got = plan.subscribers[0].loss(own, injected).item()
     assert math.isclose(got, oal.item() + 1.25 * ccl, rel_tol=1e-4)
 
 
@@ -285,7 +285,7 @@ def test_mde_official_preset_is_the_codes_quartic_oal_and_3_minus_4r_ccl_at_weig
     scores = torch.randn(2, 2, 64, bundle.max_tokens, generator=g)
     probs = scores.softmax(-1)
     out = _run_site(plan, probs, scores)
-    own, injected = plan.guide.captures
+    own, injected = plan.subscribers[0].captures
     # OAL: logits bilinearly resized 8 -> 16, softmax over tokens, mean over heads, vs the area-resized mask
     grid = scores[1].permute(0, 2, 1).reshape(2, -1, 8, 8)
     up = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bilinear", align_corners=False)
@@ -299,7 +299,7 @@ def test_mde_official_preset_is_the_codes_quartic_oal_and_3_minus_4r_ccl_at_weig
     blue = out[1, :, :, 2]
     r = (blue * near).sum(-1) / blue.sum(-1)
     ccl = (3 - 4 * r).mean()
-    assert math.isclose(plan.guide.loss(own, injected).item(), (oal + 1.5 * ccl).item(), rel_tol=1e-4)
+    assert math.isclose(plan.subscribers[0].loss(own, injected).item(), (oal + 1.5 * ccl).item(), rel_tol=1e-4)
 
 
 # ---- 8. LocInv ------------------------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     assert set(diffs["locinv"]) == {"locinv.nti_mode", "locinv.encode"}
     assert diffs["blended"] == {"init": ("source", "noise")}  # Alg. 1's noised source; the script's pure noise
     assert diffs["sdedit"] == {} and diffs["masactrl"] == {}
-    spd = differences(preset(INVERSIONS["spd"][0], "paper"), preset(INVERSIONS["spd"][0], "official"))
+    spd = differences(preset(INVERSIONS["spd"].Options, "paper"), preset(INVERSIONS["spd"].Options, "official"))
     assert spd == {"optimizer": ("sgd", "adamw"), "objective": ("l2", "mse")}
     for name, m in METHODS.items():  # the defaults are the paper's reading
         assert differences(m.Options(), preset(m.Options, "paper")) == {}, name
@@ -579,7 +579,7 @@ def test_conformance_doc_names_every_option_where_the_presets_differ():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text()
     classes = [m.Options for m in METHODS.values()] + [m.Options for m in INSTRUCT_METHODS.values()]
-    classes += [cls for cls, _ in INVERSIONS.values()]
+    classes += [inv.Options for inv in INVERSIONS.values()]
     for cls in classes:
         flags = {".".join(f.path): f.flag for f in flag_fields(cls)}
         for key in differences(preset(cls, "paper"), preset(cls, "official")):
@@ -595,6 +595,6 @@ def test_mde_update_and_blend_masks_are_the_codes(bundle):
     plan, obj, attr, _ = _mde(bundle, "paper")
     near = lambda m: (torch.nn.functional.interpolate(m, size=(16, 16), mode="nearest") > 0).float()  # noqa: E731
     o, a = near(obj), near(attr)
-    torch.testing.assert_close(plan.guide.latent_mask, torch.maximum(dilate(o, 1), a))
+    torch.testing.assert_close(plan.subscribers[0].latent_mask, torch.maximum(dilate(o, 1), a))
     engine = [c for c in plan.controller.controllers if hasattr(c, "user_mask")][0]
     torch.testing.assert_close(engine.user_mask, dilate(torch.maximum(o, a), 1))

@@ -134,7 +134,7 @@ def test_grounding_loss_trains_the_maps_into_the_objects(tokenizer):
 
     def loss():
         rec.probs.clear()
-        emb = train._encode(tokenizer, te, [s.caption() for s in scenes], "cpu")
+        emb = train.encode_prompts(tokenizer, te, [s.caption() for s in scenes], "cpu")
         with controlled_attention(unet, rec, GROUNDED_SITES) as sites:
             unet(z, t, encoder_hidden_states=emb)
         assert len(rec.probs) == len(sites) == sum(1 for s in sites if s.kind == "cross")

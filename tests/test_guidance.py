@@ -93,7 +93,7 @@ def _plan(bundle, name, regions=(), attributes=(), **changes):
     plan = m.build(bundle, request, options)
     plan.controller.layout = BatchLayout.cfg(("source", "target"))
     plan.controller.clock.num_steps = 6
-    return plan.controller, plan.guide
+    return plan.controller, plan.subscribers[0]
 
 
 def _measure(bundle, ctrl, guide, z, step, conds):
@@ -136,7 +136,7 @@ def test_mag_edit_raises_the_in_mask_ratios_and_touches_nothing_outside(bundle, 
     sched = bundle.schedule(6)
     with controlled_attention(bundle.unet, ctrl):
         before = _measure(bundle, ctrl, guide, z, 0, conds)
-        z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+        z_new = guide(bundle, ctrl, bundle.steps(sched.num_steps)[0], z, conds)
         after = _measure(bundle, ctrl, guide, z_new, 0, conds)
     m = map_mask_from(mask, 8, "nearest")
     tokens = token_positions(bundle.tokenizer, TGT, "blue")
@@ -157,7 +157,7 @@ def test_mag_edit_end_to_end_keeps_outside_equal_to_source_in_the_blend_steps(bu
     traj, mask = setup
     ctrl, guide = _plan(bundle, "mag-edit", [Region("blue", mask)], blend_last=3, dilate=0,
                         **{"guidance.guided_steps": 2, "guidance.iterations": 2})
-    out = pipeline.sample(bundle, traj, [SRC, TGT], controller=ctrl, guide=guide)
+    out = pipeline.sample(bundle, traj, [SRC, TGT], controller=ctrl, subscribers=(guide,))
     outside = guide.latent_mask[0, 0] == 0
     assert torch.equal(out.latents[1][:, outside], out.latents[0][:, outside])
     assert len(guide.history) == 2
@@ -191,7 +191,7 @@ def test_mde_edit_oal_has_gradient_falls_and_merge_keeps_outside(bundle, setup, 
         ctrl.layout = saved
         assert grad.abs().sum() > 0
         # it falls when optimised, and the merge (Eq. 8) leaves the outside of the masks alone
-        z_new = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+        z_new = guide(bundle, ctrl, bundle.steps(sched.num_steps)[0], z, conds)
     assert guide.history[0][-1] < guide.history[0][0]
     outside = guide.latent_mask[0, 0] == 0
     assert torch.equal(z_new[:, :, outside], z[:, :, outside])
@@ -319,7 +319,7 @@ def test_source_replay_equals_the_full_batch_iterations_with_half_the_rows(bundl
         hook = bundle.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
         try:
             with controlled_attention(bundle.unet, ctrl):
-                z1 = guide(bundle, ctrl, 0, sched.timesteps[0], sched.alphas[0], z, conds)
+                z1 = guide(bundle, ctrl, bundle.steps(sched.num_steps)[0], z, conds)
         finally:
             hook.remove()
         out[replay], calls[replay] = (z1, guide.history[0]), batches
@@ -348,7 +348,7 @@ def test_maps_only_forwards_stop_after_the_last_map_site_with_the_same_result(bu
         try:
             with controlled_attention(bundle.unet, ctrl):
                 for i in range(2):
-                    z = guide(bundle, ctrl, i, sched.timesteps[i], sched.alphas[i], z, conds)
+                    z = guide(bundle, ctrl, bundle.steps(sched.num_steps)[i], z, conds)
         finally:
             hook.remove()
         out[stop], tails[stop] = (z, guide.history), len(ran)

@@ -276,7 +276,7 @@ def locedit_p2p(spec: dict, bundle, image, inversion: str, cross_replace: float,
     options = apply_preset(P2PEditOptions(P2POptions(mode="reweight", cross_replace=cross_replace, self_replace=0.6,
                                                      reweight=((tgt_word, 2.0),))), "official")
     res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="p2p", options=options,
-                        inversion=inversion, inversion_options=apply_preset(INVERSIONS[inversion][0](), "official"),
+                        inversion=inversion, inversion_options=apply_preset(INVERSIONS[inversion].Options(), "official"),
                         blend_words=(src_word, tgt_word), num_steps=spec["steps"],
                         edit_options=edit_options or pipeline.EditOptions())
     picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)

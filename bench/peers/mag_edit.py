@@ -120,7 +120,7 @@ def locedit_run(spec: dict, bundle, image):
     mask = torch.from_numpy(np.asarray(Image.open(spec["masks"][0]).convert("L"), dtype=np.float32) / 255)
     region = Region(spec["blend_words"][1], (mask > 0).float()[None, None].to(bundle.device))
     res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="mag-edit", options=options,
-                        inversion="null-text", inversion_options=apply_preset(INVERSIONS["null-text"][0](), "official"),
+                        inversion="null-text", inversion_options=apply_preset(INVERSIONS["null-text"].Options(), "official"),
                         regions=[region], num_steps=spec["steps"])
     picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
     return res.sample.latents, picture

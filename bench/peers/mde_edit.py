@@ -143,7 +143,7 @@ def locedit_run(spec: dict, bundle, image):
         return (m > 0.5).float()[None, None].to(bundle.device)
 
     res = pipeline.edit(bundle, image, spec["source"], spec["target"], method="mde-edit", options=options,
-                        inversion="null-text", inversion_options=apply_preset(INVERSIONS["null-text"][0](), "official"),
+                        inversion="null-text", inversion_options=apply_preset(INVERSIONS["null-text"].Options(), "official"),
                         regions=[Region(spec["object"], box(spec["masks"][0]))],
                         attributes=[Region(spec["attribute"], box(spec["masks"][1]))], num_steps=spec["steps"])
     picture = (res.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)

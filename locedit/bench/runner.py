@@ -210,7 +210,7 @@ def registry_inputs(bench_name: str, item: EditItem, to_model, config: BenchConf
     if m.takes_inversion(kwargs["options"]):
         from ..inversion import INVERSIONS
 
-        kwargs.update(inversion=config.inversion, inversion_options=preset(INVERSIONS[config.inversion][0], config.preset))
+        kwargs.update(inversion=config.inversion, inversion_options=preset(INVERSIONS[config.inversion].Options, config.preset))
     if bench_name.endswith(MASK_SUFFIX) or "mask" in m.needs:
         if item.mask is None:
             raise LoceditError(f"item {item.id} has no mask for {bench_name}")

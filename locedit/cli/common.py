@@ -147,7 +147,7 @@ def load_bundle(args):
         raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
     bundle = bundle or load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
     try:
-        bundle.schedule(args.steps)
+        bundle.steps(args.steps)
     except ValueError as exc:
         raise LoceditError(f"--steps {args.steps}: {exc}") from None
     return bundle

@@ -26,7 +26,7 @@ def _method_classes() -> dict[str, type]:
 def _inversion_classes() -> dict[str, type]:
     from ..inversion import INVERSIONS
 
-    return {f"inversion {name}": cls for name, (cls, _) in INVERSIONS.items()}
+    return {f"inversion {name}": inv.Options for name, inv in INVERSIONS.items()}
 
 
 def register(sub) -> None:
@@ -137,7 +137,7 @@ def _inversion_options(args, name: str, context: str):
     from ..inversion import INVERSIONS
     from ..options import preset
 
-    options = preset(INVERSIONS[name][0], args.preset)
+    options = preset(INVERSIONS[name].Options, args.preset)
     key = f"inversion {name}"
     return apply_option_flags(args, option_flag_table(_inversion_classes()), {key: options}, context)[key]
 
@@ -238,7 +238,7 @@ def cmd_edit(args) -> dict:
     inversion_key = f"inversion {inversion}"
     from ..inversion import INVERSIONS
 
-    candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion][0], args.preset)}
+    candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}
     first_context = f"--method {args.method}" + (f" with --inversion {inversion}" if "inversion" in method.uses else "")
     uses_inversion = method.takes_inversion(apply_option_flags(args, table, candidates, first_context)[key])
     if args.inversion and not uses_inversion:

@@ -43,41 +43,30 @@ def _get(obj, path):
     return obj
 
 
-def describe_registries() -> dict:
-    from ..inversion import INVERSION_PAPERS, INVERSIONS
-    from ..methods import INPUTS, METHODS
+def describe_entry(entry, note: str = "") -> dict:
+    """One registry entry (:class:`locedit.registry.Entry`) as ``locedit methods`` shows it."""
+    from ..methods import INPUTS
     from ..options import describe, differences, preset
 
-    methods = {}
-    for name, m in METHODS.items():
-        paper, official = preset(m.Options, "paper"), preset(m.Options, "official")
-        methods[name] = {
-            "summary": m.summary,
-            "inputs": {k: INPUTS[k] for k in sorted(m.uses)},
-            "papers": [c.__dict__ for c in m.papers],
-            "options": _options_table(m.Options),
-            "defaults": describe(m.Options()),
-            "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
-        }
-    from ..instruct import INSTRUCT_METHODS
+    paper, official = preset(entry.Options, "paper"), preset(entry.Options, "official")
+    return {
+        "summary": entry.summary + note,
+        "inputs": {k: INPUTS[k] for k in sorted(entry.uses)},
+        "papers": [c.__dict__ for c in entry.papers],
+        "options": _options_table(entry.Options),
+        "defaults": describe(entry.Options()),
+        "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
+    }
 
-    for name, m in INSTRUCT_METHODS.items():
-        paper, official = preset(m.Options, "paper"), preset(m.Options, "official")
-        methods[name] = {
-            "summary": m.summary + " (locedit instruct)",
-            "inputs": {k: INPUTS[k] for k in sorted(m.uses)},
-            "papers": [c.__dict__ for c in m.papers],
-            "options": _options_table(m.Options),
-            "defaults": describe(m.Options()),
-            "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
-        }
-    inversions = {}
-    for name, (cls, _) in INVERSIONS.items():
-        paper, official = preset(cls, "paper"), preset(cls, "official")
-        inversions[name] = {"papers": [c.__dict__ for c in INVERSION_PAPERS.get(name, ())],
-                            "options": _options_table(cls), "defaults": describe(cls()),
-                            "official_differs": {k: list(v) for k, v in differences(paper, official).items()}}
-    return {"methods": methods, "inversions": inversions}
+
+def describe_registries() -> dict:
+    from ..instruct import INSTRUCT_METHODS
+    from ..inversion import INVERSIONS
+    from ..methods import METHODS
+
+    methods = {name: describe_entry(m) for name, m in METHODS.items()}
+    methods.update({name: describe_entry(m, " (locedit instruct)") for name, m in INSTRUCT_METHODS.items()})
+    return {"methods": methods, "inversions": {name: describe_entry(inv) for name, inv in INVERSIONS.items()}}
 
 
 def cmd_methods(args) -> dict:

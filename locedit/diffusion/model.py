@@ -31,6 +31,7 @@ import torch
 
 from ..errors import PromptError
 from .ddim import DDIMSchedule, to_epsilon
+from .sampler import DDIM, Step
 
 
 @dataclass
@@ -93,6 +94,15 @@ class ModelBundle:
 
     def schedule(self, num_steps: int) -> DDIMSchedule:
         return DDIMSchedule.from_config(self.scheduler_config, num_steps)
+
+    @property
+    def sampler(self) -> DDIM:
+        """The sampler the editing loop and the inversions walk (:mod:`locedit.diffusion.sampler`)."""
+        return DDIM(self.scheduler_config)
+
+    def steps(self, num_steps: int) -> tuple[Step, ...]:
+        """The sampler's N sampling steps."""
+        return self.sampler.schedule(num_steps)
 
     # ---- text ----------------------------------------------------------------------------------
     def token_ids(self, prompt: str) -> list[int]:
@@ -226,10 +236,22 @@ class ModelBundle:
         x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
         return ((x.float() + 1) / 2).clamp(0, 1)
 
-    # ---- noise prediction ------------------------------------------------------------------------
+    # ---- prediction ------------------------------------------------------------------------------
+    def predict(self, z: torch.Tensor, step: Step, embeds: torch.Tensor,
+                image_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """One model call at ``step`` (a :class:`Step` of :attr:`sampler`), counted; returns the
+        sampler's prediction (DDIM: eps, whatever the model's prediction type), float32."""
+        return self.sampler.prediction(self.model_output(z, step.t, embeds, image_latents), z.float(), step)
+
     def predict_eps(self, z: torch.Tensor, t: int, alpha: float, embeds: torch.Tensor,
                     image_latents: torch.Tensor | None = None) -> torch.Tensor:
-        """One UNet call; returns eps (whatever the model's prediction type), counted.
+        """One UNet call at timestep ``t`` on latents at cumulative alpha ``alpha``; returns eps
+        (whatever the model's prediction type), counted. (:meth:`predict` is this for a sampler step.)"""
+        return to_epsilon(self.model_output(z, t, embeds, image_latents), z.float(), alpha, self.prediction_type)
+
+    def model_output(self, z: torch.Tensor, t: int, embeds: torch.Tensor,
+                     image_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """One UNet call, counted; its raw output (the model's prediction type) in float32.
 
         ``z`` (B, C, h, w); ``embeds`` (B, L, D); ``image_latents`` (B, C', h, w) are concatenated
         to the input channels for image-conditioned (InstructPix2Pix) UNets. Gradients flow if the
@@ -249,8 +271,7 @@ class ModelBundle:
             time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=z.device).expand(pooled.shape[0], -1)
             extra["added_cond_kwargs"] = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
         out = self.unet(x.to(self.dtype), t, encoder_hidden_states=embeds.to(self.dtype), **extra).sample
-        # step math runs in float32 whatever the model's dtype
-        return to_epsilon(out.float(), z.float(), alpha, self.prediction_type)
+        return out.float()  # step math runs in float32 whatever the model's dtype
 
 
 def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, device, dtype, text_encoder_2=None,

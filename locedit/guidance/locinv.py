@@ -55,7 +55,8 @@ import time
 import torch
 
 from ..attention import BatchLayout, controlled_attention, map_level, unet_sites
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
+from ..diffusion.cfg import cfg
 from ..diffusion.text import token_positions, word_tokens
 from ..errors import LoceditError, OptimisationError, PromptError
 from ..inversion import Trajectory, ddim_latents
@@ -127,12 +128,9 @@ def prior_kind(regions: list[Region]) -> str:
     return "box"
 
 
-def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions: list[Region], num_steps: int,
-                     guidance: float = 7.5, pairs: list[tuple[str, str]] = (), options: LocInvOptions = LocInvOptions(),
-                     progress: Progress | None = None, stop_at_maps: bool = True) -> Trajectory:
-    """Learn per-step noun tokens for ``regions`` (noun word + prior mask at the model's size).
-    ``stop_at_maps`` ends each token-learning forward at the last map-level site (:class:`MapsOnly`;
-    the same losses and tokens; False runs the whole UNet, as the authors' code does)."""
+def _checked(bundle: ModelBundle, prompt: str, regions: list[Region], pairs, options: LocInvOptions):
+    """Every check of :func:`locinv_inversion` before a UNet call; returns (prior kind, loss
+    hyper-parameters, nouns, adjective-noun pairs, where the pairs came from)."""
     if not regions:
         raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
     size = (bundle.image_size, bundle.image_size)
@@ -145,7 +143,6 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     if len(regions) > len(word_tokens(bundle.tokenizer, prompt)):
         raise PromptError(f"{len(regions)} regions but the prompt has only {len(prompt.split())} words")
     kind = prior_kind(regions)
-    hp = options.params(kind)
     nouns = [r.word for r in regions]
     if pairs or options.adj_bind:
         pair_list, pair_from = adjective_pairs(prompt, nouns, list(pairs), options.pair_source)
@@ -155,12 +152,75 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
         token_positions(bundle.tokenizer, prompt, adj)
         if noun not in nouns:
             raise PromptError(f"adjective {adj!r} is bound to {noun!r}, which has no region")
+    return kind, options.params(kind), nouns, pair_list, pair_from
+
+
+class TokenStep:
+    """The token learning of one step (Alg. 1, lines 4-9): AdamW on the nouns' (and bound adjectives')
+    input-token vectors until every loss is under its threshold or ``max_inner`` updates are taken."""
+
+    def __init__(self, bundle, capture, maps_only, prompt, pos_vectors, noun_tokens, adj_tokens, nouns, pair_list,
+                 priors, kind, hp, options):
+        self.bundle, self.capture, self.maps_only, self.prompt, self.pos_vectors = bundle, capture, maps_only, prompt, pos_vectors
+        self.noun_tokens, self.adj_tokens, self.nouns, self.pair_list = noun_tokens, adj_tokens, nouns, pair_list
+        self.priors, self.kind, self.hp, self.options = priors, kind, hp, options
+
+    def losses(self, maps: torch.Tensor, capture) -> dict[str, torch.Tensor]:
+        """Similarity and overlap of the nouns' maps (K, P) with their priors; the adjective loss of the pairs."""
+        priors = self.priors
+        parts = {
+            "sim": L.similarity_loss_seg(maps, priors) if self.kind == "seg" else L.similarity_loss_box(maps, priors),
+            "ov": L.overlap_loss(maps, priors),
+        }
+        if self.pair_list:
+            adj_maps = torch.stack([capture.word_map(t) for t in self.adj_tokens])
+            noun_maps = torch.stack([maps[self.nouns.index(n)] for _, n in self.pair_list])
+            parts["adj"] = L.adjective_loss(adj_maps, noun_maps)
+        return parts
+
+    def __call__(self, z, s, vectors, taus):
+        """(learned vectors, first losses, last losses, updates) at sampling step ``s`` on latent ``z``."""
+        options, capture, bundle = self.options, self.capture, self.bundle
+        params = {w: v.clone().requires_grad_(True) for w, v in vectors.items()}
+        opt = torch.optim.AdamW(list(params.values()), lr=options.lr, weight_decay=options.weight_decay)
+        first, last, it = None, None, 0
+        for it in range(options.max_inner + 1):
+            if it == options.max_inner and it > 0:
+                break  # the last update is taken; evaluating it would only feed the statistics (the code stops too)
+            capture.clock.set(s.index, s.t, "guide")
+            capture.begin()
+            with torch.enable_grad():
+                cond = bundle.encode_text_with_tokens(self.prompt, self.pos_vectors(params))
+                self.maps_only.run(bundle, lambda: bundle.predict(z, s, cond))
+                parts = self.losses(torch.stack([capture.word_map(t) for t in self.noun_tokens]), capture)  # (K, P)
+                values = {k: v.item() for k, v in parts.items()}
+                if any(not math.isfinite(v) for v in values.values()):
+                    raise OptimisationError(f"locinv: a loss became NaN or inf at step {s.index}")
+                first = first or values
+                last = values
+                if all(values[k] < taus[k] for k in values) or options.max_inner == 0:
+                    break
+                total = sum(self.hp[k][2] * v for k, v in parts.items())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+        capture.end()
+        return {w: p.detach().clone() for w, p in params.items()}, first, last, it
+
+
+def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions: list[Region], num_steps: int,
+                     guidance: float = 7.5, pairs: list[tuple[str, str]] = (), options: LocInvOptions = LocInvOptions(),
+                     progress: Progress | None = None, stop_at_maps: bool = True) -> Trajectory:
+    """Learn per-step noun tokens for ``regions`` (noun word + prior mask at the model's size).
+    ``stop_at_maps`` ends each token-learning forward at the last map-level site (:class:`MapsOnly`;
+    the same losses and tokens; False runs the whole UNet, as the authors' code does)."""
+    kind, hp, nouns, pair_list, pair_from = _checked(bundle, prompt, regions, pairs, options)
 
     t0, start_calls = time.perf_counter(), bundle.unet_calls
     cond0, null = bundle.encode_text([prompt, ""]).split(1)
     empty = null
     latents = ddim_latents(bundle, z0, cond0, num_steps, progress, "ddim inversion")
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
     level = map_level(unet_sites(bundle.unet))
     side = bundle.unet.config.sample_size // 2**level
     priors = torch.stack([map_mask_from(r.mask, side, options.prior_resize) for r in regions]).to(bundle.device)  # (K, P)
@@ -181,43 +241,13 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     nulls, z = [], latents[-1]
     history = {"iterations": [], "sim_first": [], "sim_last": [], "ov_first": [], "ov_last": [], "adj_first": [], "adj_last": []}
     maps_only = MapsOnly((capture,), enabled=stop_at_maps)
+    learn = TokenStep(bundle, capture, maps_only, prompt, pos_vectors, noun_tokens, adj_tokens, nouns, pair_list, priors,
+                      kind, hp, options)
     with controlled_attention(bundle.unet, capture):
-        for i in track(progress, range(num_steps), "locinv"):
-            t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+        for s in track(progress, sampler.schedule(num_steps), "locinv"):
+            i, t = s.index, s.t
             taus = {k: threshold(i, v[0], v[1]) for k, v in hp.items()}
-            params = {w: v.clone().requires_grad_(True) for w, v in vectors.items()}
-            opt = torch.optim.AdamW(list(params.values()), lr=options.lr, weight_decay=options.weight_decay)
-            first, last, it = None, None, 0
-            for it in range(options.max_inner + 1):
-                if it == options.max_inner and it > 0:
-                    break  # the last update is taken; evaluating it would only feed the statistics (the code stops too)
-                capture.clock.set(i, t, "guide")
-                capture.begin()
-                with torch.enable_grad():
-                    cond = bundle.encode_text_with_tokens(prompt, pos_vectors(params))
-                    maps_only.run(bundle, lambda: bundle.predict_eps(z, t, a, cond))
-                    maps = torch.stack([capture.word_map(t) for t in noun_tokens])  # (K, P)
-                    parts = {
-                        "sim": L.similarity_loss_seg(maps, priors) if kind == "seg" else L.similarity_loss_box(maps, priors),
-                        "ov": L.overlap_loss(maps, priors),
-                    }
-                    if pair_list:
-                        adj_maps = torch.stack([capture.word_map(t) for t in adj_tokens])
-                        noun_maps = torch.stack([maps[nouns.index(n)] for _, n in pair_list])
-                        parts["adj"] = L.adjective_loss(adj_maps, noun_maps)
-                    values = {k: v.item() for k, v in parts.items()}
-                    if any(not math.isfinite(v) for v in values.values()):
-                        raise OptimisationError(f"locinv: a loss became NaN or inf at step {i}")
-                    first = first or values
-                    last = values
-                    if all(values[k] < taus[k] for k in values) or options.max_inner == 0:
-                        break
-                    total = sum(hp[k][2] * v for k, v in parts.items())
-                    opt.zero_grad(set_to_none=True)
-                    total.backward()
-                    opt.step()
-            capture.end()
-            vectors = {w: p.detach().clone() for w, p in params.items()}
+            vectors, first, last, it = learn(z, s, vectors, taus)
             for w in nouns:
                 stored[w].append(vectors[w])
             history["iterations"].append(it)
@@ -228,17 +258,16 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
             capture.clock.set(i, t, "invert")
             with torch.no_grad():
                 cond = bundle.encode_text_with_tokens(prompt, pos_vectors(vectors))
-                cond_eps = bundle.predict_eps(z, t, a, cond)
+                cond_eps = bundle.predict(z, s, cond)
             restart = options.nti_mode == "restart"
-            null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, empty if restart else null, t, a,
-                                 a_next, guidance, lr=options.nti.lr * (1 - options.nti.lr_decay * i),
+            null = optimise_null(bundle, z, latents[num_steps - i - 1], cond_eps, empty if restart else null, s,
+                                 guidance, lr=options.nti.lr * (1 - options.nti.lr_decay * i),
                                  inner_steps=options.restart_iterations if restart else options.nti.inner_steps,
                                  threshold=float("-inf") if restart else options.nti.epsilon + i * options.nti.epsilon_growth,
                                  step=i)
             nulls.append(null)
             with torch.no_grad():
-                eps_u = bundle.predict_eps(z, t, a, null)
-                z = ddim_step(z, eps_u + guidance * (cond_eps - eps_u), a, a_next)
+                z = sampler.step(z, cfg(bundle.predict(z, s, null), cond_eps, guidance), s)
     stats = {"prior": kind, "pairs": [list(p) for p in pair_list], "pairs_from": pair_from,
              "unet_calls": bundle.unet_calls - start_calls, "seconds": time.perf_counter() - t0,
              **{k: v for k, v in history.items() if v}}

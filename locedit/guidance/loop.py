@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..attention import AttentionController, BatchLayout, Chain, Site, controlled_attention  # noqa: F401 (Chain: re-exported)
 from ..errors import OptimisationError
+from ..events import StepState, Subscriber
 from .options import GuidanceOptions  # noqa: F401 (re-exported)
 
 
@@ -189,9 +190,9 @@ class SourceReplay(AttentionController):
 LossFn = Callable[..., torch.Tensor]
 
 
-class LatentGuidance:
-    """Callable hook for :func:`locedit.pipeline.sample`: guides the target latent before each of
-    the first ``guided_steps`` steps. ``latent_mask`` (1, 1, h, w) is M."""
+class LatentGuidance(Subscriber):
+    """The sampling loop's subscriber that guides the target latent at the model input of each of the
+    first ``guided_steps`` steps (:meth:`__call__`). ``latent_mask`` (1, 1, h, w) is M."""
 
     def __init__(self, options: GuidanceOptions, capture: MapCapture | tuple[MapCapture, ...], loss: LossFn,
                  latent_mask: torch.Tensor, replay_source: bool = True, maps_only: bool = True):
@@ -204,10 +205,18 @@ class LatentGuidance:
         self.latent_mask = latent_mask
         self.history: list[list[float]] = []  # loss per iteration, per guided step
 
-    def __call__(self, bundle, controller: AttentionController, step: int, t: int, alpha: float,
-                 z: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
-        """``z`` (2, C, h, w) = [source, target]; ``conds`` (2, L, D). Returns the new z."""
+    def model_input(self, state: StepState) -> None:
+        state.z = self(state.bundle, state.controller, state.move, state.z, state.conds)
+
+    def stats(self) -> dict:
+        return {"guidance_loss": self.history}
+
+    def __call__(self, bundle, controller: AttentionController, move, z: torch.Tensor,
+                 conds: torch.Tensor) -> torch.Tensor:
+        """Guide before sampling step ``move`` (a DDIM :class:`~locedit.diffusion.sampler.Step`): ``z``
+        (2, C, h, w) = [source, target]; ``conds`` (2, L, D). Returns the new z."""
         opt = self.options
+        step, t, alpha = move.index, move.t, move.at
         if step >= opt.guided_steps or opt.iterations == 0:
             return z
         scale = opt.step_size * (((1 - alpha) / alpha) ** 0.5 if opt.sigma_scaling else 1.0)
@@ -230,9 +239,9 @@ class LatentGuidance:
                     z_tgt = z_tgt.requires_grad_(True)
                     with torch.enable_grad():
                         if replay is not None and replay.replay:
-                            maps.run(bundle, lambda: bundle.predict_eps(z_tgt, t, alpha, conds[1:2]))
+                            maps.run(bundle, lambda: bundle.predict(z_tgt, move, conds[1:2]))
                         else:
-                            maps.run(bundle, lambda: bundle.predict_eps(torch.cat([z_src, z_tgt]), t, alpha, conds))
+                            maps.run(bundle, lambda: bundle.predict(torch.cat([z_src, z_tgt]), move, conds))
                         loss = self.loss(*self.captures)
                         if not torch.isfinite(loss):
                             raise OptimisationError(f"latent guidance: loss became {loss.item()} at step {step}")

@@ -12,7 +12,8 @@ import contextlib
 import torch
 
 from ..attention import AttentionController, BatchLayout, controlled_attention
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
+from ..diffusion.cfg import dual_cfg
 from ..errors import LoceditError
 from ..progress import Progress, track
 from .options import SAMPLERS, IP2POptions  # noqa: F401 (re-exported)
@@ -51,17 +52,16 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
     ctx = controlled_attention(bundle.unet, ctrl) if controller is not None else contextlib.nullcontext()
     run = num_steps if run_steps is None else min(num_steps, run_steps)
 
-    def guided(x, t, a):  # LIME Eq. 2
-        e_full, e_img, e_none = bundle.predict_eps(x.expand(3, -1, -1, -1), t, a, embeds, image_in).chunk(3)
-        return e_none + options.image_guidance * (e_img - e_none) + options.text_guidance * (e_full - e_img)
+    def guided(e_full, e_img, e_none):
+        return dual_cfg(e_none, e_img, e_full, options.image_guidance, options.text_guidance)
 
     with ctx, torch.no_grad():
         if sampler == "ddim":
-            sched = bundle.schedule(num_steps)
-            for i in track(progress, range(run), "instruct"):
-                t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
-                ctrl.clock.set(i, t, "sample")
-                z = ctrl.after_step(ddim_step(z, guided(z, t, a), a, a_next))
+            ddim = bundle.sampler
+            for s in track(progress, ddim.schedule(num_steps)[:run], "instruct"):
+                ctrl.clock.set(s.index, s.t, "sample")
+                pred = guided(*bundle.predict(z.expand(3, -1, -1, -1), s, embeds, image_in).chunk(3))
+                z = ctrl.after_step(ddim.step(z, pred, s))
         else:
             from diffusers import EulerAncestralDiscreteScheduler
 
@@ -73,6 +73,7 @@ def instruct_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, nu
                 t = euler.timesteps[i]
                 ctrl.clock.set(i, int(t), "sample")
                 a = float(acp[int(round(float(t)))])
-                eps = guided(euler.scale_model_input(z, t), t, a)
+                x = euler.scale_model_input(z, t)
+                eps = guided(*bundle.predict_eps(x.expand(3, -1, -1, -1), t, a, embeds, image_in).chunk(3))
                 z = ctrl.after_step(euler.step(eps, t, z, generator=generator).prev_sample)
     return z

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ..options import Citation
+from ..registry import Entry
 from .options import IP2PEditOptions, LIMEOptions
 
 if TYPE_CHECKING:
@@ -26,7 +27,18 @@ class InstructResult:
     roi: "torch.Tensor | None" = None  # (S, S) bool: the region LIME edited
 
 
-class IP2P:
+class InstructMethod(Entry):
+    """An instruction-editing method: :meth:`run` edits ``image`` by ``instruction``; ``makes_roi``:
+    it returns the region it edited."""
+
+    makes_roi: ClassVar[bool] = False
+
+    @staticmethod
+    def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:
+        raise NotImplementedError
+
+
+class IP2P(InstructMethod):
     name: ClassVar[str] = "ip2p"
     summary: ClassVar[str] = "InstructPix2Pix alone (no localisation)"
     Options: ClassVar[type] = IP2PEditOptions
@@ -45,7 +57,7 @@ class IP2P:
         return InstructResult(z)
 
 
-class LIME:
+class LIME(InstructMethod):
     name: ClassVar[str] = "lime"
     summary: ClassVar[str] = "finds the region to edit by itself (or takes --mask) and keeps the edit inside it"
     Options: ClassVar[type] = LIMEOptions

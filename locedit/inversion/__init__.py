@@ -1,17 +1,28 @@
 """Inversions: each maps (model, image latent, source prompt) to a :class:`Trajectory`.
 
-Every entry of :data:`INVERSIONS` is ``name -> (options dataclass, function)`` with the function's
-signature ``(bundle, z0, prompt, num_steps, guidance, options, progress) -> Trajectory``.
+Every entry of :data:`INVERSIONS` is an :class:`Inversion` (the registries' one shape,
+:class:`locedit.registry.Entry`) whose ``run`` has the signature
+``(bundle, z0, prompt, num_steps, guidance, options, progress) -> Trajectory``.
 """
 
 from .._lazy import lazy_attributes
 from ..options import Citation
+from ..registry import Entry
 from .options import (AIDIOptions, DDIMInversionOptions, DirectInversionOptions, NegativePromptOptions,
                       NMGOptions, NullTextOptions, SPDOptions)
 
 
-def _later(module: str, name: str):
-    """The inversion function ``name`` of ``module``, imported when it is first called."""
+class Inversion(Entry):
+    """An inversion: :meth:`run` maps (model, image latent, source prompt) to a :class:`Trajectory`."""
+
+    @staticmethod
+    def run(bundle, z0, prompt: str, num_steps: int, guidance: float, options, progress=None):
+        raise NotImplementedError
+
+
+def _runs(module: str, name: str):
+    """The inversion function ``name`` of ``module`` as an entry's ``run``, imported when first called
+    (the registry stays light: the command line reads it before torch is imported)."""
 
     def run(*args, **kwargs):
         import importlib
@@ -19,17 +30,75 @@ def _later(module: str, name: str):
         return getattr(importlib.import_module(module, __name__), name)(*args, **kwargs)
 
     run.__name__ = name
-    return run
+    return staticmethod(run)
 
 
-INVERSIONS = {
-    "ddim": (DDIMInversionOptions, _later(".ddim", "ddim_inversion")),
-    "null-text": (NullTextOptions, _later(".null_text", "null_text_inversion")),
-    "npi": (NegativePromptOptions, _later(".simple", "negative_prompt_inversion")),
-    "direct": (DirectInversionOptions, _later(".simple", "direct_inversion")),
-    "spd": (SPDOptions, _later(".spd", "spd_inversion")),
-    "nmg": (NMGOptions, _later(".nmg", "nmg_inversion")),
-    "aidi": (AIDIOptions, _later(".aidi", "aidi_inversion")),
+class DDIMInversion(Inversion):
+    name, Options = "ddim", DDIMInversionOptions
+    summary = "DDIM inversion; the null embedding in the unconditional rows"
+    papers = (Citation("Song et al., Denoising Diffusion Implicit Models, ICLR 2021", "Eq. 12, reversed (sigma = 0)",
+                       "google/prompt-to-prompt (null_text_w_ptp.ipynb: ddim_loop)"),)
+    run = _runs(".ddim", "ddim_inversion")
+
+
+class NullTextInversion(Inversion):
+    name, Options = "null-text", NullTextOptions
+    summary = "null-text inversion: one optimised null embedding per step"
+    papers = (Citation("Mokady et al., Null-text Inversion for Editing Real Images, CVPR 2023", "Alg. 1, Sec. 3.3",
+                       "google/prompt-to-prompt (null_text_w_ptp.ipynb: null_optimization)"),)
+    run = _runs(".null_text", "null_text_inversion")
+
+
+class NegativePromptInversion(Inversion):
+    name, Options = "npi", NegativePromptOptions
+    summary = "negative-prompt inversion: the source prompt replaces the null embedding"
+    papers = (Citation("Miyake et al., Negative-prompt Inversion, 2023", "Sec. 3 (source prompt as the null embedding)",
+                       "cure-lab/PnPInversion (run_editing_p2p.py)"),)
+    run = _runs(".simple", "negative_prompt_inversion")
+
+
+class DirectInversion(Inversion):
+    name, Options = "direct", DirectInversionOptions
+    summary = "direct inversion: the source branch pinned to the DDIM latents"
+    papers = (Citation("Ju et al., PnP Inversion: Boosting Diffusion-based Editing with 3 Lines of Code, ICLR 2024",
+                       "Alg. 1", "cure-lab/PnPInversion (models/p2p_editor.py)"),)
+    run = _runs(".simple", "direct_inversion")
+
+
+class SPDInversion(Inversion):
+    name, Options = "spd", SPDOptions
+    summary = "SPDInv: each inversion step a fixed point found by gradient descent"
+    papers = (Citation("Li et al., Source Prompt Disentangled Inversion for Boosting Image Editability with "
+                       "Diffusion Models, ECCV 2024", "Eq. 3-4, Alg. 1", "leeruibin/SPDInv (P2P/SPDInv.py: SPD_loop)"),)
+    run = _runs(".spd", "spd_inversion")
+
+
+class NMGInversion(Inversion):
+    name, Options = "nmg", NMGOptions
+    summary = "Noise Map Guidance: DDIM inversion whose source row is guided towards it at edit time"
+    papers = (Citation("Cho et al., Noise Map Guidance: Inversion with Spatial Context for Real Image Editing, ICML 2024",
+                       "noise-map guided source step (DDIM inversion underneath)",
+                       "hansam95/NMG (prompt_to_prompt/pipeline_stable_diffusion_nmg.py: __call__)"),)
+    run = _runs(".nmg", "nmg_inversion")
+
+
+class AIDIInversion(Inversion):
+    name, Options = "aidi", AIDIOptions
+    summary = "AIDI: fixed-point iteration per inversion step"
+    papers = (Citation("Pan et al., Effective Real Image Editing with Accelerated Iterative Diffusion Inversion, ICCV 2023",
+                       "fixed-point iteration per inversion step, as SPDInv Sec. 3.2 describes it",
+                       "no code released; SPDInv's description"),)
+    run = _runs(".aidi", "aidi_inversion")
+
+
+INVERSIONS: dict[str, type[Inversion]] = {
+    "ddim": DDIMInversion,
+    "null-text": NullTextInversion,
+    "npi": NegativePromptInversion,
+    "direct": DirectInversion,
+    "spd": SPDInversion,
+    "nmg": NMGInversion,
+    "aidi": AIDIInversion,
 }
 
 __getattr__ = lazy_attributes(__name__, {
@@ -38,28 +107,9 @@ __getattr__ = lazy_attributes(__name__, {
     "spd_inversion": ".spd", "nmg_inversion": ".nmg", "aidi_inversion": ".aidi",
 })
 
-INVERSION_PAPERS = {
-    "ddim": (Citation("Song et al., Denoising Diffusion Implicit Models, ICLR 2021", "Eq. 12, reversed (sigma = 0)",
-                      "google/prompt-to-prompt (null_text_w_ptp.ipynb: ddim_loop)"),),
-    "null-text": (Citation("Mokady et al., Null-text Inversion for Editing Real Images, CVPR 2023", "Alg. 1, Sec. 3.3",
-                           "google/prompt-to-prompt (null_text_w_ptp.ipynb: null_optimization)"),),
-    "npi": (Citation("Miyake et al., Negative-prompt Inversion, 2023", "Sec. 3 (source prompt as the null embedding)",
-                     "cure-lab/PnPInversion (run_editing_p2p.py)"),),
-    "direct": (Citation("Ju et al., PnP Inversion: Boosting Diffusion-based Editing with 3 Lines of Code, ICLR 2024",
-                        "Alg. 1", "cure-lab/PnPInversion (models/p2p_editor.py)"),),
-    "spd": (Citation("Li et al., Source Prompt Disentangled Inversion for Boosting Image Editability with "
-                     "Diffusion Models, ECCV 2024", "Eq. 3-4, Alg. 1", "leeruibin/SPDInv (P2P/SPDInv.py: SPD_loop)"),),
-    "nmg": (Citation("Cho et al., Noise Map Guidance: Inversion with Spatial Context for Real Image Editing, ICML 2024",
-                     "noise-map guided source step (DDIM inversion underneath)",
-                     "hansam95/NMG (prompt_to_prompt/pipeline_stable_diffusion_nmg.py: __call__)"),),
-    "aidi": (Citation("Pan et al., Effective Real Image Editing with Accelerated Iterative Diffusion Inversion, ICCV 2023",
-                      "fixed-point iteration per inversion step, as SPDInv Sec. 3.2 describes it",
-                      "no code released; SPDInv's description"),),
-}
-
 __all__ = [
-    "INVERSION_PAPERS",
     "INVERSIONS",
+    "Inversion",
     "AIDIOptions",
     "DDIMInversionOptions",
     "DirectInversionOptions",

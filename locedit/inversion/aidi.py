@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
 from ..progress import Progress, track
 from .options import AIDIOptions
 from .trajectory import Trajectory
@@ -23,16 +23,16 @@ from .trajectory import Trajectory
 def aidi_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
                    options: AIDIOptions = AIDIOptions(), progress: Progress | None = None) -> Trajectory:
     cond = bundle.encode_text([prompt])
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
     latents = [z0.float()]
     start, end = [], []
-    for j in track(progress, range(num_steps), "aidi inversion"):
-        i = num_steps - 1 - j
-        t, a_from, a_to = sched.timesteps[i], sched.alphas_next[i], sched.alphas[i]
+    for s in track(progress, sampler.schedule(num_steps)[::-1], "aidi inversion"):
+        back = sampler.reverse(s)  # the inversion move that undoes sampling step s
+        land = sampler.landing(back)
         z_prev = latents[-1]
-        x = ddim_step(z_prev, bundle.predict_eps(z_prev, t, a_from, cond), a_from, a_to)
+        x = sampler.step(z_prev, bundle.predict(z_prev, back, cond), back)
         for k in range(options.rounds):
-            fx = ddim_step(z_prev, bundle.predict_eps(x, t, a_to, cond), a_from, a_to)
+            fx = sampler.step(z_prev, bundle.predict(x, land, cond), back)
             if k == 0:
                 start.append(float((fx - x).flatten().norm()))
             if k == options.rounds - 1:

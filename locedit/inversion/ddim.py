@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
 from ..progress import Progress, track
 from .options import DDIMInversionOptions  # noqa: F401 (re-exported)
 from .trajectory import Trajectory
@@ -18,13 +18,12 @@ from .trajectory import Trajectory
 def ddim_latents(bundle: ModelBundle, z0: torch.Tensor, cond: torch.Tensor, num_steps: int,
                  progress: Progress | None = None, desc: str = "ddim inversion") -> list[torch.Tensor]:
     """[z_0, z_1, ..., z_N]: conditional DDIM inversion of ``z0`` (1, C, h, w)."""
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
     latents = [z0.float()]
     z = latents[0]
-    for j in track(progress, range(num_steps), desc):
-        i = num_steps - 1 - j  # the sampling step this inversion step undoes
-        eps = bundle.predict_eps(z, sched.timesteps[i], sched.alphas_next[i], cond)
-        z = ddim_step(z, eps, sched.alphas_next[i], sched.alphas[i])
+    for s in track(progress, sampler.schedule(num_steps)[::-1], desc):
+        back = sampler.reverse(s)  # the inversion move that undoes sampling step s
+        z = sampler.step(z, bundle.predict(z, back, cond), back)
         latents.append(z)
     return latents
 

@@ -24,7 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
+from ..diffusion.cfg import cfg
+from ..diffusion.sampler import Step
+from ..events import StepState, Subscriber
 from ..progress import Progress
 from .ddim import ddim_latents
 from .options import NMGOptions
@@ -39,22 +42,42 @@ def nmg_loss(z: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     return F.l1_loss(z, target)
 
 
-def noise_map_step(bundle: ModelBundle, z: torch.Tensor, t: int, a: float, a_next: float, null: torch.Tensor,
-                   target: torch.Tensor, grad_scale: float, scale: float, loss: str = "l1") -> torch.Tensor:
-    """One noise-map-guided DDIM move of the source latent ``z`` (1, C, h, w) from ``a`` to ``a_next``
+def noise_map_step(bundle: ModelBundle, z: torch.Tensor, move: Step, null: torch.Tensor, target: torch.Tensor,
+                   grad_scale: float, scale: float, loss: str = "l1") -> torch.Tensor:
+    """One noise-map-guided DDIM move of the source latent ``z`` (1, C, h, w) by sampling step ``move``
     towards the inversion latent ``target`` (module docstring); returns the moved latent, detached."""
+    sampler = bundle.sampler
     with torch.enable_grad():
         x = z.detach().requires_grad_(True)
-        eps_u = bundle.predict_eps(x, t, a, null)
-        value = nmg_loss(ddim_step(x, eps_u, a, a_next), target, loss)
+        eps_u = bundle.predict(x, move, null)
+        value = nmg_loss(sampler.step(x, eps_u, move), target, loss)
         grad = -torch.autograd.grad(value, x)[0]
     eps_u = eps_u.detach()
-    eps_c = eps_u - (1 - torch.as_tensor(a)).sqrt() * grad * grad_scale
-    return ddim_step(z, eps_u + scale * (eps_c - eps_u), a, a_next).detach()
+    eps_c = eps_u - (1 - torch.as_tensor(move.at)).sqrt() * grad * grad_scale
+    return sampler.step(z, cfg(eps_u, eps_c, scale), move).detach()
 
 
 def nmg_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
                   options: NMGOptions = NMGOptions(), progress: Progress | None = None) -> Trajectory:
     latents = ddim_latents(bundle, z0, bundle.encode_text([prompt]), num_steps, progress, "nmg (ddim) inversion")
-    rule = {"rule": "nmg", "grad_scale": options.grad_scale, "scale": options.scale, "loss": options.loss}
-    return Trajectory("nmg", prompt, num_steps, guidance, latents, uncond="null", source_guidance=rule)
+    move = {"grad_scale": options.grad_scale, "scale": options.scale, "loss": options.loss}
+    return Trajectory("nmg", prompt, num_steps, guidance, latents, uncond="null", source_guidance=move)
+
+
+class NoiseMapGuidance(Subscriber):
+    """The editing side of NMG: before every sampling step's model input, the source row is moved by
+    :func:`noise_map_step` with the step's unconditional embedding, in the clock's "inversion-guide"
+    phase (no controller acts on it). Skipped when a method pins the source row (Plug-and-Play),
+    which would discard the move."""
+
+    def __init__(self, grad_scale: float, scale: float, loss: str = "l1"):
+        self.grad_scale, self.scale, self.loss = grad_scale, scale, loss
+
+    def model_input(self, state: StepState) -> None:
+        if not state.has_source or state.source_pinned:
+            return
+        state.controller.clock.set(state.step, state.t, "inversion-guide")
+        target = state.trajectory.target_latent(state.step).to(state.z)
+        moved = noise_map_step(state.bundle, state.z[0:1], state.move, state.uncond, target, self.grad_scale,
+                               self.scale, self.loss)
+        state.z = torch.cat([moved, state.z[1:]])

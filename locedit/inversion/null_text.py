@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
+from ..diffusion.cfg import cfg
+from ..diffusion.sampler import Step
 from ..errors import OptimisationError
 from ..progress import Progress, track
 from .ddim import ddim_latents
@@ -25,15 +27,15 @@ from .trajectory import Trajectory
 
 
 def optimise_null(bundle: ModelBundle, z: torch.Tensor, target: torch.Tensor, cond_eps: torch.Tensor,
-                  null: torch.Tensor, t: int, alpha: float, alpha_next: float, guidance: float,
-                  lr: float, inner_steps: int, threshold: float, step: int) -> torch.Tensor:
-    """One step of Alg. 1: returns the optimised null embedding (detached)."""
+                  null: torch.Tensor, move: Step, guidance: float, lr: float, inner_steps: int, threshold: float,
+                  step: int) -> torch.Tensor:
+    """One step of Alg. 1 at sampling step ``move``: returns the optimised null embedding (detached)."""
+    sampler = bundle.sampler
     param = null.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
     for _ in range(inner_steps):
-        eps_u = bundle.predict_eps(z, t, alpha, param)
-        eps = eps_u + guidance * (cond_eps - eps_u)
-        loss = F.mse_loss(ddim_step(z, eps, alpha, alpha_next), target)
+        eps_u = bundle.predict(z, move, param)
+        loss = F.mse_loss(sampler.step(z, cfg(eps_u, cond_eps, guidance), move), target)
         if not torch.isfinite(loss):
             raise OptimisationError(f"null-text inversion: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -48,20 +50,19 @@ def null_text_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_
                         options: NullTextOptions = NullTextOptions(), progress: Progress | None = None) -> Trajectory:
     cond, null = bundle.encode_text([prompt, ""]).split(1)
     latents = ddim_latents(bundle, z0, cond, num_steps, progress)
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
     nulls: list[torch.Tensor] = []
     z = latents[-1]
-    for i in track(progress, range(num_steps), "null-text"):
-        t, a, a_next = sched.timesteps[i], sched.alphas[i], sched.alphas_next[i]
+    for s in track(progress, sampler.schedule(num_steps), "null-text"):
+        i = s.index
         with torch.no_grad():
-            cond_eps = bundle.predict_eps(z, t, a, cond)
+            cond_eps = bundle.predict(z, s, cond)
         null = optimise_null(
-            bundle, z, latents[num_steps - i - 1], cond_eps, null, t, a, a_next, guidance,
+            bundle, z, latents[num_steps - i - 1], cond_eps, null, s, guidance,
             lr=options.lr * (1 - options.lr_decay * i), inner_steps=options.inner_steps,
             threshold=options.epsilon + i * options.epsilon_growth, step=i,
         )
         nulls.append(null)
         with torch.no_grad():
-            eps_u = bundle.predict_eps(z, t, a, null)
-            z = ddim_step(z, eps_u + guidance * (cond_eps - eps_u), a, a_next)
+            z = sampler.step(z, cfg(bundle.predict(z, s, null), cond_eps, guidance), s)
     return Trajectory("null-text", prompt, num_steps, guidance, latents, uncond="learned", null_embeddings=nulls)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import ModelBundle, ddim_step
+from ..diffusion import ModelBundle
 from ..errors import OptimisationError
 from ..progress import Progress, track
 from .options import SPD_OBJECTIVES, SPD_OPTIMIZERS, SPDOptions  # noqa: F401 (re-exported)
@@ -43,15 +43,15 @@ def fixed_point_residual(fx: torch.Tensor, x: torch.Tensor, objective: str) -> t
 def spd_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
                   options: SPDOptions = SPDOptions(), progress: Progress | None = None) -> Trajectory:
     cond = bundle.encode_text([prompt])
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
     latents = [z0.float()]
     before, after, iters = [], [], []
-    for j in track(progress, range(num_steps), "spd inversion"):
-        i = num_steps - 1 - j
-        t, a_from, a_to = sched.timesteps[i], sched.alphas_next[i], sched.alphas[i]
+    for j, s in enumerate(track(progress, sampler.schedule(num_steps)[::-1], "spd inversion")):
+        back = sampler.reverse(s)  # the inversion move that undoes sampling step s
+        land = sampler.landing(back)
         z_prev = latents[-1]
         with torch.no_grad():
-            x0 = ddim_step(z_prev, bundle.predict_eps(z_prev, t, a_from, cond), a_from, a_to)
+            x0 = sampler.step(z_prev, bundle.predict(z_prev, back, cond), back)
         x = x0.clone().requires_grad_(True)
         if options.optimizer == "adamw":
             opt = torch.optim.AdamW([x], lr=options.lr, weight_decay=options.weight_decay)
@@ -60,7 +60,7 @@ def spd_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps:
         value, k = float("nan"), 0
         for k in range(options.max_steps):
             # eps is evaluated at the candidate x itself (Eq. 3), with the timestep of x
-            fx = ddim_step(z_prev, bundle.predict_eps(x, t, a_to, cond), a_from, a_to)
+            fx = sampler.step(z_prev, bundle.predict(x, land, cond), back)
             loss = fixed_point_residual(fx, x, options.objective)
             if not torch.isfinite(loss):
                 raise OptimisationError(f"spd inversion: residual became {loss.item()} at step {j}")

@@ -11,8 +11,11 @@
 ``source_follows``: the editing loop pins the source branch to ``latents`` (direct inversion).
 ``token_vectors``: per-step input-token vectors of some words (LocInv); the editing loop encodes
 both prompts at each step with them in place of those words' token embeddings.
-``source_guidance``: a rule the editing loop applies to the source row before each step (Noise Map
-Guidance: ``{"rule": "nmg", ...}``, :func:`locedit.inversion.nmg.noise_map_step`).
+``source_guidance``: the parameters of Noise Map Guidance's move of the source row before each step
+(``grad_scale``, ``scale``, ``loss``; :func:`locedit.inversion.nmg.noise_map_step`).
+
+A trajectory is data: :func:`locedit.inversion.editing.subscribers` turns these fields into the
+editing loop's subscribers.
 """
 
 from __future__ import annotations
@@ -61,63 +64,6 @@ class Trajectory:
     def target_latent(self, step: int) -> torch.Tensor:
         """The inversion latent that sampling step ``step`` should land on."""
         return self.latents[self.num_steps - step - 1]
-
-    # ---- the editing-side rule: what this inversion asks of the sampling loop -------------------------
-    def uncond_embedding(self, step: int, null: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """(1, L, D) embedding of the unconditional rows at sampling step ``step``: the empty
-        prompt's ("null"), the learned one of that step (null-text), or the source prompt's (NPI)."""
-        if self.uncond == "source":
-            return source
-        if self.uncond == "learned":
-            return self.null_embeddings[step].to(null)
-        return null
-
-    def conditions(self, bundle, prompts: list[str], step: int, default: torch.Tensor) -> torch.Tensor:
-        """(len(prompts), L, D) conditional embeddings at ``step``: ``default`` unless the inversion
-        learned token vectors (LocInv), which replace their words' token embeddings in every prompt
-        that has the word."""
-        if not self.token_vectors:
-            return default
-        from ..diffusion.text import token_positions
-        from ..errors import PromptError
-
-        out = []
-        for p in prompts:
-            vectors = {}
-            for word, vec in self.token_vectors.items():
-                try:
-                    positions = token_positions(bundle.tokenizer, p, word)
-                except PromptError:
-                    continue
-                per_step = vec[step].to(bundle.device)  # (tokens of the word, D_in)
-                for k, pos in enumerate(positions):
-                    vectors[pos] = per_step[k % per_step.shape[0]]
-            with torch.no_grad():
-                out.append(bundle.encode_text_with_tokens(p, vectors) if vectors else bundle.encode_text([p]))
-        return torch.cat(out)
-
-    def guide_source(self, bundle, step: int, t: int, alpha: float, alpha_next: float, z: torch.Tensor,
-                     null: torch.Tensor) -> torch.Tensor:
-        """The source row (row 0) of ``z`` moved by the trajectory's source rule before sampling step
-        ``step`` (timestep ``t``, from ``alpha`` to ``alpha_next``; Noise Map Guidance); ``z``
-        unchanged without one."""
-        if not self.source_guidance:
-            return z
-        from .nmg import noise_map_step
-
-        g = self.source_guidance
-        moved = noise_map_step(bundle, z[0:1], t, alpha, alpha_next, null, self.target_latent(step).to(z),
-                               g["grad_scale"], g["scale"], g["loss"])
-        return torch.cat([moved, z[1:]])
-
-    def pin_source(self, step: int, z_next: torch.Tensor, force: bool = False) -> torch.Tensor:
-        """Direct inversion (``source_follows``): the source row (row 0) after sampling step ``step``
-        becomes the inversion latent, i.e. the step's difference is added back (Ju et al., Alg. 1).
-        ``force``: pin whatever the inversion (Plug-and-Play's source row reads the inversion's
-        latents at every step)."""
-        if not (self.source_follows or force):
-            return z_next
-        return torch.cat([self.target_latent(step).to(z_next), z_next[1:]])
 
     # ---- disk form: trajectory.safetensors + manifest.json --------------------------------------------
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
@@ -190,8 +136,10 @@ class Trajectory:
             source_guidance=dict(manifest.get("source_guidance") or {}),
         )
         g = traj.source_guidance
-        if g and not (g.get("rule") == "nmg" and all(isinstance(g.get(k), (int, float)) for k in ("grad_scale", "scale"))
-                      and g.get("loss") in ("l1", "l2", "smooth_l1")):
+        if g.get("rule") == "nmg":  # written before the rule was named by the fields alone
+            g.pop("rule")
+        if g and not (set(g) == {"grad_scale", "scale", "loss"} and g["loss"] in ("l1", "l2", "smooth_l1")
+                      and all(isinstance(g[k], (int, float)) for k in ("grad_scale", "scale"))):
             raise ValueError(f"unknown source_guidance {g!r}")
         return traj, manifest
 
@@ -209,7 +157,7 @@ class Trajectory:
             if z.dtype != torch.float32 or not torch.isfinite(z).all():
                 raise LoceditError(f"the saved trajectory's latent {k} is not finite float32")
         try:
-            bundle.schedule(self.num_steps)
+            bundle.steps(self.num_steps)
         except ValueError as exc:
             raise LoceditError(f"the saved trajectory's {self.num_steps} steps do not fit model {bundle.name!r}: {exc}") from None
         dim = int(bundle.unet.config.cross_attention_dim)

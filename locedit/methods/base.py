@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import LoceditError
-from ..options import Citation
+from ..options import Citation  # noqa: F401  (re-exported to the method modules)
+from ..registry import Entry
 
 if TYPE_CHECKING:  # the registry stays light: no torch until a method runs
     import torch
@@ -81,26 +82,23 @@ class EditRequest:
 class Plan:
     """What :func:`locedit.pipeline.sample` installs and how it runs the loop.
 
-    ``controller``: attention processors for the whole loop, restored after it; ``guide``: latent
-    guidance run before each step; ``branches``: the prompts sampled, a subset of ("source",
-    "target") in that order (the noise-based baselines sample the target alone); ``first_step``:
-    sampling starts at this step from the trajectory's latent at that noise level (SDEdit's strength,
-    Blended Latent Diffusion's skipped steps); ``blend``: after each step,
-    ``blend(step, z, trajectory) -> z`` (Blended Latent Diffusion's background); ``prompts``:
-    branch -> prompt where a branch is not sampled on its own prompt (Plug-and-Play's source row
-    on the empty prompt); ``pin_source``: the source row follows the trajectory's latents whatever
-    the inversion (Plug-and-Play)."""
+    ``controller``: attention processors for the whole loop, restored after it; ``subscribers``:
+    the method's subscribers to the loop's per-step events (:mod:`locedit.events`: latent guidance,
+    blends, source pinning, DiffEdit's mask); ``branches``: the prompts sampled, a subset of
+    ("source", "target") in that order (the noise-based baselines sample the target alone);
+    ``first_step``: sampling starts at this step from the trajectory's latent at that noise level
+    (SDEdit's strength, Blended Latent Diffusion's skipped steps); ``prompts``: branch -> prompt
+    where a branch is not sampled on its own prompt (Plug-and-Play's source row on the empty
+    prompt); ``null_prompt``: the prompt of the "null" unconditional embedding (Plug-and-Play's
+    negative prompt)."""
 
     controller: AttentionController | None
-    guide: object | None = None
+    subscribers: tuple = ()
     info: dict = field(default_factory=dict)
     branches: tuple[str, ...] = BRANCHES
     first_step: int = 0
-    blend: object | None = None
     prompts: dict[str, str] = field(default_factory=dict)
-    pin_source: bool = False
-    prepare: object | None = None  # prepare(bundle, trajectory) after the inversion, before sampling (DiffEdit's mask)
-    null_prompt: str = ""  # the prompt of the "null" unconditional embedding (PnP's negative prompt)
+    null_prompt: str = ""
 
     def __post_init__(self):
         if not self.branches or tuple(b for b in BRANCHES if b in self.branches) != tuple(self.branches):
@@ -109,15 +107,11 @@ class Plan:
             raise ValueError("an edit plan samples the target branch")
 
 
-class Method:
-    """Base of every editing method (see the module docstring)."""
+class Method(Entry):
+    """Base of every editing method (see the module docstring); the registries' fields come from
+    :class:`locedit.registry.Entry`."""
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    Options: ClassVar[type]
-    uses: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset()  # inputs of ``uses`` it cannot run without (the bench gives them)
-    papers: ClassVar[tuple[Citation, ...]] = ()
     takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     @classmethod

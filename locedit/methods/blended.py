@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import LoceditError
+from ..events import StepState, Subscriber
 from .base import Citation, Method, Plan
 
 BLD_PAPER = Citation(
@@ -77,16 +78,16 @@ class BlendedOptions:
         return int(num_steps * self.start)
 
 
-class LatentBlend:
+class LatentBlend(Subscriber):
     """After sampling step ``i``: z = z * m + background(i) * (1 - m) on every sampled row, with the
     background the trajectory's ``target_latent(i)`` (Alg. 1's z_bg)."""
 
     def __init__(self, mask):
-        self.mask = mask  # (1, 1, h, w) binary
+        self.blend_mask = mask  # (1, 1, h, w) binary
 
-    def __call__(self, step, z, traj):
-        bg = traj.target_latent(step).to(z)
-        return z * self.mask + bg * (1 - self.mask)
+    def after_step(self, state: StepState) -> None:
+        bg = state.trajectory.target_latent(state.step).to(state.z_next)
+        state.z_next = state.z_next * self.blend_mask + bg * (1 - self.blend_mask)
 
 
 def blended_trajectory(bundle, z0, prompt: str, num_steps: int, first: int, init: str, seed: int):
@@ -96,10 +97,10 @@ def blended_trajectory(bundle, z0, prompt: str, num_steps: int, first: int, init
     script); ``image_latent`` the source. Draws on a CPU generator: the start, then one per step."""
     import torch
 
-    from ..diffusion import add_noise
     from ..inversion import Trajectory
 
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
+    steps = sampler.schedule(num_steps)
     g = torch.Generator().manual_seed(seed)
 
     def draw():
@@ -107,10 +108,10 @@ def blended_trajectory(bundle, z0, prompt: str, num_steps: int, first: int, init
 
     start = draw()
     if init == "source":
-        start = add_noise(z0, start, sched.alphas[first])
+        start = sampler.noised(z0, start, steps[first])
     latents = [None] * (num_steps + 1)
     for i in range(first, num_steps):
-        latents[num_steps - i - 1] = add_noise(z0, draw(), sched.alphas[i])
+        latents[num_steps - i - 1] = sampler.noised(z0, draw(), steps[i])
     for k in range(num_steps - first, num_steps + 1):  # the start, and the unused levels before it
         latents[k] = start
     return Trajectory(method="blended", prompt=prompt, num_steps=num_steps, guidance=1.0, latents=latents,
@@ -144,7 +145,7 @@ class Blended(Method):
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
         first = options.first_step(request.num_steps)
-        return Plan(None, branches=("target",), first_step=first, blend=LatentBlend(latent_mask(bundle, request.mask)),
+        return Plan(None, (LatentBlend(latent_mask(bundle, request.mask)),), branches=("target",), first_step=first,
                     info={"blended": {"first_step": first, "noise": options.noise, "init": options.init}})
 
     @classmethod

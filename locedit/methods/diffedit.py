@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import LoceditError
+from ..events import StepState, Subscriber
 from .base import Citation, Method, Plan
 
 DIFFEDIT_PAPER = Citation(
@@ -87,40 +88,45 @@ def diffedit_mask(bundle, z0, reference: str, query: str, num_steps: int, option
     mask of any method that takes one (upsampled to the image by nearest neighbour)."""
     import torch
 
-    from ..diffusion import add_noise
-
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
+    steps = sampler.schedule(num_steps)
     k = num_steps - min(int(num_steps * options.mask_strength), num_steps)
     k = min(k, num_steps - 1)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((options.noises, *z0.shape[1:]), generator=g, dtype=torch.float32).to(z0.device)
-    zt = add_noise(z0.expand(options.noises, -1, -1, -1), noise, sched.alphas[k])
+    zt = sampler.noised(z0.expand(options.noises, -1, -1, -1), noise, steps[k])
     embeds = bundle.encode_text([reference, query])
     batch = torch.cat([embeds[:1].expand(options.noises, -1, -1), embeds[1:].expand(options.noises, -1, -1)])
     with torch.no_grad():
-        eps = bundle.predict_eps(torch.cat([zt, zt]), sched.timesteps[k], sched.alphas[k], batch)
+        eps = bundle.predict(torch.cat([zt, zt]), steps[k], batch)
     return mask_from_estimates(eps[: options.noises], eps[options.noises:], options.clamp_ratio, options.threshold)
 
 
-class MaskedDecoding:
-    """Step 3: after step i, z = z * M + x_i * (1 - M), x_i the trajectory's latent at the level step i
-    lands on; the mask M is computed by :meth:`prepare` from the trajectory's image latent."""
+class MaskedDecoding(Subscriber):
+    """Steps 1-3 as the loop's subscriber: before the first sampling step the mask M is computed from
+    the trajectory's image latent (its UNet calls are the edit's, in the clock's "prepare" phase, which
+    no controller acts on); after step i, z = z * M + x_i * (1 - M), x_i the trajectory's latent at
+    the level step i lands on."""
 
     def __init__(self, reference: str, query: str, num_steps: int, options: DiffEditOptions, seed: int):
         self.args = (reference, query, num_steps, options, seed)
-        self.mask = None
 
     def prepare(self, bundle, trajectory):
         reference, query, num_steps, options, seed = self.args
-        self.mask = diffedit_mask(bundle, trajectory.latents[0].to(bundle.device), reference, query, num_steps,
-                                  options, seed)
-        if not self.mask.any():
+        self.blend_mask = diffedit_mask(bundle, trajectory.latents[0].to(bundle.device), reference, query, num_steps,
+                                        options, seed)
+        if not self.blend_mask.any():
             raise LoceditError("the DiffEdit mask is empty: the two prompts' noise estimates differ nowhere above "
                                "the threshold (lower --diffedit-threshold or raise --diffedit-clamp)")
 
-    def __call__(self, step, z, traj):
-        bg = traj.target_latent(step).to(z)
-        return z * self.mask + bg * (1 - self.mask)
+    def before_step(self, state: StepState) -> None:
+        if self.blend_mask is None:
+            state.controller.clock.set(state.step, state.t, "prepare")
+            self.prepare(state.bundle, state.trajectory)
+
+    def after_step(self, state: StepState) -> None:
+        bg = state.trajectory.target_latent(state.step).to(state.z_next)
+        state.z_next = state.z_next * self.blend_mask + bg * (1 - self.blend_mask)
 
 
 class DiffEdit(Method):
@@ -142,5 +148,5 @@ class DiffEdit(Method):
         first = request.num_steps - min(int(request.num_steps * options.encode_ratio), request.num_steps)
         reference = request.source if options.reference == "source" else ""
         decoding = MaskedDecoding(reference, request.target, request.num_steps, options, request.seed)
-        return Plan(None, branches=("target",), first_step=first, blend=decoding, prepare=decoding.prepare,
+        return Plan(None, (decoding,), branches=("target",), first_step=first,
                     info={"diffedit": {"first_step": first}})

@@ -177,4 +177,4 @@ class MAGEdit(Method):
 
         # capture after the engine: the loss sees the injected maps A_hat (Sec. 3.2)
         guide = LatentGuidance(options.guidance, capture, loss, latent)
-        return Plan(Chain([engine, capture]), guide)
+        return Plan(Chain([engine, capture]), (guide,))

@@ -162,4 +162,4 @@ class MDEEdit(Method):
             return total
 
         guide = LatentGuidance(options.guidance, (own, injected), loss, update)
-        return Plan(Chain([own, engine, injected]), guide)
+        return Plan(Chain([own, engine, injected]), (guide,))

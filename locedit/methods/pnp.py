@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import LoceditError
+from ..events import PinSource
 from .base import Citation, Method, Plan
 
 PNP_PAPER = Citation(
@@ -89,5 +90,5 @@ class PnP(Method):
         feature_steps, attention_steps = options.steps(request.num_steps)
         ctrl = PlugAndPlay(feature_steps, attention_steps, request.num_steps,
                            injected_self_sites(block_order(sites), sites), options.feature_block)
-        return Plan(ctrl, prompts={"source": ""}, pin_source=True, null_prompt=options.negative_prompt,
+        return Plan(ctrl, (PinSource(),), prompts={"source": ""}, null_prompt=options.negative_prompt,
                     info={"pnp": {"feature_steps": feature_steps, "attention_steps": attention_steps}})

@@ -49,13 +49,13 @@ def noised_trajectory(bundle, z0, prompt: str, num_steps: int, seed: int, method
     generator seeded with ``seed``, so results do not depend on the device."""
     import torch
 
-    from ..diffusion import add_noise
     from ..inversion import Trajectory
 
-    sched = bundle.schedule(num_steps)
+    sampler = bundle.sampler
+    steps = sampler.schedule(num_steps)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(z0.shape, generator=g, dtype=torch.float32).to(z0.device)
-    latents = [z0] + [add_noise(z0, noise, sched.alphas[num_steps - k]) for k in range(1, num_steps + 1)]
+    latents = [z0] + [sampler.noised(z0, noise, steps[num_steps - k]) for k in range(1, num_steps + 1)]
     return Trajectory(method=method, prompt=prompt, num_steps=num_steps, guidance=1.0, latents=latents)
 
 

@@ -85,7 +85,7 @@ def option_fields(kind: str, name: str):
     if kind == "method":
         cls = METHODS[name].Options if name in METHODS else INSTRUCT_METHODS[name].Options
     else:
-        cls = INVERSIONS[name][0]
+        cls = INVERSIONS[name].Options
     return list(flag_fields(cls))
 
 
