@@ -30,6 +30,7 @@ def _inversion_classes() -> dict[str, type]:
 
 
 def register(sub) -> None:
+    """``locedit edit`` (its inputs and outputs in :func:`_edit_inputs_and_outputs`) and ``locedit invert``."""
     from ..inversion import INVERSIONS
     from ..methods import METHODS
     from ..options import PRESET_NAMES
@@ -60,6 +61,46 @@ def register(sub) -> None:
     m.add_argument("--inversion", choices=list(INVERSIONS),
                    help="how the image is inverted (default null-text; not with methods that invert themselves, "
                         "such as locinv)")
+    _edit_inputs_and_outputs(e)
+    e.add_argument("--spec", metavar="FILE",
+                   help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
+                        "'--' (e.g. {\"region\": [\"dog=dog.png\"], \"method\": \"mag-edit\"}); "
+                        "flags given on the command line win")
+    e.set_defaults(run=cmd_edit)
+    _register_invert(sub)
+
+
+def _register_invert(sub) -> None:
+    from ..inversion import INVERSIONS
+    from ..options import PRESET_NAMES
+
+    v = sub.add_parser(
+        "invert", help="invert an image and save the trajectory for later edits",
+        description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
+        epilog="example: locedit invert cat.png --source 'a cat on the grass' --inversion spd --out-dir cat_inv/ && "
+               "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("image", help="input image (PNG/JPEG)")
+    v.add_argument("--source", "--prompt", dest="prompt", required=True,
+                   help="prompt describing the image (the edit's --source)")
+    add_model_args(v)
+    add_image_limit_flags(v)
+    v.add_argument("--guidance", type=finite_float, default=7.5,
+                   help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
+    v.add_argument("--inversion", default="null-text", choices=list(INVERSIONS), help="(default null-text)")
+    v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
+    g = v.add_argument_group("inversion options")
+    add_option_flags(g, option_flag_table(_inversion_classes()))
+    v.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
+    v.add_argument("--out-dir", "--out", dest="out", required=True,
+                   help="output folder (manifest.json, trajectory.safetensors); --out is the same")
+    add_output_flags(v)
+    v.set_defaults(run=cmd_invert)
+
+
+def _edit_inputs_and_outputs(e) -> None:
+    """``locedit edit``'s input flags, the options of every method and inversion, the editing extras
+    and the output flags."""
     i = e.add_argument_group("inputs (each method uses some; see `locedit methods`)")
     i.add_argument("--mask", action="append", default=[],
                    help="PNG mask of the region to edit (white = edit), the image's size; the local blend keeps "
@@ -98,34 +139,6 @@ def register(sub) -> None:
                      help="the target words whose maps --save-attention shows (default: the region, attribute or "
                           "blend words, else the words the target adds)")
     add_output_flags(out)
-    e.add_argument("--spec", metavar="FILE",
-                   help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
-                        "'--' (e.g. {\"region\": [\"dog=dog.png\"], \"method\": \"mag-edit\"}); "
-                        "flags given on the command line win")
-    e.set_defaults(run=cmd_edit)
-
-    v = sub.add_parser(
-        "invert", help="invert an image and save the trajectory for later edits",
-        description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
-        epilog="example: locedit invert cat.png --source 'a cat on the grass' --inversion spd --out-dir cat_inv/ && "
-               "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("image", help="input image (PNG/JPEG)")
-    v.add_argument("--source", "--prompt", dest="prompt", required=True,
-                   help="prompt describing the image (the edit's --source)")
-    add_model_args(v)
-    add_image_limit_flags(v)
-    v.add_argument("--guidance", type=finite_float, default=7.5,
-                   help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
-    v.add_argument("--inversion", default="null-text", choices=list(INVERSIONS), help="(default null-text)")
-    v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
-    g = v.add_argument_group("inversion options")
-    add_option_flags(g, option_flag_table(_inversion_classes()))
-    v.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
-    v.add_argument("--out-dir", "--out", dest="out", required=True,
-                   help="output folder (manifest.json, trajectory.safetensors); --out is the same")
-    add_output_flags(v)
-    v.set_defaults(run=cmd_invert)
 
 
 GRAD_CHECKPOINTING_HELP = ("recompute the UNet's activations in each backward pass (null-text, SPDInv, LocInv's token "
@@ -187,34 +200,52 @@ def cmd_invert(args) -> dict:
             "seconds": round(traj.stats["seconds"], 3)}
 
 
-def _given_inputs(args) -> set[str]:
-    given = set()
-    if args.mask or args.box or args.mask_from:
-        given.add("mask")
-    for name in ("blend_words", "region", "attribute", "bind"):
-        if getattr(args, name):
-            given.add({"region": "regions", "attribute": "attributes", "bind": "pairs"}.get(name, name))
-    return given
-
-
-def cmd_edit(args) -> dict:
-    import torch
-
-    from .. import __version__, pipeline
-    from ..fileio import OutputSet, box_mask, check_output, check_user_mask, load_image, load_mask, region_spec
-    from ..imaging import Fit
-    from ..inversion import Trajectory
-    from ..masks import Region
+def parse_edit(args):
+    """The parsed command line as an :class:`locedit.spec.EditSpec`: every check the arguments alone
+    allow, then the method's and the inversion's flags applied to their options (a flag the method,
+    or the inversion it runs on, does not have is refused)."""
+    from .. import api
+    from ..fileio import MAX_BYTES, MAX_PIXELS
+    from ..inversion import INVERSIONS
     from ..methods import METHODS
-    from ..methods.base import INPUT_FLAGS
-    from ..options import describe, preset
-    from .common import load_bundle, progress
+    from ..options import preset
+    from ..spec import EditSpec
 
-    method = METHODS[args.method]
-    if not args.target.strip():
-        raise LoceditError("--target is empty")
-    if args.source is not None and not args.source.strip():
-        raise LoceditError("--source is empty")
+    max_bytes = int(args.max_image_mb * 2**20)
+    spec = EditSpec(
+        target=args.target, image=args.image, source=args.source, method=args.method, inversion=args.inversion,
+        preset=args.preset, from_inversion=args.from_inversion, masks=tuple(args.mask), boxes=tuple(args.box),
+        mask_from=args.mask_from, blend_words=tuple(args.blend_words) if args.blend_words else None,
+        regions=tuple(args.region), attributes=tuple(args.attribute), binds=tuple(args.bind), model=args.model,
+        vae=args.vae, device=args.device, dtype=args.dtype, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        fit=args.fit, npi_null=args.npi_null, proximal=args.proximal, inversion_guidance=args.inversion_guidance,
+        grad_checkpointing=args.grad_checkpointing,
+        attention_words=tuple(args.attention_words or ()) if args.save_attention else None,
+        max_pixels=None if args.max_image_pixels == MAX_PIXELS else args.max_image_pixels,
+        max_bytes=None if max_bytes == MAX_BYTES else max_bytes)
+    api.check(spec)
+    method, inversion = METHODS[args.method], args.inversion or "null-text"
+    table = option_flag_table({**_method_classes(), **_inversion_classes()})
+    key, inversion_key = f"method {args.method}", f"inversion {inversion}"
+    candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}
+    # the method's options say whether it runs on an inversion (most by their inputs, Blended Latent
+    # Diffusion by its noise option): read them first, then refuse inversion flags it would ignore
+    first_context = f"--method {args.method}" + (f" with --inversion {inversion}" if "inversion" in method.uses else "")
+    uses_inversion = method.takes_inversion(apply_option_flags(args, table, candidates, first_context)[key])
+    active, context = {key: candidates[key]}, f"--method {args.method}"
+    if uses_inversion and not args.from_inversion:
+        active[inversion_key] = candidates[inversion_key]
+        context += f" with --inversion {inversion}"
+    applied = apply_option_flags(args, table, active, context)
+    spec = spec.replace(options=applied[key], inversion_options=applied.get(inversion_key))
+    api.resolve_options(spec)  # --inversion with a method that makes its own
+    api.edit_options(spec)
+    return spec
+
+
+def _check_outputs(args) -> None:
+    from ..fileio import check_output
+
     check_output(args.out)
     if args.panel:
         check_output(args.panel, "--panel")
@@ -222,167 +253,39 @@ def cmd_edit(args) -> dict:
         check_output(args.save_attention, "--save-attention")
     elif args.attention_words:
         raise LoceditError("--attention-words needs --save-attention (the file its maps go to)")
-    if len({str(Path(p).resolve()) for p in (args.out, args.panel, args.save_attention) if p}) < \
-            len([p for p in (args.out, args.panel, args.save_attention) if p]):
+    paths = [p for p in (args.out, args.panel, args.save_attention) if p]
+    if len({str(Path(p).resolve()) for p in paths}) < len(paths):
         raise LoceditError("--out, --panel and --save-attention must be different files")
-    # ---- what the method uses, before anything is loaded --------------------------------------------
-    for name in method.unused(_given_inputs(args)):
-        raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {args.method}")
-    if args.inversion and args.from_inversion:
-        raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
-    inversion = args.inversion or "null-text"
-    table = option_flag_table({**_method_classes(), **_inversion_classes()})
-    key = f"method {args.method}"
-    # the method's options say whether it runs on an inversion (most by their inputs, Blended Latent
-    # Diffusion by its noise option): read them first, then refuse inversion flags it would ignore
-    inversion_key = f"inversion {inversion}"
-    from ..inversion import INVERSIONS
 
-    candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}
-    first_context = f"--method {args.method}" + (f" with --inversion {inversion}" if "inversion" in method.uses else "")
-    uses_inversion = method.takes_inversion(apply_option_flags(args, table, candidates, first_context)[key])
-    if args.inversion and not uses_inversion:
-        raise LoceditError(f"--inversion is not used by --method {args.method} (it makes its own inversion"
-                           f"{' with these options' if 'inversion' in method.uses else ''})")
-    active = {key: candidates[key]}
-    context = f"--method {args.method}"
-    if uses_inversion and not args.from_inversion:
-        active[inversion_key] = candidates[inversion_key]
-        context += f" with --inversion {inversion}"
-    applied = apply_option_flags(args, table, active, context)
-    options = applied[key]
-    inversion_options = applied.get(inversion_key)
-    try:
-        edit_options = pipeline.EditOptions(guidance=args.guidance, npi_null=args.npi_null,
-                                            proximal_quantile=args.proximal, inversion_guidance_t=args.inversion_guidance,
-                                            grad_checkpointing=args.grad_checkpointing)
-    except ValueError as exc:
-        raise LoceditError(str(exc)) from None
-    pairs = []
-    for spec in args.bind:
-        adj, sep, noun = spec.partition(":")
-        if not sep or not adj.strip() or not noun.strip():
-            raise LoceditError(f"--bind {spec!r} is not ADJ:NOUN")
-        pairs.append((adj.strip(), noun.strip()))
 
-    # ---- files -----------------------------------------------------------------------------------------
-    trajectory, manifest = None, None
-    if args.from_inversion:
-        trajectory, manifest = Trajectory.load(args.from_inversion)
-        if args.model is None and trajectory.model:
-            args.model = trajectory.model  # the model the trajectory was made with
-        source = args.source or trajectory.prompt
-        size = manifest.get("image", {})
-        image = load_image(args.image, **limits(args)) if args.image else None
-    else:
-        if not args.image:
-            raise LoceditError("edit needs IMAGE (or --from-inversion DIR)")
-        if not args.source:
-            raise LoceditError("edit needs --source (the prompt that describes the input image)")
-        source = args.source
-        image = load_image(args.image, **limits(args))
-    if image is not None:
-        height, width = image.shape[-2:]
-    else:
-        height, width = size.get("height"), size.get("width")
-    masks = [load_mask(p, **limits(args)) for p in args.mask] + [box_mask(b, height, width) for b in args.box]
-    for path, m in zip(list(args.mask) + list(args.box), masks):
-        check_user_mask(m, path, height, width)
-    mask = torch.stack(masks).amax(dim=0) if masks else None
-    regions = [region_spec(spec, height, width, **limits(args)) for spec in args.region]
-    attributes = [region_spec(spec, height, width, **limits(args)) for spec in args.attribute]
+def cmd_edit(args) -> dict:
+    """``locedit edit``: the command line parsed into a spec, run by the library, its files written
+    (all or none). The web app hands its loaded model, inversion cache and progress display over
+    beside the parsed arguments (``args.bundle``, ``args.cache``, ``args.progress_fn``)."""
+    import torch
 
-    bundle = load_bundle(args)
-    if trajectory is not None:
-        if trajectory.model and trajectory.model != bundle.name:
-            raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} "
-                               "(pass --model)")
-        trajectory.check_against(bundle)
-    fit = Fit.plan(height, width, bundle.image_size, manifest["image"].get("fit", args.fit) if manifest else args.fit)
-    fitted = fit.to_model(image) if image is not None else None
-    fitted_mask = fit.to_model(mask, binary=True) if mask is not None else None
-    if args.mask_from:
-        if mask is not None:
-            raise LoceditError("--mask-from makes the mask: not with --mask or --box")
-        if fitted is None:
-            raise LoceditError("--mask-from needs IMAGE (the mask is made from it)")
-        from ..methods.diffedit import DiffEditOptions, diffedit_mask
+    from .. import api
+    from ..fileio import OutputSet
+    from .common import progress, quiet_libraries
 
-        with torch.no_grad():
-            small = diffedit_mask(bundle, bundle.encode_image(fitted), source, args.target, args.steps,
-                                  DiffEditOptions(), args.seed)
-        if not small.any():
-            raise LoceditError("the DiffEdit mask is empty: the two prompts' noise estimates differ nowhere above "
-                               "its threshold")
-        fitted_mask = torch.nn.functional.interpolate(small, size=(bundle.image_size,) * 2).cpu()  # nearest
-        mask = fit.from_model(fitted_mask)
-    fitted_regions = [Region(w, fit.to_model(m, binary=True)) for w, m in regions]
-    fitted_attrs = [Region(w, fit.to_model(m, binary=True)) for w, m in attributes]
-    words = [w for w, _ in regions + attributes] if "source_regions" not in method.uses else []
-    if args.attention_words:
-        words = list(args.attention_words)
-    if not words and args.blend_words:
-        words = [args.blend_words[1]]
-    if not words:
-        src_words = {w.lower() for w in source.split()}
-        words = [w for w in args.target.split() if w.lower() not in src_words][:4]
-    result = pipeline.edit(
-        bundle, fitted, source, args.target, method=args.method, options=options, inversion=inversion,
-        inversion_options=inversion_options, trajectory=trajectory, mask=fitted_mask,
-        blend_words=tuple(args.blend_words) if args.blend_words else None, regions=fitted_regions,
-        attributes=fitted_attrs, pairs=pairs, record_words=tuple(words) if args.save_attention else (),
-        num_steps=args.steps, edit_options=edit_options, seed=args.seed,
-        # the web app passes its session's inversion cache and its progress display through args
-        progress=getattr(args, "progress_fn", None) or progress(args), cache=getattr(args, "cache", None),
-    )
-    edited = fit.from_model(result.edited)
-    meta = {
-        "source": source, "target": args.target, "model": bundle.name, "method": args.method,
-        "preset": args.preset, "options": describe(options),
-        "steps": result.trajectory.num_steps, "seed": args.seed, "guidance": args.guidance,
-        "fit": fit.mode, "dtype": args.dtype, "locedit_version": __version__,
-    }
-    if args.vae:
-        meta["vae"] = args.vae
-    if args.image:
-        meta["input"] = os.path.basename(args.image)
-    if uses_inversion:
-        meta["inversion"] = result.trajectory.method
-        if args.from_inversion:
-            meta["from_inversion"] = str(args.from_inversion)
-        else:
-            meta["inversion_options"] = describe(inversion_options)
-    extras = {k: v for k, v in describe(edit_options).items() if k != "guidance" and v not in (None, False)}
-    if extras:
-        meta["edit_options"] = extras
-    for key, value in (("mask", [os.path.basename(p) for p in args.mask]), ("box", list(args.box)),
-                       ("blend_words", list(args.blend_words or [])), ("region", list(args.region)),
-                       ("attribute", list(args.attribute)), ("bind", list(args.bind)),
-                       ("mask_from", args.mask_from)):
-        if value:
-            meta[key] = value
+    _check_outputs(args)
+    spec = parse_edit(args)
+    quiet_libraries(getattr(args, "verbose", False))
+    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+    result = api.edit(spec, bundle=getattr(args, "bundle", None), cache=getattr(args, "cache", None),
+                      progress=getattr(args, "progress_fn", None) or progress(args))
     outputs = OutputSet()
     if args.panel:
-        panel_mask = mask
-        if panel_mask is None and result.sample.blend_mask is not None:
-            panel_mask = fit.from_model(torch.nn.functional.interpolate(result.sample.blend_mask.float().cpu(),
-                                                                        size=(bundle.image_size,) * 2))
-        source_view = image if image is not None else fit.from_model(result.source.cpu())
-        if panel_mask is None:  # the change itself, normalised
-            diff = (edited - source_view).abs().amax(dim=1, keepdim=True)
-            panel_mask = diff / diff.max().clamp_min(1e-6)
-        outputs.add(torch.cat([source_view, edited, panel_mask.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
-    if args.save_attention and "attention" in result.stats:
-        outputs.add(attention_grid(result.stats.pop("attention"), bundle.image_size), args.save_attention, meta)
-    result.stats.pop("attention", None)
-    outputs.add(edited, args.out, meta)
+        outputs.add(result.panel(), args.panel, result.meta)
+    if args.save_attention and result.attention:
+        outputs.add(attention_grid(result.attention, result.image_size), args.save_attention, result.meta)
+    outputs.add(result.edited, args.out, result.meta)
     outputs.commit()  # all files or none
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items() if k != "guidance_loss"}
     if "guidance_loss" in result.stats:
-        hist = result.stats["guidance_loss"]
-        stats["guidance_loss_first_last"] = [[round(h[0], 6), round(h[-1], 6)] for h in hist if h]
+        stats["guidance_loss_first_last"] = [[round(h[0], 6), round(h[-1], 6)] for h in result.stats["guidance_loss"] if h]
     extra = {"panel": str(args.panel)} if args.panel else {}
-    return {"out": str(args.out), **extra, **meta, **stats,
+    return {"out": str(args.out), **extra, **result.meta, **stats,
             "unet_calls": stats["inversion_unet_calls"] + stats["edit_unet_calls"]}
 
 

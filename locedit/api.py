@@ -1,0 +1,276 @@
+"""The library's entry for an edit described as data: :func:`edit` runs an :class:`EditSpec`.
+
+It reads the spec's files (image, masks, region masks, a saved inversion) with the input limits,
+checks everything the inputs alone can show before the model is loaded, loads the model (or takes
+the caller's ``bundle``), fits the image to the model's size and back, runs
+:func:`locedit.pipeline.edit`, and returns the edit at the input size with the metadata that
+records it. The command line (``locedit edit``) is this plus its flags and its output files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import LoceditError
+from .spec import DEFAULT_INVERSION, DEFAULT_MODEL, EditSpec
+
+
+@dataclass
+class Edited:
+    """An edit's result at the input image's size: ``edited`` and ``source`` (1, 3, H, W) in [0, 1];
+    ``mask`` (1, 1, H, W) the user's or DiffEdit's mask, if any; ``meta`` what the PNG records."""
+
+    spec: EditSpec
+    edited: torch.Tensor
+    source: torch.Tensor
+    mask: torch.Tensor | None
+    blend_mask: torch.Tensor | None  # (1, 1, H, W) the local blend's last mask, if any
+    meta: dict
+    stats: dict
+    attention: dict | None = None  # word -> (s, s) map (with spec.attention_words)
+    image_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def panel(self) -> torch.Tensor:
+        """(1, 3, H, 3W): source | edit | mask (the user mask, or the local-blend mask, or the edit's
+        change, normalised, when there is neither)."""
+        mask = self.mask if self.mask is not None else self.blend_mask
+        if mask is None:
+            diff = (self.edited - self.source).abs().amax(dim=1, keepdim=True)
+            mask = diff / diff.max().clamp_min(1e-6)
+        return torch.cat([self.source, self.edited, mask.expand(-1, 3, -1, -1)], dim=3)
+
+
+def resolve_options(spec: EditSpec):
+    """(method class, method options, uses an inversion, inversion options or None) of ``spec``, with
+    the preset applied where the spec gives no options object."""
+    from .inversion import INVERSIONS
+    from .methods import METHODS
+    from .options import preset
+
+    if spec.method not in METHODS:
+        raise LoceditError(f"unknown method {spec.method!r}; choose one of {', '.join(METHODS)}")
+    method = METHODS[spec.method]
+    options = spec.options if spec.options is not None else preset(method.Options, spec.preset)
+    inversion = spec.inversion or DEFAULT_INVERSION
+    if inversion not in INVERSIONS:
+        raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    uses_inversion = method.takes_inversion(options)
+    if spec.inversion and not uses_inversion:
+        raise LoceditError(f"--inversion is not used by --method {spec.method} (it makes its own inversion"
+                           f"{' with these options' if 'inversion' in method.uses else ''})")
+    inversion_options = None
+    if uses_inversion and not spec.from_inversion:
+        inversion_options = (spec.inversion_options if spec.inversion_options is not None
+                             else preset(INVERSIONS[inversion].Options, spec.preset))
+    return method, options, uses_inversion, inversion_options
+
+
+def given_inputs(spec: EditSpec) -> set[str]:
+    """The names of :data:`locedit.methods.base.INPUTS` the spec gives."""
+    given = {"mask"} if spec.masks or spec.boxes or spec.mask_from else set()
+    for name, value in (("blend_words", spec.blend_words), ("regions", spec.regions),
+                        ("attributes", spec.attributes), ("pairs", spec.binds)):
+        if value:
+            given.add(name)
+    return given
+
+
+def check(spec: EditSpec) -> None:
+    """Every check the spec alone allows (no file read, no model)."""
+    from .methods import METHODS
+    from .methods.base import INPUT_FLAGS
+
+    if not spec.target.strip():
+        raise LoceditError("--target is empty")
+    if spec.source is not None and not spec.source.strip():
+        raise LoceditError("--source is empty")
+    if spec.method in METHODS:
+        for name in METHODS[spec.method].unused(given_inputs(spec)):
+            raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {spec.method}")
+    if spec.inversion and spec.from_inversion:
+        raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
+    if not spec.from_inversion and not spec.image:
+        raise LoceditError("edit needs IMAGE (or --from-inversion DIR)")
+    if not spec.from_inversion and not spec.source:
+        raise LoceditError("edit needs --source (the prompt that describes the input image)")
+    for text in spec.binds:
+        adj, sep, noun = text.partition(":")
+        if not sep or not adj.strip() or not noun.strip():
+            raise LoceditError(f"--bind {text!r} is not ADJ:NOUN")
+
+
+def edit_options(spec: EditSpec):
+    from .pipeline import EditOptions
+
+    try:
+        return EditOptions(guidance=spec.guidance, npi_null=spec.npi_null, proximal_quantile=spec.proximal,
+                           inversion_guidance_t=spec.inversion_guidance, grad_checkpointing=spec.grad_checkpointing)
+    except ValueError as exc:
+        raise LoceditError(str(exc)) from None
+
+
+@dataclass
+class _Inputs:
+    """The spec's files, read and checked at the input size."""
+
+    image: torch.Tensor | None
+    source: str
+    height: int
+    width: int
+    mask: torch.Tensor | None
+    regions: list
+    attributes: list
+    trajectory: object = None
+    manifest: dict | None = None
+
+
+def read_inputs(spec: EditSpec) -> _Inputs:
+    """Read the image, masks, boxes, regions and a saved inversion, with the spec's input limits."""
+    from .fileio import box_mask, check_user_mask, load_image, load_mask, region_spec
+    from .inversion import Trajectory
+
+    lim = {k: v for k, v in (("max_pixels", spec.max_pixels), ("max_bytes", spec.max_bytes)) if v is not None}
+    trajectory = manifest = None
+    if spec.from_inversion:
+        trajectory, manifest = Trajectory.load(spec.from_inversion)
+    image = load_image(spec.image, **lim) if spec.image else None
+    if image is not None:
+        height, width = image.shape[-2:]
+    else:
+        height, width = manifest.get("image", {}).get("height"), manifest.get("image", {}).get("width")
+    masks = [load_mask(p, **lim) for p in spec.masks] + [box_mask(b, height, width) for b in spec.boxes]
+    for path, m in zip(list(spec.masks) + list(spec.boxes), masks):
+        check_user_mask(m, path, height, width)
+    return _Inputs(image, spec.source or trajectory.prompt, height, width,
+                   torch.stack(masks).amax(dim=0) if masks else None,
+                   [region_spec(s, height, width, **lim) for s in spec.regions],
+                   [region_spec(s, height, width, **lim) for s in spec.attributes], trajectory, manifest)
+
+
+def load_spec_model(spec: EditSpec, bundle=None, trajectory=None):
+    """The spec's model (``bundle`` when the caller holds it), its steps checked against the scheduler."""
+    from .diffusion import load_model
+
+    if bundle is not None and spec.vae:
+        raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
+    name = spec.model or (trajectory.model if trajectory is not None and trajectory.model else DEFAULT_MODEL)
+    bundle = bundle or load_model(name, spec.device, spec.dtype, vae=spec.vae)
+    try:
+        bundle.steps(spec.steps)
+    except ValueError as exc:
+        raise LoceditError(f"--steps {spec.steps}: {exc}") from None
+    if trajectory is not None:
+        if trajectory.model and trajectory.model != bundle.name:
+            raise LoceditError(f"the trajectory was made with model {trajectory.model!r}, not {bundle.name!r} "
+                               "(pass --model)")
+        trajectory.check_against(bundle)
+    return bundle
+
+
+def _diffedit_mask(bundle, fitted, source: str, spec: EditSpec):
+    from .methods.diffedit import DiffEditOptions, diffedit_mask
+
+    with torch.no_grad():
+        small = diffedit_mask(bundle, bundle.encode_image(fitted), source, spec.target, spec.steps, DiffEditOptions(),
+                              spec.seed)
+    if not small.any():
+        raise LoceditError("the DiffEdit mask is empty: the two prompts' noise estimates differ nowhere above "
+                           "its threshold")
+    return torch.nn.functional.interpolate(small, size=(bundle.image_size,) * 2).cpu()  # nearest
+
+
+def _record_words(spec: EditSpec, method, inputs: _Inputs) -> tuple[str, ...]:
+    """The target words whose maps are recorded: the spec's, else the region, attribute or blend
+    words, else the words the target adds (at most four)."""
+    if spec.attention_words is None:
+        return ()
+    if spec.attention_words:
+        return tuple(spec.attention_words)
+    words = [w for w, _ in inputs.regions + inputs.attributes] if "source_regions" not in method.uses else []
+    if not words and spec.blend_words:
+        words = [spec.blend_words[1]]
+    if not words:
+        seen = {w.lower() for w in inputs.source.split()}
+        words = [w for w in spec.target.split() if w.lower() not in seen][:4]
+    return tuple(words)
+
+
+def edit(spec: EditSpec, *, bundle=None, progress=None, cache: dict | None = None) -> Edited:
+    """Run ``spec``: every check the inputs allow comes before the model is loaded (``bundle``: a model
+    the caller holds; ``progress``: :mod:`locedit.progress`'s interface; ``cache``: the caller's
+    inversion cache, :func:`locedit.pipeline.edit`)."""
+    from . import pipeline
+    from .imaging import Fit
+    from .masks import Region
+
+    check(spec)
+    method, options, uses_inversion, inversion_options = resolve_options(spec)
+    options_for_edit = edit_options(spec)
+    pairs = [tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds]
+    inputs = read_inputs(spec)
+    bundle = load_spec_model(spec, bundle, inputs.trajectory)
+    mode = inputs.manifest["image"].get("fit", spec.fit) if inputs.manifest else spec.fit
+    fit = Fit.plan(inputs.height, inputs.width, bundle.image_size, mode)
+    fitted = fit.to_model(inputs.image) if inputs.image is not None else None
+    mask, fitted_mask = inputs.mask, fit.to_model(inputs.mask, binary=True) if inputs.mask is not None else None
+    if spec.mask_from:
+        if mask is not None:
+            raise LoceditError("--mask-from makes the mask: not with --mask or --box")
+        if fitted is None:
+            raise LoceditError("--mask-from needs IMAGE (the mask is made from it)")
+        fitted_mask = _diffedit_mask(bundle, fitted, inputs.source, spec)
+        mask = fit.from_model(fitted_mask)
+    result = pipeline.edit(
+        bundle, fitted, inputs.source, spec.target, method=spec.method, options=options,
+        inversion=spec.inversion or DEFAULT_INVERSION, inversion_options=inversion_options,
+        trajectory=inputs.trajectory, mask=fitted_mask, blend_words=spec.blend_words,
+        regions=[Region(w, fit.to_model(m, binary=True)) for w, m in inputs.regions],
+        attributes=[Region(w, fit.to_model(m, binary=True)) for w, m in inputs.attributes], pairs=pairs,
+        record_words=_record_words(spec, method, inputs), num_steps=spec.steps, edit_options=options_for_edit,
+        seed=spec.seed, progress=progress, cache=cache)
+    blend = result.sample.blend_mask
+    blend = (fit.from_model(torch.nn.functional.interpolate(blend.float().cpu(), size=(bundle.image_size,) * 2))
+             if blend is not None else None)
+    source_view = inputs.image if inputs.image is not None else fit.from_model(result.source.cpu())
+    meta = metadata(spec, bundle, result, options, inversion_options, options_for_edit, uses_inversion, inputs.source,
+                    fit.mode)
+    return Edited(spec, fit.from_model(result.edited), source_view, mask, blend, meta, result.stats,
+                  result.stats.pop("attention", None), bundle.image_size)
+
+
+def metadata(spec: EditSpec, bundle, result, options, inversion_options, options_for_edit, uses_inversion: bool,
+             source: str, fit_mode: str) -> dict:
+    """What the output PNG records of the edit."""
+    from . import __version__
+    from .options import describe
+
+    meta = {
+        "command": spec.command(), "source": source, "target": spec.target, "model": bundle.name, "method": spec.method,
+        "preset": spec.preset, "options": describe(options),
+        "steps": result.trajectory.num_steps, "seed": spec.seed, "guidance": spec.guidance,
+        "fit": fit_mode, "dtype": spec.dtype, "locedit_version": __version__,
+    }
+    if spec.vae:
+        meta["vae"] = spec.vae
+    if spec.image:
+        meta["input"] = os.path.basename(spec.image)
+    if uses_inversion:
+        meta["inversion"] = result.trajectory.method
+        if spec.from_inversion:
+            meta["from_inversion"] = str(spec.from_inversion)
+        else:
+            meta["inversion_options"] = describe(inversion_options)
+    extras = {k: v for k, v in describe(options_for_edit).items() if k != "guidance" and v not in (None, False)}
+    if extras:
+        meta["edit_options"] = extras
+    for key, value in (("mask", [os.path.basename(p) for p in spec.masks]), ("box", list(spec.boxes)),
+                       ("blend_words", list(spec.blend_words or [])), ("region", list(spec.regions)),
+                       ("attribute", list(spec.attributes)), ("bind", list(spec.binds)),
+                       ("mask_from", spec.mask_from)):
+        if value:
+            meta[key] = value
+    return meta
