@@ -43,6 +43,18 @@ class Edited:
             mask = diff / diff.max().clamp_min(1e-6)
         return torch.cat([self.source, self.edited, mask.expand(-1, 3, -1, -1)], dim=3)
 
+    def attention_grid(self) -> torch.Tensor:
+        """(1, 3, S, S * words): each recorded word's map, max-normalised, nearest-upscaled to the
+        model's size S."""
+        import torch.nn.functional as F
+
+        tiles = []
+        for m in (self.attention or {}).values():
+            m = m.float().cpu()
+            m = m / m.max().clamp_min(1e-12)
+            tiles.append(F.interpolate(m[None, None], size=(self.image_size,) * 2, mode="nearest").expand(-1, 3, -1, -1))
+        return torch.cat(tiles, dim=3)
+
 
 def resolve_options(spec: EditSpec):
     """(method class, method options, uses an inversion, inversion options or None) of ``spec``, with
@@ -128,27 +140,78 @@ class _Inputs:
     manifest: dict | None = None
 
 
-def read_inputs(spec: EditSpec) -> _Inputs:
-    """Read the image, masks, boxes, regions and a saved inversion, with the spec's input limits."""
-    from .fileio import box_mask, check_user_mask, load_image, load_mask, region_spec
+def _limits(spec) -> dict:
+    return {k: v for k, v in (("max_pixels", spec.max_pixels), ("max_bytes", spec.max_bytes)) if v is not None}
+
+
+def as_image(value) -> torch.Tensor:
+    """An in-memory image: (H, W, 3) uint8 array or (1, 3, H, W) float tensor -> (1, 3, H, W) in [0, 1]."""
+    if isinstance(value, torch.Tensor):
+        return value.float()
+    import numpy as np
+
+    a = np.asarray(value)
+    return torch.from_numpy(a[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+
+
+def as_mask(value) -> torch.Tensor:
+    """An in-memory mask: (H, W) bool array or (1, 1, H, W) tensor -> (1, 1, H, W) binary float."""
+    if isinstance(value, torch.Tensor):
+        return (value.float() > 0.5).float()
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(value).astype(bool).astype(np.float32))[None, None]
+
+
+class Files:
+    """The spec's file references, read from ``memory`` (name -> image or mask, what a web page
+    holds) where a name is there, else from the filesystem with the input limits."""
+
+    def __init__(self, memory: dict | None, limits: dict):
+        self.memory, self.limits = memory or {}, limits
+
+    def image(self, ref: str) -> torch.Tensor:
+        from .fileio import load_image
+
+        return as_image(self.memory[ref]) if ref in self.memory else load_image(ref, **self.limits)
+
+    def mask(self, ref: str) -> torch.Tensor:
+        from .fileio import load_mask
+
+        return as_mask(self.memory[ref]) if ref in self.memory else load_mask(ref, **self.limits)
+
+    def region(self, text: str, height: int, width: int):
+        from .fileio import check_user_mask, region_spec
+
+        word, sep, where = text.partition("=")
+        if sep and word.strip() and where in self.memory:
+            m = as_mask(self.memory[where])
+            check_user_mask(m, where, height, width)
+            return word.strip(), m
+        return region_spec(text, height, width, **self.limits)
+
+
+def read_inputs(spec: EditSpec, memory: dict | None = None) -> _Inputs:
+    """Read the image, masks, boxes, regions and a saved inversion (``memory``: see :class:`Files`)."""
+    from .fileio import box_mask, check_user_mask
     from .inversion import Trajectory
 
-    lim = {k: v for k, v in (("max_pixels", spec.max_pixels), ("max_bytes", spec.max_bytes)) if v is not None}
+    files = Files(memory, _limits(spec))
     trajectory = manifest = None
     if spec.from_inversion:
         trajectory, manifest = Trajectory.load(spec.from_inversion)
-    image = load_image(spec.image, **lim) if spec.image else None
+    image = files.image(spec.image) if spec.image else None
     if image is not None:
         height, width = image.shape[-2:]
     else:
         height, width = manifest.get("image", {}).get("height"), manifest.get("image", {}).get("width")
-    masks = [load_mask(p, **lim) for p in spec.masks] + [box_mask(b, height, width) for b in spec.boxes]
+    masks = [files.mask(p) for p in spec.masks] + [box_mask(b, height, width) for b in spec.boxes]
     for path, m in zip(list(spec.masks) + list(spec.boxes), masks):
         check_user_mask(m, path, height, width)
     return _Inputs(image, spec.source or trajectory.prompt, height, width,
                    torch.stack(masks).amax(dim=0) if masks else None,
-                   [region_spec(s, height, width, **lim) for s in spec.regions],
-                   [region_spec(s, height, width, **lim) for s in spec.attributes], trajectory, manifest)
+                   [files.region(s, height, width) for s in spec.regions],
+                   [files.region(s, height, width) for s in spec.attributes], trajectory, manifest)
 
 
 def load_spec_model(spec: EditSpec, bundle=None, trajectory=None):
@@ -199,10 +262,11 @@ def _record_words(spec: EditSpec, method, inputs: _Inputs) -> tuple[str, ...]:
     return tuple(words)
 
 
-def edit(spec: EditSpec, *, bundle=None, progress=None, cache: dict | None = None) -> Edited:
-    """Run ``spec``: every check the inputs allow comes before the model is loaded (``bundle``: a model
-    the caller holds; ``progress``: :mod:`locedit.progress`'s interface; ``cache``: the caller's
-    inversion cache, :func:`locedit.pipeline.edit`)."""
+def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=None, cache: dict | None = None) -> Edited:
+    """Run ``spec``: every check the inputs allow comes before the model is loaded (``files``: images
+    and masks held in memory under the names the spec gives, :class:`Files`; ``bundle``: a model the
+    caller holds; ``progress``: :mod:`locedit.progress`'s interface; ``cache``: the caller's inversion
+    cache, :func:`locedit.pipeline.edit`)."""
     from . import pipeline
     from .imaging import Fit
     from .masks import Region
@@ -211,7 +275,7 @@ def edit(spec: EditSpec, *, bundle=None, progress=None, cache: dict | None = Non
     method, options, uses_inversion, inversion_options = resolve_options(spec)
     options_for_edit = edit_options(spec)
     pairs = [tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds]
-    inputs = read_inputs(spec)
+    inputs = read_inputs(spec, files)
     bundle = load_spec_model(spec, bundle, inputs.trajectory)
     mode = inputs.manifest["image"].get("fit", spec.fit) if inputs.manifest else spec.fit
     fit = Fit.plan(inputs.height, inputs.width, bundle.image_size, mode)
@@ -274,3 +338,81 @@ def metadata(spec: EditSpec, bundle, result, options, inversion_options, options
         if value:
             meta[key] = value
     return meta
+
+
+@dataclass
+class Instructed:
+    """An instruction edit at the input size: ``edited``, ``source`` (1, 3, H, W); ``roi`` (1, 1, H, W)
+    the region LIME edited, if the method finds one."""
+
+    spec: object
+    edited: torch.Tensor
+    source: torch.Tensor
+    roi: torch.Tensor | None
+    meta: dict
+    stats: dict
+
+    def panel(self) -> torch.Tensor:
+        """(1, 3, H, 3W): source | edit | region (or the edit's change where there is none)."""
+        third = self.roi if self.roi is not None else (self.edited - self.source).abs().amax(1, keepdim=True)
+        return torch.cat([self.source, self.edited, third.expand(-1, 3, -1, -1)], dim=3)
+
+
+def instruct(spec, *, files: dict | None = None, bundle=None, progress=None) -> Instructed:
+    """Run an :class:`locedit.spec.InstructSpec` (``files``, ``bundle``, ``progress`` as :func:`edit`)."""
+    import torch.nn.functional as F
+
+    from . import __version__
+    from .diffusion import load_model
+    from .fileio import check_user_mask
+    from .imaging import Fit
+    from .instruct import INSTRUCT_METHODS
+    from .options import describe, preset
+
+    if spec.method not in INSTRUCT_METHODS:
+        raise LoceditError(f"unknown method {spec.method!r}; choose one of {', '.join(INSTRUCT_METHODS)}")
+    method = INSTRUCT_METHODS[spec.method]
+    if not spec.instruction.strip():
+        raise LoceditError("--instruction is empty")
+    if spec.mask and "mask" not in method.uses:
+        raise LoceditError(f"--mask is not used by --method {spec.method}")
+    options = spec.options if spec.options is not None else preset(method.Options, spec.preset)
+    reader = Files(files, _limits(spec))
+    image = reader.image(spec.image)
+    height, width = image.shape[-2:]
+    mask = None
+    if spec.mask:
+        mask = reader.mask(spec.mask)
+        check_user_mask(mask, spec.mask, height, width)
+    if bundle is not None and spec.vae:
+        raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
+    bundle = bundle or load_model(spec.model, spec.device, spec.dtype, vae=spec.vae)
+    try:
+        bundle.steps(spec.steps)
+    except ValueError as exc:
+        raise LoceditError(f"--steps {spec.steps}: {exc}") from None
+    bundle.token_ids(spec.instruction)
+    if bundle.unet.config.in_channels != 8:
+        raise LoceditError(f"model {bundle.name!r} is not an InstructPix2Pix model (its UNet takes "
+                           f"{bundle.unet.config.in_channels} channels, not 8)")
+    fit = Fit.plan(height, width, bundle.image_size, spec.fit)
+    calls = bundle.unet_calls
+    res = method.run(bundle, fit.to_model(image), spec.instruction, spec.steps, options, spec.seed,
+                     fit.to_model(mask, binary=True) if mask is not None else None, progress)
+    edited = fit.from_model(bundle.decode_latents(res.latents).cpu())
+    meta = {"command": spec.command(), "instruction": spec.instruction, "model": bundle.name, "method": spec.method,
+            "preset": spec.preset, "options": describe(options), "steps": spec.steps, "seed": spec.seed,
+            "fit": fit.mode, "dtype": spec.dtype, "input": os.path.basename(str(spec.image)),
+            "locedit_version": __version__}
+    if spec.vae:
+        meta["vae"] = spec.vae
+    if spec.mask:
+        meta["mask"] = os.path.basename(spec.mask)
+    roi = None
+    if res.roi is not None:
+        roi = fit.from_model(F.interpolate(res.roi.float()[None, None], size=(bundle.image_size,) * 2, mode="nearest"))
+        roi = (roi > 0.5).float()
+    stats = {"unet_calls": bundle.unet_calls - calls}
+    if res.roi is not None:
+        stats["roi_fraction"] = round(float(res.roi.float().mean()), 4)
+    return Instructed(spec, edited, image, roi, meta, stats)

@@ -122,3 +122,44 @@ def differences(a, b, prefix: str = "") -> dict[str, tuple]:
         elif va != vb:
             out[prefix + f.name] = (va, vb)
     return out
+
+
+def options_from_texts(cls, preset_name: str | None, texts: dict[str, str]):
+    """``preset(cls, preset_name)`` with the flags of ``texts`` ({flag without dashes: text}, e.g. from a
+    web form) parsed and applied as the command line would: numbers checked finite, choices checked,
+    booleans "on"/"off", repeated flags space-separated. Blank texts are skipped; a flag the class does
+    not have, or a value it refuses, is a one-line :class:`locedit.errors.LoceditError`."""
+    import math
+
+    from .errors import LoceditError
+
+    fields = {f.flag: f for f in flag_fields(cls)}
+    changes = {}
+    for flag, text in texts.items():
+        text = str(text or "").strip()
+        if not text:
+            continue
+        if flag not in fields:
+            raise LoceditError(f"--{flag} is not an option of {cls.__name__}")
+        f = fields[flag]
+        parse = f.meta.get("type", str)
+        try:
+            if isinstance(f.default, bool):
+                if text.lower() not in ("on", "off", "true", "false", "yes", "no"):
+                    raise ValueError(f"{text!r} is not on or off")
+                value = text.lower() in ("on", "true", "yes")
+            elif f.meta.get("repeat"):
+                value = tuple(parse(v) for v in text.split())
+            else:
+                value = parse(text)
+                if "choices" in f.meta and value not in f.meta["choices"]:
+                    raise ValueError(f"{text!r} is not one of {', '.join(map(str, f.meta['choices']))}")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{text} is not a finite number")
+        except (TypeError, ValueError) as exc:
+            raise LoceditError(f"argument --{flag}: {exc}") from None
+        changes[f.path] = value
+    try:
+        return replace_path(preset(cls, preset_name), changes) if changes else preset(cls, preset_name)
+    except (TypeError, ValueError) as exc:
+        raise LoceditError(str(exc)) from None

@@ -70,7 +70,7 @@ class EditSpec:
         for flag, value in (("source", self.source), ("target", self.target), ("from-inversion", self.from_inversion),
                             ("model", self.model), ("vae", self.vae), ("method", self.method),
                             ("preset", self.preset), ("inversion", self.inversion), ("mask-from", self.mask_from)):
-            if value is not None and not (flag == "method" and value == "p2p"):
+            if value is not None:
                 out += [f"--{flag}", str(value)]
         for flag, value, default in (("device", self.device, "auto"), ("dtype", self.dtype, "fp32"),
                                      ("steps", self.steps, 50), ("guidance", self.guidance, 7.5),
@@ -130,3 +130,47 @@ def _get(obj, path):
     for name in path:
         obj = getattr(obj, name)
     return obj
+
+
+DEFAULT_INSTRUCT_MODEL = "shapes-instruct"
+
+
+@dataclass(frozen=True)
+class InstructSpec:
+    """An instruction edit (``locedit instruct``): InstructPix2Pix or LIME on an instruct model."""
+
+    instruction: str
+    image: str  # path, or a name the caller holds in memory
+    method: str = "lime"
+    options: Any = None  # the method's options dataclass; None: preset(method.Options, preset)
+    preset: str | None = None
+    mask: str | None = None  # LIME: the region to edit instead of the one it finds
+    model: str = DEFAULT_INSTRUCT_MODEL
+    vae: str | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    steps: int = 100
+    seed: int = 0
+    fit: str = "pad"
+    max_pixels: int | None = None
+    max_bytes: int | None = None
+
+    def replace(self, **changes) -> "InstructSpec":
+        return dataclasses.replace(self, **changes)
+
+    def command(self, image_name: str | None = None) -> str:
+        """The ``locedit instruct`` command line that reproduces this edit."""
+        return shlex.join(["locedit", "instruct"] + self.argv(image_name))
+
+    def argv(self, image_name: str | None = None) -> list[str]:
+        out = [str(image_name if image_name is not None else self.image), "--instruction", self.instruction]
+        for flag, value, default in (("method", self.method, "lime"), ("preset", self.preset, None),
+                                     ("mask", self.mask, None), ("model", self.model, DEFAULT_INSTRUCT_MODEL),
+                                     ("vae", self.vae, None), ("device", self.device, "auto"),
+                                     ("dtype", self.dtype, "fp32"), ("steps", self.steps, 100), ("seed", self.seed, 0),
+                                     ("fit", self.fit, "pad"), ("max-image-pixels", self.max_pixels, None)):
+            if value != default:
+                out += [f"--{flag}", str(value)]
+        if self.max_bytes is not None:
+            out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
+        return out + option_argv(self.options, self.preset)

@@ -92,3 +92,10 @@ def test_low_layers_do_not_reach_the_engine_or_the_edges(low):
     high = {"locedit.pipeline", "locedit.methods", "locedit.cli", "locedit.ui", "locedit.bench",
             "locedit.world.gates", "locedit.world.train"}
     assert _reaches(import_graph(), low) & high == set()
+
+
+def test_the_web_app_and_the_bench_run_the_library_not_the_command_line():
+    graph = import_graph()
+    for module in graph:
+        if module.startswith(("locedit.ui", "locedit.bench")):
+            assert not {m for m in graph[module] if m.startswith("locedit.cli")}, module

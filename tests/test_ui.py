@@ -40,14 +40,15 @@ def test_the_shown_command_reproduces_the_edit(session, picture, tmp_path):
     assert argv[:2] == ["edit", "IMAGE.png"] and "--cross-replace" in argv and "--mask" in argv
     Image.fromarray(picture).save(tmp_path / "IMAGE.png")
     Image.fromarray(square_mask().astype(np.uint8) * 255).save(tmp_path / "MASK1.png")
-    files = {"IMAGE.png", "MASK1.png", "PANEL.png", "EDIT.png"}
+    files = {"IMAGE.png", "MASK1.png"}
     real = [str(tmp_path / a) if a in files else a for a in argv]
-    assert main(real + ["--quiet"]) == 0
+    assert main(real + ["--out", str(tmp_path / "EDIT.png"), "--quiet"]) == 0
     again = np.asarray(Image.open(tmp_path / "EDIT.png").convert("RGB"))
     assert np.array_equal(again, out.edited)
-    # the download is the CLI's PNG, with locedit's metadata
+    # the download is the edit as a PNG with locedit's metadata, its command the one shown
     info = Image.open(out.png).info
     assert info["locedit:method"] == "p2p" and info["locedit:target"] == TGT
+    assert info["locedit:command"] == out.command
 
 
 def test_the_inversion_is_reused_when_only_the_edit_changes(session, picture):

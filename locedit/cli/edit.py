@@ -278,7 +278,7 @@ def cmd_edit(args) -> dict:
     if args.panel:
         outputs.add(result.panel(), args.panel, result.meta)
     if args.save_attention and result.attention:
-        outputs.add(attention_grid(result.attention, result.image_size), args.save_attention, result.meta)
+        outputs.add(result.attention_grid(), args.save_attention, result.meta)
     outputs.add(result.edited, args.out, result.meta)
     outputs.commit()  # all files or none
     stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items() if k != "guidance_loss"}
@@ -287,16 +287,3 @@ def cmd_edit(args) -> dict:
     extra = {"panel": str(args.panel)} if args.panel else {}
     return {"out": str(args.out), **extra, **result.meta, **stats,
             "unet_calls": stats["inversion_unet_calls"] + stats["edit_unet_calls"]}
-
-
-def attention_grid(maps: dict, size: int):
-    """word -> (s, s) map  ->  (1, 3, size, size * n) image, each map max-normalised, nearest-upscaled."""
-    import torch
-    import torch.nn.functional as F
-
-    tiles = []
-    for m in maps.values():
-        m = m.float().cpu()
-        m = m / m.max().clamp_min(1e-12)
-        tiles.append(F.interpolate(m[None, None], size=(size, size), mode="nearest").expand(-1, 3, -1, -1))
-    return torch.cat(tiles, dim=3)

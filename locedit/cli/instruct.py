@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from .common import (add_image_limit_flags, add_option_flags, add_output_flags, add_vae_flag, apply_option_flags, limits,
                      option_flag_table, seed)
@@ -55,25 +54,17 @@ def register(sub) -> None:
     n.set_defaults(run=cmd_instruct)
 
 
-def cmd_instruct(args) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    from .. import __version__
+def parse_instruct(args):
+    """The parsed ``locedit instruct`` command line as an :class:`locedit.spec.InstructSpec`."""
     from ..errors import LoceditError
-    from ..fileio import OutputSet, check_output, check_user_mask, load_image, load_mask
-    from ..imaging import Fit
+    from ..fileio import MAX_BYTES, MAX_PIXELS
     from ..instruct import INSTRUCT_METHODS
-    from ..options import describe, preset
-    from .common import load_bundle, progress
+    from ..options import preset
+    from ..spec import InstructSpec
 
     method = INSTRUCT_METHODS[args.method]
     if not args.instruction.strip():
         raise LoceditError("--instruction is empty")
-    check_output(args.out)
-    for flag, path in (("--panel", args.panel), ("--save-roi", args.save_roi)):
-        if path:
-            check_output(path, flag)
     if args.mask and "mask" not in method.uses:
         raise LoceditError(f"--mask is not used by --method {args.method}")
     if args.save_roi and not method.makes_roi:
@@ -81,43 +72,35 @@ def cmd_instruct(args) -> dict:
     key = f"method {args.method}"
     options = apply_option_flags(args, option_flag_table(_classes()), {key: preset(method.Options, args.preset)},
                                  f"--method {args.method}")[key]
-    image = load_image(args.image, **limits(args))
-    height, width = image.shape[-2:]
-    mask = None
-    if args.mask:
-        mask = load_mask(args.mask, **limits(args))
-        check_user_mask(mask, args.mask, height, width)
-    bundle = load_bundle(args)
-    bundle.token_ids(args.instruction)
-    if bundle.unet.config.in_channels != 8:
-        raise LoceditError(f"model {bundle.name!r} is not an InstructPix2Pix model (its UNet takes "
-                           f"{bundle.unet.config.in_channels} channels, not 8)")
-    fit = Fit.plan(height, width, bundle.image_size, args.fit)
-    res = method.run(bundle, fit.to_model(image), args.instruction, args.steps, options, args.seed,
-                     fit.to_model(mask, binary=True) if mask is not None else None,
-                     getattr(args, "progress_fn", None) or progress(args))  # the web app's progress display
-    edited = fit.from_model(bundle.decode_latents(res.latents).cpu())
-    meta = {"instruction": args.instruction, "model": bundle.name, "method": args.method, "preset": args.preset,
-            "options": describe(options), "steps": args.steps, "seed": args.seed, "fit": fit.mode,
-            "dtype": args.dtype, "input": os.path.basename(args.image), "locedit_version": __version__}
-    if args.vae:
-        meta["vae"] = args.vae
-    if args.mask:
-        meta["mask"] = os.path.basename(args.mask)
-    roi_img = None
+    lim = limits(args)
+    return InstructSpec(args.instruction, args.image, args.method, options, args.preset, args.mask, args.model, args.vae,
+                        args.device, args.dtype, args.steps, args.seed, args.fit,
+                        None if lim["max_pixels"] == MAX_PIXELS else lim["max_pixels"],
+                        None if lim["max_bytes"] == MAX_BYTES else lim["max_bytes"])
+
+
+def cmd_instruct(args) -> dict:
+    """``locedit instruct``: the command line parsed into a spec, run by the library, its files written."""
+    import torch
+
+    from .. import api
+    from ..fileio import OutputSet, check_output
+    from .common import progress, quiet_libraries
+
+    check_output(args.out)
+    for flag, path in (("--panel", args.panel), ("--save-roi", args.save_roi)):
+        if path:
+            check_output(path, flag)
+    spec = parse_instruct(args)
+    quiet_libraries(getattr(args, "verbose", False))
+    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+    result = api.instruct(spec, bundle=getattr(args, "bundle", None),
+                          progress=getattr(args, "progress_fn", None) or progress(args))  # the web app's display
     outputs = OutputSet()
-    if res.roi is not None:
-        roi_img = fit.from_model(F.interpolate(res.roi.float()[None, None], size=(bundle.image_size,) * 2,
-                                               mode="nearest"))
-        roi_img = (roi_img > 0.5).float()
-        if args.save_roi:
-            outputs.add(roi_img.expand(-1, 3, -1, -1), args.save_roi, meta)
+    if result.roi is not None and args.save_roi:
+        outputs.add(result.roi.expand(-1, 3, -1, -1), args.save_roi, result.meta)
     if args.panel:
-        third = roi_img if roi_img is not None else (edited - image).abs().amax(1, keepdim=True)
-        outputs.add(torch.cat([image, edited, third.expand(-1, 3, -1, -1)], dim=3), args.panel, meta)
-    outputs.add(edited, args.out, meta)
+        outputs.add(result.panel(), args.panel, result.meta)
+    outputs.add(result.edited, args.out, result.meta)
     outputs.commit()  # all files or none
-    out = {"out": str(args.out), **meta, "unet_calls": bundle.unet_calls}
-    if res.roi is not None:
-        out["roi_fraction"] = round(float(res.roi.float().mean()), 4)
-    return out
+    return {"out": str(args.out), **result.meta, **result.stats}

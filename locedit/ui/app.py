@@ -1,11 +1,12 @@
 """``locedit ui``: the Gradio web app (an edge, like the CLI: files, PIL and widgets live here).
 
-Every edit the page asks for is turned into a ``locedit edit`` command line, parsed by the CLI's own
-parser and run by the CLI's own ``edit`` command (:func:`locedit.cli.edit.cmd_edit`), with three
-things handed over beside the parsed arguments: the model loaded once at start, the session's
-inversion cache (so changing only the target, the method or its options re-runs only the edit) and
-the page's progress display. The command line shown under the result is that one, with the
-server's temporary file names replaced by placeholders: it reproduces the edit.
+Every edit the page asks for becomes an :class:`~locedit.spec.EditSpec` (or an
+:class:`~locedit.spec.InstructSpec`) that the library runs (:func:`locedit.api.edit`), with the image
+and the mask layers in memory under the names the spec gives ("IMAGE.png", "MASK1.png", ...), the
+model loaded once at start, the session's inversion cache (so changing only the target, the method
+or its options re-runs only the edit) and the page's progress display. The command line shown under
+the result is ``spec.command()``: with the image saved as IMAGE.png (and the layers as MASK1.png,
+...) it reproduces the edit.
 
 Safety: uploads arrive as pixel arrays (Gradio writes them to its own cache; no path from the page
 reaches the filesystem), over ``max_pixels`` or ``max_bytes`` they are refused with a message,
@@ -142,46 +143,47 @@ class Session:
                                f"{self.config.max_pixels} (locedit ui --max-image-pixels)")
         return a[..., :3]
 
-    def command(self, inputs: EditInputs, files: dict[str, str]) -> list[str]:
-        """The ``locedit edit`` (or, for ip2p and lime, ``locedit instruct``) argv for ``inputs``;
-        ``files`` maps placeholder names to the server's temporary files (the image, masks, outputs)."""
+    def spec(self, inputs: EditInputs, files: dict):
+        """The :class:`~locedit.spec.EditSpec` (or, for ip2p and lime, the
+        :class:`~locedit.spec.InstructSpec`) of ``inputs``; ``files`` holds the image as "IMAGE.png" and
+        the mask layers as "MASK1.png", "MASK2.png", ... in memory."""
+        from ..errors import LoceditError
         from ..instruct import INSTRUCT_METHODS
+        from ..inversion import INVERSIONS
         from ..methods import METHODS
+        from ..options import options_from_texts
+        from ..spec import EditSpec
 
+        preset = inputs.preset if inputs.preset in ("paper", "official") else None
         if inputs.method in INSTRUCT_METHODS:
-            return self.instruct_command(inputs, files)
+            return self.instruct_spec(inputs, files, preset)
         m = METHODS[inputs.method]
-        argv = ["edit", "IMAGE.png", "--source", inputs.source, "--target", inputs.target,
-                "--model", self.config.model, "--method", inputs.method]
-        takes = _takes_inversion(m, inputs)
-        fields = [("method", inputs.method)] + ([("inversion", inputs.inversion)] if takes else [])
-        argv += ["--steps", str(int(inputs.steps)), "--guidance", repr(float(inputs.guidance)),
-                 "--seed", str(int(inputs.seed))]
-        if inputs.preset in ("paper", "official"):
-            argv += ["--preset", inputs.preset]
-        argv += self._option_flags(fields, inputs.options)
+        options = options_from_texts(m.Options, preset, _texts("method", inputs.method, inputs.options))
+        takes = m.takes_inversion(options)  # Blended Latent Diffusion decides by its noise option
+        inversion_options = (options_from_texts(INVERSIONS[inputs.inversion].Options, preset,
+                                                _texts("inversion", inputs.inversion, inputs.options)) if takes else None)
         layers = [k for k in files if k.startswith("MASK")]
-        regions = inputs.region_words.replace(",", " ").split()
+        words = inputs.region_words.replace(",", " ").split()
         attributes = inputs.attribute_words.replace(",", " ").split()
-        if layers and ("regions" in m.uses or "source_regions" in m.uses) and regions:
-            for word, layer in zip(regions, layers):
-                argv += ["--region", f"{word}={layer}"]
-            for word, layer in zip(attributes, layers):
-                argv += ["--attribute", f"{word}={layer}"]
-        elif layers:
-            for layer in layers:
-                argv += ["--mask", layer]
-        for b in inputs.boxes.split():
-            argv += ["--box", b]
-        if inputs.blend_words.strip():
-            argv += ["--blend-words", *inputs.blend_words.split()]
-        if inputs.attention_words.strip():
-            argv += ["--save-attention", "ATTENTION.png", "--attention-words", *inputs.attention_words.split()]
-        argv += ["--panel", "PANEL.png", "--out", "EDIT.png"]
-        if takes:
-            i = argv.index("--method") + 2
-            argv[i:i] = ["--inversion", inputs.inversion]
-        return argv
+        by_word = bool(layers and ("regions" in m.uses or "source_regions" in m.uses) and words)
+        blend = inputs.blend_words.split()
+        if blend and len(blend) != 2:
+            raise LoceditError("blend words: give two, SOURCE_WORD TARGET_WORD")
+        return EditSpec(
+            target=inputs.target, image="IMAGE.png", source=inputs.source, method=inputs.method, options=options,
+            inversion=inputs.inversion if takes else None, inversion_options=inversion_options, preset=preset,
+            masks=() if by_word else tuple(layers), boxes=tuple(inputs.boxes.split()),
+            blend_words=tuple(blend) or None,
+            regions=tuple(f"{w}={layer}" for w, layer in zip(words, layers)) if by_word else (),
+            attributes=tuple(f"{w}={layer}" for w, layer in zip(attributes, layers)) if by_word else (),
+            model=self.config.model, device=self.config.device, dtype=self.config.dtype, steps=int(inputs.steps),
+            guidance=float(inputs.guidance), seed=int(inputs.seed),
+            attention_words=tuple(inputs.attention_words.split()) or None)
+
+    def command(self, inputs: EditInputs, files: dict) -> list[str]:
+        """The command-line words of :meth:`spec` (``edit IMAGE.png ...`` or ``instruct IMAGE.png ...``)."""
+        spec = self.spec(inputs, files)
+        return shlex.split(spec.command())[1:]
 
     def instruct(self):
         """The instruct model, loaded on first use (an InstructPix2Pix UNet: 8 input channels)."""
@@ -191,54 +193,33 @@ class Session:
             self.instruct_bundle = load_model(self.config.instruct_model, self.config.device, self.config.dtype)
         return self.instruct_bundle
 
-    def instruct_command(self, inputs: EditInputs, files: dict[str, str]) -> list[str]:
+    def instruct_spec(self, inputs: EditInputs, files: dict, preset):
         from ..errors import LoceditError
+        from ..instruct import INSTRUCT_METHODS
+        from ..options import options_from_texts
+        from ..spec import InstructSpec
 
         if not self.config.instruct_model:
             raise LoceditError("this server has no instruct model (locedit ui --instruct-model NAME)")
-        argv = ["instruct", "IMAGE.png", "--instruction", inputs.instruction, "--model", self.config.instruct_model,
-                "--method", inputs.method, "--steps", str(int(inputs.steps)), "--seed", str(int(inputs.seed))]
-        if inputs.preset in ("paper", "official"):
-            argv += ["--preset", inputs.preset]
-        argv += self._option_flags([("method", inputs.method)], inputs.options)
         layers = [k for k in files if k.startswith("MASK")]
         if len(layers) > 1:
             raise LoceditError("the instruction methods take one mask: draw on one layer")
-        if layers:
-            argv += ["--mask", layers[0]]
         for flag, value in (("boxes", inputs.boxes), ("region words", inputs.region_words),
                             ("blend words", inputs.blend_words), ("attention words", inputs.attention_words)):
             if value.strip():
                 raise LoceditError(f"{flag} are not used by --method {inputs.method}")
-        return argv + ["--panel", "PANEL.png", "--out", "EDIT.png"]
-
-    @staticmethod
-    def _option_flags(fields, options: dict) -> list[str]:
-        argv, seen = [], set()
-        for kind, name in fields:
-            for f in option_fields(kind, name):
-                text = str(options.get(f.flag, "") or "").strip()
-                if not text or f.flag in seen:
-                    continue
-                seen.add(f.flag)
-                if isinstance(f.default, bool):
-                    argv.append(f"--{f.flag}" if text in ("on", "true", "yes") else f"--no-{f.flag}")
-                elif f.meta.get("repeat"):
-                    for v in text.split():
-                        argv += [f"--{f.flag}", v]
-                else:
-                    argv += [f"--{f.flag}", text]
-        return argv
+        options = options_from_texts(INSTRUCT_METHODS[inputs.method].Options, preset,
+                                     _texts("method", inputs.method, inputs.options))
+        return InstructSpec(inputs.instruction, "IMAGE.png", inputs.method, options, preset,
+                            layers[0] if layers else None, self.config.instruct_model, device=self.config.device,
+                            dtype=self.config.dtype, steps=int(inputs.steps), seed=int(inputs.seed))
 
     def edit(self, inputs: EditInputs, cache: dict | None = None, progress=None) -> EditOutput:
-        """Run one edit through the CLI's parser and ``edit`` command (see the module docstring);
-        ``cache``: the browser session's inversion cache (kept by the caller between edits)."""
-        from PIL import Image
-
-        from ..cli import build_parser
+        """Run one edit through the library (:func:`locedit.api.edit` or :func:`locedit.api.instruct`)
+        with the image and mask layers in memory; ``cache``: the browser session's inversion cache
+        (kept by the caller between edits)."""
+        from .. import api
         from ..errors import LoceditError
-        from ..fileio import load_image
-
         from ..instruct import INSTRUCT_METHODS
 
         image = self.check_image(inputs.image)
@@ -247,80 +228,49 @@ class Session:
             raise LoceditError(f"--method {inputs.method} edits by an instruction: write one (e.g. 'make the circle green')")
         if not instruct and (not inputs.source.strip() or not inputs.target.strip()):
             raise LoceditError("give both prompts: the source describes the image, the target the edit")
-        with tempfile.TemporaryDirectory(prefix="locedit-ui-") as tmp:
-            files = {"IMAGE.png": os.path.join(tmp, "image.png")}
-            Image.fromarray(image).save(files["IMAGE.png"])
-            for k, m in enumerate(inputs.masks, start=1):
-                if m.shape != image.shape[:2]:
-                    raise LoceditError("a mask layer does not match the image's size")
-                files[f"MASK{k}.png"] = os.path.join(tmp, f"mask{k}.png")
-                Image.fromarray(m.astype(np.uint8) * 255).save(files[f"MASK{k}.png"])
-            for name in ("PANEL.png", "EDIT.png", "ATTENTION.png"):
-                files[name] = os.path.join(tmp, name.lower())
-            argv = self.command(inputs, files)
-            real = [files.get(a, a) if not a.startswith(("--", "-")) else a for a in argv]
-            real = [_substitute(a, files) for a in real]
-            args = parse_edit_args(build_parser(), real)
-            args.bundle, args.cache = (self.instruct(), None) if instruct else (self.bundle, cache)
-            args.progress_fn, args.quiet, args.json = progress, True, False
-            with self.lock:
-                summary = args.run(args)  # cmd_edit or cmd_instruct
-            panel = np.asarray(Image.open(files["PANEL.png"]).convert("RGB"))
-            edited = np.asarray(Image.open(files["EDIT.png"]).convert("RGB"))
-            attention = (np.asarray(Image.open(files["ATTENTION.png"]).convert("RGB"))
-                         if os.path.exists(files["ATTENTION.png"]) else None)
-            keep = tempfile.NamedTemporaryFile(prefix="locedit-edit-", suffix=".png", delete=False)
-            keep.close()
-            os.replace(files["EDIT.png"], keep.name)  # the download: PNG with locedit's metadata
-            load_image(keep.name)  # written by the CLI's own writer; read back as a check
-            self.downloads.append(keep.name)
-            while len(self.downloads) > self.KEEP:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.downloads.pop(0))
-        return EditOutput(panel, edited, attention, "locedit " + shlex.join(argv), keep.name, summary)
+        files = {"IMAGE.png": image}
+        for k, m in enumerate(inputs.masks, start=1):
+            if m.shape != image.shape[:2]:
+                raise LoceditError("a mask layer does not match the image's size")
+            files[f"MASK{k}.png"] = m
+        spec = self.spec(inputs, files)
+        with self.lock:
+            if instruct:
+                result = api.instruct(spec, files=files, bundle=self.instruct(), progress=progress)
+            else:
+                result = api.edit(spec, files=files, bundle=self.bundle, cache=cache, progress=progress)
+        attention = (_uint8(result.attention_grid()) if not instruct and spec.attention_words is not None
+                     and result.attention else None)
+        summary = {**result.meta, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.stats.items()
+                                     if k != "guidance_loss"}}
+        return EditOutput(_uint8(result.panel()), _uint8(result.edited), attention, spec.command(),
+                          self.download(result), summary)
+
+    def download(self, result) -> str:
+        """The edit as a PNG with locedit's metadata, for the page's download link (the last KEEP kept)."""
+        from ..fileio import OutputSet, load_image
+
+        keep = tempfile.NamedTemporaryFile(prefix="locedit-edit-", suffix=".png", delete=False)
+        keep.close()
+        outputs = OutputSet()
+        outputs.add(result.edited, keep.name, result.meta)
+        outputs.commit()
+        load_image(keep.name)  # read back as a check
+        self.downloads.append(keep.name)
+        while len(self.downloads) > self.KEEP:
+            with contextlib.suppress(OSError):
+                os.unlink(self.downloads.pop(0))
+        return keep.name
 
 
-def _takes_inversion(method, inputs: EditInputs) -> bool:
-    """Whether the method runs on an inversion with the page's option values (Blended Latent
-    Diffusion decides by its noise option), so the command gets --inversion exactly when the CLI
-    uses it; values the CLI would refuse are left for its parser to report."""
-    from ..options import flag_fields, preset, replace_path
-
-    options = preset(method.Options, inputs.preset if inputs.preset in ("paper", "official") else None)
-    for f in flag_fields(method.Options):
-        text = str(inputs.options.get(f.flag, "") or "").strip()
-        if text and not isinstance(f.default, bool) and not f.meta.get("repeat"):
-            try:
-                options = replace_path(options, {f.path: f.meta.get("type", str)(text)})
-            except Exception:  # noqa: BLE001 - the CLI's parser gives the one-line error
-                return "inversion" in method.uses
-    return method.takes_inversion(options)
+def _texts(kind: str, name: str, options: dict) -> dict[str, str]:
+    """The page's option texts that belong to one options class."""
+    return {f.flag: str(options[f.flag]) for f in option_fields(kind, name) if f.flag in options}
 
 
-def _substitute(arg: str, files: dict[str, str]) -> str:
-    """WORD=MASK1.png -> WORD=/tmp/.../mask1.png (region specs)."""
-    if "=" in arg:
-        word, _, value = arg.partition("=")
-        if value in files:
-            return f"{word}={files[value]}"
-    return files.get(arg, arg)
-
-
-def parse_edit_args(parser, argv: list[str]):
-    """Parse with the CLI's parser; a usage error becomes a one-line LoceditError (no exit)."""
-    import contextlib
-    import io
-
-    from ..errors import LoceditError
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parser.parse_args(argv)
-    except SystemExit:
-        lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        msg = lines[-1] if lines else "invalid options"
-        raise LoceditError(msg.split("error: ", 1)[-1]) from None
+def _uint8(x) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, as the PNG writer rounds."""
+    return (x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def comparison_grid(images: list[tuple[str, np.ndarray]]) -> np.ndarray:
