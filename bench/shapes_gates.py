@@ -2,6 +2,8 @@
 
     python bench/shapes_gates.py                       # all gates, 200 held-out scenes, 50 steps
     python bench/shapes_gates.py --n 20 --gates vae,t2i
+    python bench/shapes_gates.py --gates flow-t2i --flow-model ~/.cache/locedit-train/shapes-flow/ema \
+        --flow-vae locedit/models/shapes/vae   # F1 of shapes-flow (a FluxPipeline folder, or a run's ema/)
 
 Prints a Markdown table (measured, gate, met) and, with --json, the figures.
 """
@@ -25,6 +27,9 @@ def main(argv=None):
     p.add_argument("--gates", default="vae,t2i,nti,instruct,p2p-colour,p2p-shape")
     p.add_argument("--model", default="shapes")
     p.add_argument("--instruct-model", default="shapes-instruct")
+    p.add_argument("--flow-model", help="shapes-flow: a FluxPipeline folder, or a training run's ema/ folder")
+    p.add_argument("--flow-vae", help="with a run's ema/ folder: the VAE it was trained on (the shapes VAE)")
+    p.add_argument("--flow-steps", type=int, default=28, help="Euler steps of the flow gates (FLUX's 28)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -43,12 +48,19 @@ def main(argv=None):
             figures.update(G.gate_p2p_colour(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "p2p-shape":
             figures.update(G.gate_p2p_shape(t2i, args.n, args.steps, progress=tqdm_progress))
+        elif name == "flow-t2i":
+            from locedit.world.train_flow import gate_flow_t2i, load_flow_pipeline
+
+            pipe = load_flow_pipeline(args.flow_model, args.flow_vae)
+            figures.update(gate_flow_t2i(pipe, args.n, args.flow_steps))
         elif name == "instruct":
             figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
                                            progress=tqdm_progress))
         seconds[name] = time.time() - t0
         print(f"{name}: {time.time() - t0:.1f} s", file=sys.stderr)
-    print(f"\n{args.n} held-out items, {args.steps} DDIM steps\n")
+    steps = ", ".join([f"{args.steps} DDIM steps"] * bool(set(chosen) - {"flow-t2i"})
+                      + [f"{args.flow_steps} Euler steps (flow)"] * ("flow-t2i" in chosen))
+    print(f"\n{args.n} held-out items, {steps}\n")
     print("| gate | measured | threshold | met |\n|---|---:|---:|---|")
     for key, threshold in G.GATES.items():
         if key in figures:

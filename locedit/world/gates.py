@@ -20,7 +20,8 @@ from .scene import render, sample_scene
 from .data import HELD_OUT_SEED, to_tensor
 
 GATES = {"vae_psnr": 30.0, "t2i_oracle": 0.80, "nti_psnr": 28.0, "instruct_oracle": 0.70, "instruct_outside_psnr": 25.0,
-         "p2p_colour_oracle": 0.80, "p2p_colour_outside_psnr": 25.0, "p2p_shape_oracle": 0.60}
+         "p2p_colour_oracle": 0.80, "p2p_colour_outside_psnr": 25.0, "p2p_shape_oracle": 0.60,
+         "f1_oracle": 0.80}  # F1: shapes-flow text-to-image (locedit.world.train_flow.gate_flow_t2i)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -50,6 +51,18 @@ def gate_vae(bundle: ModelBundle, n: int = 200) -> dict:
     return {"vae_psnr": float(np.mean(values)), "n": n}
 
 
+def oracle_counts(scenes, images: torch.Tensor) -> tuple[int, int, int]:
+    """How many of ``images`` (B, 3, H, W) in [0, 1] the oracle reads as their ``scenes``: (objects
+    right, objects and textures right, background right)."""
+    objects = textures = backgrounds = 0
+    for s, img in zip(scenes, images):
+        r = read_scene(_to_uint8(img[None]))
+        objects += r.matches(s, texture=False, background=False)
+        textures += r.matches(s, texture=True, background=False)
+        backgrounds += r.background == s.background
+    return objects, textures, backgrounds
+
+
 def gate_t2i(bundle: ModelBundle, n: int = 200, steps: int = 50, guidance: float = 7.5, seed: int = 0,
              batch: int = 25, progress=None) -> dict:
     scenes = held_out_scenes(n, offset=10_000)
@@ -58,11 +71,8 @@ def gate_t2i(bundle: ModelBundle, n: int = 200, steps: int = 50, guidance: float
     chunks = [scenes[i : i + batch] for i in range(0, n, batch)]
     for chunk in (chunks if progress is None else progress(chunks, "t2i gate")):
         imgs = bundle.decode_latents(pipeline.generate(bundle, [s.caption() for s in chunk], steps, guidance, g))
-        for s, img in zip(chunk, imgs):
-            r = read_scene(_to_uint8(img[None]))
-            objects += r.matches(s, texture=False, background=False)
-            textures += r.matches(s, texture=True, background=False)
-            backgrounds += r.background == s.background
+        counts = oracle_counts(chunk, imgs)
+        objects, textures, backgrounds = objects + counts[0], textures + counts[1], backgrounds + counts[2]
     return {"t2i_oracle": objects / n, "t2i_oracle_with_texture": textures / n, "t2i_background": backgrounds / n, "n": n}
 
 

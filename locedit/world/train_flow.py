@@ -212,11 +212,29 @@ def flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenize
                         tokenizer_2=tokenizer_2, transformer=transformer)
 
 
+def load_flow_pipeline(folder: str, vae: str | None = None):
+    """diffusers' FluxPipeline over a shapes-flow folder: a shipped one (``model_index.json``), or a
+    training run's weights (``ema/``: transformer, text encoders, tokenizers) with the ``vae`` given."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    if Path(folder, "model_index.json").exists():
+        return FluxPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    if vae is None:
+        raise SystemExit(f"{folder} is a training run's weights: give the VAE it was trained on (--flow-vae)")
+    return flux_pipeline(
+        FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", use_safetensors=True).float().eval(),
+        CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True).float().eval(),
+        CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", use_safetensors=True).float().eval(),
+        T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2"),
+        AutoencoderKL.from_pretrained(vae, use_safetensors=True).float().eval())
+
+
 @torch.no_grad()
 def gate_flow_t2i(pipe, n: int = 200, steps: int = 28, guidance: float = 4.0, seed: int = 0, batch: int = 25) -> dict:
     """Gate F1: the oracle reads each held-out caption's objects in FluxPipeline's sample (true CFG)."""
-    from .gates import _to_uint8, held_out_scenes
-    from .oracle import read_scene
+    from .gates import held_out_scenes, oracle_counts
 
     scenes = held_out_scenes(n, offset=10_000)
     g = torch.Generator().manual_seed(seed)
@@ -226,11 +244,8 @@ def gate_flow_t2i(pipe, n: int = 200, steps: int = 28, guidance: float = 4.0, se
         imgs = pipe([s.caption() for s in chunk], negative_prompt=[""] * len(chunk), true_cfg_scale=guidance,
                     height=IMAGE_SIZE, width=IMAGE_SIZE, num_inference_steps=steps, max_sequence_length=MAX_TOKENS,
                     generator=g, output_type="pt").images
-        for s, img in zip(chunk, imgs):
-            r = read_scene(_to_uint8(img[None]))
-            objects += r.matches(s, texture=False, background=False)
-            textures += r.matches(s, texture=True, background=False)
-            backgrounds += r.background == s.background
+        counts = oracle_counts(chunk, imgs)
+        objects, textures, backgrounds = objects + counts[0], textures + counts[1], backgrounds + counts[2]
     return {"f1_oracle": objects / n, "f1_oracle_with_texture": textures / n, "f1_background": backgrounds / n, "n": n}
 
 
