@@ -99,3 +99,15 @@ def test_the_web_app_and_the_bench_run_the_library_not_the_command_line():
     for module in graph:
         if module.startswith(("locedit.ui", "locedit.bench")):
             assert not {m for m in graph[module] if m.startswith("locedit.cli")}, module
+
+
+def test_no_function_over_80_lines_outside_the_training_code():
+    training = {"train.py", "train_flow.py", "trainloop.py"}
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "world" and path.name in training:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

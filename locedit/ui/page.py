@@ -29,26 +29,152 @@ def _error(exc) -> str:
     return f"**error:** {text}"
 
 
+def _option_panels(gr, methods, inversions):
+    """One accordion of option fields per method and inversion (only the chosen ones visible):
+    ((kind, name, flag) of each field in order, the fields' components, (kind, name) -> accordion)."""
+    option_keys, option_boxes, panels = [], [], {}
+    for kind, names in (("method", methods), ("inversion", inversions)):
+        for name in names:
+            fields = option_fields(kind, name)
+            visible = name == ("p2p" if kind == "method" else "direct")
+            with gr.Accordion(f"{name} options", open=False, visible=visible) as acc:
+                if not fields:
+                    gr.Markdown("no options")
+                for f in fields:
+                    default = f.meta.get("default_text", f.default)
+                    info = f"{f.meta.get('help', '')} (default: {default})"
+                    if isinstance(f.default, bool):
+                        box = gr.Dropdown(["", "on", "off"], value="", label=f"--{f.flag}", info=info)
+                    elif "choices" in f.meta:
+                        box = gr.Dropdown([""] + list(f.meta["choices"]), value="", label=f"--{f.flag}", info=info)
+                    else:
+                        box = gr.Textbox(value="", label=f"--{f.flag}", info=info, placeholder=str(default))
+                    option_keys.append((kind, name, f.flag))
+                    option_boxes.append(box)
+            panels[(kind, name)] = acc
+    return option_keys, option_boxes, panels
+
+
+def _inputs_of(session: Session, option_keys, values) -> EditInputs:
+    """The page's component values (in the order of ``build``'s ``common``) as one edit's inputs;
+    only the chosen method's and inversion's option fields count."""
+    (editor_v, source_v, target_v, instruction_v, method_v, inversion_v, preset_v, steps_v, guidance_v, seed_v,
+     regions_v, attributes_v, boxes_v, blend_v, attention_v, *opts) = values
+    background = (editor_v or {}).get("background")
+    image = session.check_image(None if background is None else np.asarray(background)[..., :3]
+                                if np.asarray(background).ndim == 3 else None)
+    options = {}
+    for (kind, name, flag), value in zip(option_keys, opts):
+        active = name == (method_v if kind == "method" else inversion_v)
+        if active and value not in (None, ""):
+            options[flag] = str(value)
+    return EditInputs(image=image, source=source_v or "", target=target_v or "", method=method_v,
+                      instruction=instruction_v or "",
+                      inversion=inversion_v, steps=int(steps_v or 50), guidance=float(guidance_v or 0),
+                      seed=int(seed_v or 0), preset=preset_v, masks=layer_masks(editor_v, image.shape[:2]),
+                      region_words=regions_v or "", attribute_words=attributes_v or "", boxes=boxes_v or "",
+                      blend_words=blend_v or "", options=options, attention_words=attention_v or "")
+
+
+def _example_value():
+    """The editor, prompts and upload message when the shapes example is loaded."""
+    from PIL import Image
+
+    rgba = np.asarray(Image.open(EXAMPLE).convert("RGBA"))
+    return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
+
+
+def _file_handler(session: Session, gr):
+    def on_file(path):
+        """An uploaded file (Gradio's own temporary copy) decoded by locedit's checked reader."""
+        from ..errors import LoceditError
+        from ..fileio import load_image
+
+        if not path:
+            return gr.update(), "", gr.update()
+        try:
+            x = load_image(path, max_pixels=session.config.max_pixels, max_bytes=session.config.max_bytes)
+            rgb = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            session.check_image(rgb)
+        except LoceditError as exc:  # the server's temporary path is not shown, only the file's name
+            return gr.update(), _error(str(exc).replace(str(path), os.path.basename(str(path)))), None
+        rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+        return {"background": rgba, "layers": [], "composite": rgba}, "", None  # the picker empties again
+
+    return on_file
+
+
+def _upload_handler(session: Session):
+    def on_upload(editor_v):
+        from ..errors import LoceditError
+
+        background = (editor_v or {}).get("background")
+        if background is None:
+            return ""
+        try:
+            session.check_image(np.asarray(background)[..., :3])
+        except LoceditError as exc:
+            return _error(exc)
+        return ""
+
+    return on_upload
+
+
+def progress_adapter(progress):
+    """locedit's progress interface on a Gradio progress display, each bar named by its stage."""
+    stages = {"editing": "edit", "sampling": "edit"}
+
+    def track(iterable, desc):
+        stage = stages.get(desc, "inversion" if "inversion" in desc else desc)
+        return progress.tqdm(iterable, desc=f"{stage}: {desc}")
+
+    return track
+
+
+def _edit_handlers(session: Session, gr, inputs_of):
+    """(on_edit, on_compare): one edit, or the chosen methods on one inversion, with the page's
+    progress; a refused input shows its one line, anything else an internal-error line."""
+    from ..errors import LoceditError
+
+    def on_edit(state, *values, progress=gr.Progress()):
+        state = state if isinstance(state, dict) else {}
+        try:
+            out = session.edit(inputs_of(values), state, progress_adapter(progress))
+        except LoceditError as exc:
+            return (state, _error(exc), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+        except Exception as exc:  # noqa: BLE001 - the page stays usable; the server log has the rest
+            return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), gr.update(), gr.update(),
+                    gr.update(), gr.update(), gr.update())
+        reused = " (inversion reused)" if out.summary.get("inversion_reused") else ""
+        note = f"done in {out.summary.get('edit_seconds', 0):.1f} s{reused}"
+        return (state, note, _display(out.panel), _display(out.edited), _display(out.attention), out.command,
+                out.png)
+
+    def on_compare(state, chosen, *values, progress=gr.Progress()):
+        state = state if isinstance(state, dict) else {}
+        try:
+            base = inputs_of(values)
+            if not chosen:
+                raise LoceditError("choose the methods to compare")
+            tiles = [("source", base.image)]
+            for name in chosen:
+                one = EditInputs(**{**base.__dict__, "method": name, "options": {}, "attention_words": ""})
+                tiles.append((name, session.edit(one, state, progress_adapter(progress)).edited))
+        except LoceditError as exc:
+            return state, _error(exc), gr.update()
+        return state, f"compared {', '.join(chosen)} on one inversion", comparison_grid(tiles)
+
+    return on_edit, on_compare
+
+
 def build(session: Session):
+    """The page: the inputs on the left, the results on the right, wired to the session."""
     import gradio as gr
 
-    from ..errors import LoceditError
     from ..inversion import INVERSIONS
     from ..methods import METHODS
 
     methods, inversions = method_names(session.config), list(INVERSIONS)
-    option_keys: list[tuple[str, str, str]] = []  # (kind, name, flag) of each option component, in order
-    option_boxes = []
-    panels = {}
-
-    def progress_adapter(progress):
-        stages = {"editing": "edit", "sampling": "edit"}
-
-        def track(iterable, desc):
-            stage = stages.get(desc, "inversion" if "inversion" in desc else desc)
-            return progress.tqdm(iterable, desc=f"{stage}: {desc}")
-
-        return track
 
     with gr.Blocks(title="locedit") as demo:
         cache = gr.State(None)
@@ -84,26 +210,7 @@ def build(session: Session):
                     boxes = gr.Textbox(label="boxes in image pixels: x0,y0,x1,y1 (several: space-separated)")
                     blend_words = gr.Textbox(label="P2P local blend words: SOURCE_WORD TARGET_WORD")
                     attention_words = gr.Textbox(label="show the attention maps of these target words")
-                for kind, names in (("method", methods), ("inversion", inversions)):
-                    for name in names:
-                        fields = option_fields(kind, name)
-                        visible = name == ("p2p" if kind == "method" else "direct")
-                        with gr.Accordion(f"{name} options", open=False, visible=visible) as acc:
-                            if not fields:
-                                gr.Markdown("no options")
-                            for f in fields:
-                                default = f.meta.get("default_text", f.default)
-                                info = f"{f.meta.get('help', '')} (default: {default})"
-                                if isinstance(f.default, bool):
-                                    box = gr.Dropdown(["", "on", "off"], value="", label=f"--{f.flag}", info=info)
-                                elif "choices" in f.meta:
-                                    box = gr.Dropdown([""] + list(f.meta["choices"]), value="", label=f"--{f.flag}",
-                                                      info=info)
-                                else:
-                                    box = gr.Textbox(value="", label=f"--{f.flag}", info=info, placeholder=str(default))
-                                option_keys.append((kind, name, f.flag))
-                                option_boxes.append(box)
-                        panels[(kind, name)] = acc
+                option_keys, option_boxes, panels = _option_panels(gr, methods, inversions)
                 run = gr.Button("Edit", variant="primary", elem_id="run")
                 with gr.Row():
                     compare_methods = gr.CheckboxGroup(list(METHODS), value=["p2p", "masactrl"], label="compare methods")
@@ -119,91 +226,17 @@ def build(session: Session):
                 command = gr.Code(label="the command that reproduces this edit", language="shell", elem_id="command")
                 download = gr.File(label="PNG with locedit's metadata", elem_id="download")
 
-        def inputs_of(values) -> EditInputs:
-            (editor_v, source_v, target_v, instruction_v, method_v, inversion_v, preset_v, steps_v, guidance_v, seed_v,
-             regions_v, attributes_v, boxes_v, blend_v, attention_v, *opts) = values
-            background = (editor_v or {}).get("background")
-            image = session.check_image(None if background is None else np.asarray(background)[..., :3]
-                                        if np.asarray(background).ndim == 3 else None)
-            options = {}
-            for (kind, name, flag), value in zip(option_keys, opts):
-                active = name == (method_v if kind == "method" else inversion_v)
-                if active and value not in (None, ""):
-                    options[flag] = str(value)
-            return EditInputs(image=image, source=source_v or "", target=target_v or "", method=method_v,
-                              instruction=instruction_v or "",
-                              inversion=inversion_v, steps=int(steps_v or 50), guidance=float(guidance_v or 0),
-                              seed=int(seed_v or 0), preset=preset_v, masks=layer_masks(editor_v, image.shape[:2]),
-                              region_words=regions_v or "", attribute_words=attributes_v or "", boxes=boxes_v or "",
-                              blend_words=blend_v or "", options=options, attention_words=attention_v or "")
-
         common = [editor, source, target, instruction, method, inversion, preset, steps, guidance, seed, region_words,
                   attribute_words, boxes, blend_words, attention_words, *option_boxes]
 
-        def on_edit(state, *values, progress=gr.Progress()):
-            state = state if isinstance(state, dict) else {}
-            try:
-                out = session.edit(inputs_of(values), state, progress_adapter(progress))
-            except LoceditError as exc:
-                return (state, _error(exc), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
-            except Exception as exc:  # noqa: BLE001 - the page stays usable; the server log has the rest
-                return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), gr.update(), gr.update(),
-                        gr.update(), gr.update(), gr.update())
-            reused = " (inversion reused)" if out.summary.get("inversion_reused") else ""
-            note = f"done in {out.summary.get('edit_seconds', 0):.1f} s{reused}"
-            return (state, note, _display(out.panel), _display(out.edited), _display(out.attention), out.command,
-                    out.png)
-
-        def on_compare(state, chosen, *values, progress=gr.Progress()):
-            state = state if isinstance(state, dict) else {}
-            try:
-                base = inputs_of(values)
-                if not chosen:
-                    raise LoceditError("choose the methods to compare")
-                tiles = [("source", base.image)]
-                for name in chosen:
-                    one = EditInputs(**{**base.__dict__, "method": name, "options": {}, "attention_words": ""})
-                    tiles.append((name, session.edit(one, state, progress_adapter(progress)).edited))
-            except LoceditError as exc:
-                return state, _error(exc), gr.update()
-            return state, f"compared {', '.join(chosen)} on one inversion", comparison_grid(tiles)
-
-        def on_example():
-            from PIL import Image
-
-            rgba = np.asarray(Image.open(EXAMPLE).convert("RGBA"))
-            return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
-
-        def on_file(path):
-            """An uploaded file (Gradio's own temporary copy) decoded by locedit's checked reader."""
-            from ..fileio import load_image
-
-            if not path:
-                return gr.update(), "", gr.update()
-            try:
-                x = load_image(path, max_pixels=session.config.max_pixels, max_bytes=session.config.max_bytes)
-                rgb = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                session.check_image(rgb)
-            except LoceditError as exc:  # the server's temporary path is not shown, only the file's name
-                return gr.update(), _error(str(exc).replace(str(path), os.path.basename(str(path)))), None
-            rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
-            return {"background": rgba, "layers": [], "composite": rgba}, "", None  # the picker empties again
-
-        def on_upload(editor_v):
-            background = (editor_v or {}).get("background")
-            if background is None:
-                return ""
-            try:
-                session.check_image(np.asarray(background)[..., :3])
-            except LoceditError as exc:
-                return _error(exc)
-            return ""
+        on_edit, on_compare = _edit_handlers(session, gr, lambda values: _inputs_of(session, option_keys, values))
+        on_file, on_upload = _file_handler(session, gr), _upload_handler(session)
 
         def on_choice(method_v, inversion_v):
             return [gr.update(visible=(name == (method_v if kind == "method" else inversion_v)))
                     for (kind, name) in panels]
 
-        example.click(on_example, outputs=[editor, source, target, upload_error])
+        example.click(_example_value, outputs=[editor, source, target, upload_error])
         editor.upload(on_upload, inputs=[editor], outputs=[upload_error])
         upload_file.upload(on_file, inputs=[upload_file], outputs=[editor, upload_error, upload_file])
         method.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
