@@ -19,7 +19,6 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .. import pipeline
 from ..errors import LoceditError
 from ..imaging import Fit
 from ..metrics import pie_masked, psnr, mse, shapes_metrics, ssim
@@ -172,56 +171,62 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
     bundle = ip2p if method in INSTRUCT else t2i
     if bundle is None:
         raise LoceditError(f"method {method!r} needs {'an instruct' if method in INSTRUCT else 'a text-to-image'} model")
+    calls0 = bundle.unet_calls
+    if method not in INSTRUCT_METHODS:
+        from .. import api
+
+        spec, files = item_spec(method, item, config, bundle.name)
+        return api.edit(spec, files=files, bundle=bundle).edited.float().cpu(), bundle.unet_calls - calls0, {}
+    from ..options import preset
+
     h, w = item.image.shape[-2:]
     fit = Fit.plan(h, w, bundle.image_size, config.fit)
-    image = fit.to_model(item.image).to(bundle.device)
-    to_model = lambda m: fit.to_model(m, binary=True).to(bundle.device)  # noqa: E731
-    calls0 = bundle.unet_calls
+    m = INSTRUCT_METHODS[method]
+    res = m.run(bundle, fit.to_model(item.image).to(bundle.device), item.instruction, config.steps,
+                preset(m.Options, config.preset), config.seed)
+    out = bundle.decode_latents(res.latents)
     extra: dict = {}
-    if method in INSTRUCT_METHODS:
-        from ..options import preset
-
-        m = INSTRUCT_METHODS[method]
-        res = m.run(bundle, image, item.instruction, config.steps, preset(m.Options, config.preset), config.seed)
-        out = bundle.decode_latents(res.latents)
-        if res.roi is not None and item.mask is not None:
-            side = res.roi.shape[-1]
-            gt = F.interpolate(fit.to_model(item.mask, binary=True), size=(side, side), mode="area")[0, 0] > 0.5
-            roi = res.roi.cpu()
-            extra["roi_iou"] = float((roi & gt).sum() / (roi | gt).sum().clamp_min(1))
-    else:
-        res = pipeline.edit(bundle, image, item.source_prompt, item.target_prompt,
-                            **registry_inputs(method, item, to_model, config))
-        out = res.edited
+    if res.roi is not None and item.mask is not None:
+        side = res.roi.shape[-1]
+        gt = F.interpolate(fit.to_model(item.mask, binary=True), size=(side, side), mode="area")[0, 0] > 0.5
+        roi = res.roi.cpu()
+        extra["roi_iou"] = float((roi & gt).sum() / (roi | gt).sum().clamp_min(1))
     return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0, extra
 
 
-def registry_inputs(bench_name: str, item: EditItem, to_model, config: BenchConfig) -> dict:
-    """The keyword arguments of :func:`locedit.pipeline.edit` for a registry method on one item: the
-    item's inputs the method uses (regions, attributes, source regions, blend words; the mask only for
-    the "-mask" variant, where it replaces the blend words)."""
-    from ..masks import Region
+def item_spec(bench_name: str, item: EditItem, config: BenchConfig, model: str):
+    """One bench row as an :class:`~locedit.spec.EditSpec` of a registry method, with the item's image
+    and masks in memory under the names it gives: the item's inputs the method uses (regions,
+    attributes, source regions, blend words; the mask only for the "-mask" variant, where it replaces
+    the blend words)."""
     from ..options import preset
+    from ..spec import EditSpec
 
     name = bench_name[: -len(MASK_SUFFIX)] if bench_name.endswith(MASK_SUFFIX) else bench_name
     m = METHODS[name]
-    kwargs = dict(method=name, options=preset(m.Options, config.preset), num_steps=config.steps,
-                  edit_options=pipeline.EditOptions(guidance=config.guidance), seed=config.seed)
-    if m.takes_inversion(kwargs["options"]):
+    options = preset(m.Options, config.preset)
+    files, extra = {"IMAGE": item.image}, {}
+    if m.takes_inversion(options):
         from ..inversion import INVERSIONS
 
-        kwargs.update(inversion=config.inversion, inversion_options=preset(INVERSIONS[config.inversion].Options, config.preset))
+        extra.update(inversion=config.inversion,
+                     inversion_options=preset(INVERSIONS[config.inversion].Options, config.preset))
     if bench_name.endswith(MASK_SUFFIX) or "mask" in m.needs:
         if item.mask is None:
             raise LoceditError(f"item {item.id} has no mask for {bench_name}")
-        kwargs["mask"] = to_model(item.mask)
+        files["MASK"] = item.mask
+        extra["masks"] = ("MASK",)
     elif "blend_words" in m.uses and item.blend_words:
-        kwargs["blend_words"] = tuple(item.blend_words)
-    if "source_regions" in m.uses:
-        kwargs["regions"] = [Region(word, to_model(mk)) for word, mk in item.source_regions]
-    elif "regions" in m.uses:
-        kwargs["regions"] = [Region(word, to_model(mk)) for word, mk in item.regions]
-    return kwargs
+        extra["blend_words"] = tuple(item.blend_words)
+    regions = item.source_regions if "source_regions" in m.uses else item.regions if "regions" in m.uses else []
+    for k, (word, mask) in enumerate(regions, start=1):
+        files[f"REGION{k}"] = mask
+    if regions:
+        extra["regions"] = tuple(f"{word}=REGION{k}" for k, (word, _) in enumerate(regions, start=1))
+    spec = EditSpec(item.target_prompt, image="IMAGE", source=item.source_prompt, method=name, options=options,
+                    preset=config.preset, model=model, steps=config.steps, guidance=config.guidance, seed=config.seed,
+                    fit=config.fit, **extra)
+    return spec, files
 
 
 def item_metrics(item: EditItem, edited: torch.Tensor) -> dict[str, float]:
