@@ -21,4 +21,6 @@ def test_readme_python_example_runs(monkeypatch):
     exec(compile(blocks[0], "README.md", "exec"), scope)
     edited = scope["result"].edited
     assert edited.shape == (1, 3, 64, 64)
+    exec(compile(blocks[1], "README.md", "exec"), scope)  # the edit as data, in the first block's scope
+    assert scope["done"].edited.shape == (1, 3, 64, 64) and scope["spec"].command().startswith("locedit edit ")
     assert os.getcwd() == str(ROOT)
