@@ -176,7 +176,8 @@ def _encode(image, out: Path, metadata: dict, tmp: str) -> None:
     if fmt == "PNG":
         info = PngInfo()
         for k, v in metadata.items():
-            info.add_text(f"locedit:{k}", v if isinstance(v, str) else json.dumps(v))
+            if v is not None:  # an unset value (no --preset) is no chunk, not the text "null"
+                info.add_text(f"locedit:{k}", v if isinstance(v, str) else json.dumps(v))
         im.save(tmp, format="PNG", pnginfo=info)
     else:  # JPEG and WebP carry the metadata as one JSON object in the EXIF image description
         exif = Image.Exif()

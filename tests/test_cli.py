@@ -44,6 +44,7 @@ def test_edit_writes_png_at_input_size_with_metadata(scene_png, tmp_path, capsys
         assert im.text["locedit:target"] == "a blue square"
         assert json.loads(im.text["locedit:options"])["p2p"]["mode"] == "refine"
         assert im.text["locedit:inversion"] == "ddim" and "locedit:blend_words" not in im.text
+        assert "locedit:preset" not in im.text  # unset: no chunk (was the text "null")
 
 
 def test_invert_then_edit_from_inversion_equals_direct_edit(scene_png, tmp_path, capsys):

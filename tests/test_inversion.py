@@ -99,3 +99,19 @@ def test_nan_during_null_text_reports_the_step(image):
         broken.unet.conv_out.weight.fill_(float("nan"))
     with pytest.raises(OptimisationError, match="step 0"):
         pipeline.invert(broken, image, PROMPT, "null-text", num_steps=3)
+
+
+@pytest.mark.parametrize("name", ["direct", "npi", "null-text", "nmg", "spd", "aidi", "ddim"])
+def test_the_progress_label_names_the_inversion_run(bundle, image, name):
+    """The progress bars of an inversion say which one runs (issue 31: "ddim inversion" was printed
+    for --inversion direct)."""
+    from conftest import SRC, fast_inversion_options
+
+    seen = []
+
+    def progress(iterable, desc):
+        seen.append(desc)
+        return iterable
+
+    pipeline.invert(bundle, image, SRC, name, num_steps=2, options=fast_inversion_options().get(name), progress=progress)
+    assert seen and seen[0].startswith(name), seen

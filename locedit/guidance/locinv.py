@@ -219,7 +219,7 @@ def locinv_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, regions
     t0, start_calls = time.perf_counter(), bundle.unet_calls
     cond0, null = bundle.encode_text([prompt, ""]).split(1)
     empty = null
-    latents = ddim_latents(bundle, z0, cond0, num_steps, progress, "ddim inversion")
+    latents = ddim_latents(bundle, z0, cond0, num_steps, progress, "locinv: ddim inversion")
     sampler = bundle.sampler
     level = map_level(unet_sites(bundle.unet))
     side = bundle.unet.config.sample_size // 2**level

@@ -49,7 +49,7 @@ def optimise_null(bundle: ModelBundle, z: torch.Tensor, target: torch.Tensor, co
 def null_text_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_steps: int, guidance: float,
                         options: NullTextOptions = NullTextOptions(), progress: Progress | None = None) -> Trajectory:
     cond, null = bundle.encode_text([prompt, ""]).split(1)
-    latents = ddim_latents(bundle, z0, cond, num_steps, progress)
+    latents = ddim_latents(bundle, z0, cond, num_steps, progress, "null-text: ddim inversion")
     sampler = bundle.sampler
     nulls: list[torch.Tensor] = []
     z = latents[-1]

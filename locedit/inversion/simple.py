@@ -24,7 +24,7 @@ def negative_prompt_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str
                               options: NegativePromptOptions = NegativePromptOptions(),
                               progress: Progress | None = None) -> Trajectory:
     cond = bundle.encode_text([prompt])
-    latents = ddim_latents(bundle, z0, cond, num_steps, progress)
+    latents = ddim_latents(bundle, z0, cond, num_steps, progress, "npi (ddim) inversion")
     return Trajectory("npi", prompt, num_steps, guidance, latents, uncond="source")
 
 
@@ -32,5 +32,5 @@ def direct_inversion(bundle: ModelBundle, z0: torch.Tensor, prompt: str, num_ste
                      options: DirectInversionOptions = DirectInversionOptions(),
                      progress: Progress | None = None) -> Trajectory:
     cond = bundle.encode_text([prompt])
-    latents = ddim_latents(bundle, z0, cond, num_steps, progress)
+    latents = ddim_latents(bundle, z0, cond, num_steps, progress, "direct (ddim) inversion")
     return Trajectory("direct", prompt, num_steps, guidance, latents, uncond="null", source_follows=True)
