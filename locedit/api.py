@@ -115,6 +115,31 @@ def check(spec: EditSpec) -> None:
             raise LoceditError(f"--bind {text!r} is not ADJ:NOUN")
 
 
+SHAPES_MODELS = ("shapes", "shapes-instruct")
+
+
+def check_vocabulary(model: str, texts: dict[str, str]) -> None:
+    """The built-in shapes models know the shapes world's words only: a prompt with any other word is
+    refused before any work, naming the words, listing the known ones and pointing to a real model."""
+    if model not in SHAPES_MODELS:
+        return
+    from .world.scene import VOCABULARY
+
+    known = set(VOCABULARY)
+    unknown = []
+    for text in texts.values():
+        for word in text.lower().split():
+            word = word.strip(".,;:!?'\"()")
+            if word and word not in known and word not in unknown:
+                unknown.append(word)
+    if unknown:
+        flags = " and ".join(f"--{k}" for k, t in texts.items() if any(w in t.lower() for w in unknown))
+        raise LoceditError(
+            f"the built-in {model!r} model knows only the shapes world, not {', '.join(map(repr, unknown))} in "
+            f"{flags}; it knows: {' '.join(sorted(known))}. For other images use a real model: --model with a "
+            "diffusers folder or hub id (e.g. --model CompVis/stable-diffusion-v1-4)")
+
+
 def edit_options(spec: EditSpec):
     from .pipeline import EditOptions
 
@@ -276,6 +301,9 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
     options_for_edit = edit_options(spec)
     pairs = [tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds]
     inputs = read_inputs(spec, files)
+    model = bundle.name if bundle is not None else spec.model or (
+        inputs.trajectory.model if inputs.trajectory is not None and inputs.trajectory.model else DEFAULT_MODEL)
+    check_vocabulary(model, {"source": inputs.source, "target": spec.target})
     bundle = load_spec_model(spec, bundle, inputs.trajectory)
     mode = inputs.manifest["image"].get("fit", spec.fit) if inputs.manifest else spec.fit
     fit = Fit.plan(inputs.height, inputs.width, bundle.image_size, mode)
@@ -377,6 +405,7 @@ def instruct(spec, *, files: dict | None = None, bundle=None, progress=None) -> 
     if spec.mask and "mask" not in method.uses:
         raise LoceditError(f"--mask is not used by --method {spec.method}")
     options = spec.options if spec.options is not None else preset(method.Options, spec.preset)
+    check_vocabulary(bundle.name if bundle is not None else spec.model, {"instruction": spec.instruction})
     reader = Files(files, _limits(spec))
     image = reader.image(spec.image)
     height, width = image.shape[-2:]

@@ -226,3 +226,25 @@ def test_locinv_from_the_cli(scene_png, tmp_path, capsys):
     assert summary["method"] == "locinv" and "inversion" not in summary  # locinv inverts by itself
     assert_bad(["edit", img, "--source", "a red square", "--target", "a blue square", "--method", "locinv",
                 "--region", f"square={mask}", "--bind", "redsquare"] + FAST, capsys, tmp_path / "bad.png", "ADJ:NOUN")
+
+
+def test_the_default_shapes_model_refuses_words_it_does_not_know_before_loading(scene_png, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Issue 31: on the built-in shapes models a prompt outside the shapes world's words is refused in one
+    line that names the words, lists the known ones and points to --model, before any model is built."""
+    import locedit.api
+    import locedit.diffusion
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(locedit.diffusion, "load_model", no_load)
+    monkeypatch.setattr(locedit.api, "load_spec_model", no_load)
+    out = tmp_path / "o.png"
+    code, _, err = run(["edit", scene_png[0], "--source", "a cat sitting on the grass", "--target",
+                        "a dog sitting on the grass", "--blend-words", "cat", "dog", "--out", str(out)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and not out.exists()
+    assert "'cat', 'sitting', 'grass', 'dog'" in lines[0] and "circle" in lines[0] and "--model" in lines[0]
+    code, _, err = run(["instruct", scene_png[0], "--instruction", "make the cat green", "--out", str(out)], capsys)
+    assert code == 2 and "'cat'" in err and "shapes-instruct" in err and not out.exists()
