@@ -14,10 +14,12 @@ from .options import Citation
 class Entry:
     """name: the registry key; summary: one line for help texts; Options: the frozen options dataclass
     (None: no options); papers: where it comes from; uses: the inputs it reads (names of
-    :data:`locedit.methods.base.INPUTS`)."""
+    :data:`locedit.methods.base.INPUTS`); built_on: the names of the entries it builds on, whose papers
+    are theirs (MAG-Edit on p2p), not repeated here."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Options: ClassVar[type | None] = None
     papers: ClassVar[tuple[Citation, ...]] = ()
     uses: ClassVar[frozenset[str]] = frozenset()
+    built_on: ClassVar[tuple[str, ...]] = ()  # entries of the same registry it builds on (cited there)

@@ -100,7 +100,7 @@ def test_prompt_over_the_token_limit(scene_png, tmp_path, capsys):
 
 def test_word_swap_with_different_token_counts(scene_png, tmp_path, capsys):
     img, _ = scene_png
-    assert_bad(["edit", img, "--source", "a red square", "--target", "a big red square", "--p2p", "replace"] + FAST,
+    assert_bad(["edit", img, "--source", "a red square", "--target", "a red striped square", "--p2p", "replace"] + FAST,
                capsys, tmp_path / "o.png", "--p2p refine")
 
 

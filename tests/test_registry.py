@@ -98,3 +98,16 @@ def test_a_toy_method_and_inversion_run_from_the_command_line(toys, model_dir, s
     assert main(["methods", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["methods"]["toy"]["summary"] == Toy.summary and "toy" in listed["inversions"]
+
+
+def test_a_method_cites_its_own_paper_and_names_the_entries_it_builds_on():
+    """Issue 31: MAG-Edit and MDE-Edit no longer repeat P2P's citation; they name p2p as what they build on."""
+    from locedit.cli.methods import describe_registries
+
+    info = describe_registries()["methods"]
+    p2p = info["p2p"]["papers"][0]["paper"]
+    for name in ("mag-edit", "mde-edit", "locinv"):
+        assert p2p not in [c["paper"] for c in info[name]["papers"]] and "p2p" in info[name]["built_on"]
+    for registry in (METHODS, INSTRUCT_METHODS):
+        for entry in registry.values():
+            assert all(b in registry and b != entry.name for b in entry.built_on), entry.name

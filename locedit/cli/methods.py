@@ -53,6 +53,7 @@ def describe_entry(entry, note: str = "") -> dict:
         "summary": entry.summary + note,
         "inputs": {k: INPUTS[k] for k in sorted(entry.uses)},
         "papers": [c.__dict__ for c in entry.papers],
+        "built_on": list(entry.built_on),
         "options": _options_table(entry.Options),
         "defaults": describe(entry.Options()),
         "official_differs": {k: list(v) for k, v in differences(paper, official).items()},
@@ -83,6 +84,8 @@ def cmd_methods(args) -> dict:
             lines.append(f"  {name}" + (f": {d['summary']}" if d.get("summary") else ""))
             for c in d["papers"]:
                 lines.append(f"      paper: {c['paper']}; {c['equations']}; code: {c['code']}")
+            if d.get("built_on"):
+                lines.append(f"      built on: {', '.join(d['built_on'])} (papers listed there)")
             if d.get("inputs"):
                 lines.append(f"      inputs: {', '.join(d['inputs'])}")
             for row in d["options"]:

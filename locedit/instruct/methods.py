@@ -63,7 +63,7 @@ class LIME(InstructMethod):
     Options: ClassVar[type] = LIMEOptions
     uses: ClassVar[frozenset[str]] = frozenset({"mask"})
     makes_roi: ClassVar[bool] = True
-    papers = (LIME_PAPER, IP2P_PAPER)
+    papers, built_on = (LIME_PAPER,), ("ip2p",)
 
     @staticmethod
     def run(bundle, image, instruction, num_steps, options, seed, mask=None, progress=None) -> InstructResult:

@@ -10,7 +10,7 @@ from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError
 from ..guidance.options import LocInvOptions
 from .base import Citation, Method, Plan
-from .p2p import P2P, P2P_PAPER
+from .p2p import P2P
 
 LOCINV_PAPER = Citation("Tang et al., LocInv: Localization-aware Inversion for Text-Guided Image Editing, "
                         "CVPR 2024 AI4CC workshop", "Sec. 3.3-3.4, Eq. 5-8",
@@ -39,7 +39,7 @@ class LocInv(Method):
     summary = "per-step noun tokens learned from priors of source-prompt nouns (--region NOUN=MASK), then P2P"
     Options = LocInvEditOptions
     uses = frozenset({"source_regions", "pairs", "mask", "blend_words"})
-    papers = (LOCINV_PAPER, P2P_PAPER)
+    papers, built_on = (LOCINV_PAPER,), ("p2p",)
 
     @classmethod
     def check(cls, bundle, request, options) -> None:

@@ -30,7 +30,7 @@ from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError, MaskError, PromptError
 from ..guidance.options import GuidanceOptions
 from .base import Citation, EditRequest, Method, Plan
-from .p2p import P2P_PAPER, check_p2p
+from .p2p import check_p2p
 
 MAG_LOSSES = ("token-ratio", "spatial-ratio")
 MAG_PAPER = Citation("Mao et al., MAG-Edit: Localized Image Editing in Complex Scenarios via Mask-Based "
@@ -125,7 +125,7 @@ class MAGEdit(Method):
     summary = "latent guidance inside a mask towards the edit words' attention (one or more objects)"
     Options = MAGEditOptions
     uses = frozenset({"regions", "inversion"})
-    papers = (MAG_PAPER, P2P_PAPER)
+    papers, built_on = (MAG_PAPER,), ("p2p",)
 
     @classmethod
     def check(cls, bundle, request, options) -> None:

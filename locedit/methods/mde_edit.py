@@ -34,8 +34,8 @@ from ..control.options import P2POptions
 from ..errors import LoceditError, MaskError
 from ..guidance.options import GuidanceOptions
 from .base import Citation, Method, Plan
-from .mag_edit import MAG_PAPER, check_map_masks, check_regions, guided_p2p, map_side
-from .p2p import P2P_PAPER, check_p2p
+from .mag_edit import check_map_masks, check_regions, guided_p2p, map_side
+from .p2p import check_p2p
 
 OAL_FORMS = ("bce", "quartic")
 CCL_FORMS = ("token-ratio", "spatial-ratio")
@@ -98,7 +98,7 @@ class MDEEdit(Method):
     summary = "several objects (OAL on --region words) and attributes (CCL on --attribute words) by latent guidance"
     Options = MDEEditOptions
     uses = frozenset({"regions", "attributes", "inversion"})
-    papers = (MDE_PAPER, MAG_PAPER, P2P_PAPER)
+    papers, built_on = (MDE_PAPER,), ("mag-edit", "p2p")
 
     @classmethod
     def check(cls, bundle, request, options) -> None:
