@@ -23,6 +23,7 @@ from .inversion import INVERSIONS, Trajectory
 from .inversion.editing import subscribers as trajectory_subscribers
 from .masks import dilate
 from .progress import Progress, track
+from .spec import DEFAULT_INVERSION  # the library's and the command line's one default
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def generate(bundle: ModelBundle, prompts: list[str], num_steps: int = 50, guida
     return z
 
 
-def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = "null-text", num_steps: int = 50,
+def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = DEFAULT_INVERSION, num_steps: int = 50,
            guidance: float = 7.5, options=None, progress: Progress | None = None,
            grad_checkpointing: bool = False) -> Trajectory:
     """Encode ``image`` (1, 3, S, S) and invert it with a method from :data:`INVERSIONS`
@@ -382,7 +383,7 @@ def _trajectory_for(bundle, image, request, m, options, inversion, inversion_opt
 
 
 def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *, method: str = "p2p",
-         options=None, inversion: str = "null-text", inversion_options=None, trajectory: Trajectory | None = None,
+         options=None, inversion: str = DEFAULT_INVERSION, inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
          pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
          edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0,

@@ -248,3 +248,9 @@ def test_the_default_shapes_model_refuses_words_it_does_not_know_before_loading(
     assert "'cat', 'sitting', 'grass', 'dog'" in lines[0] and "circle" in lines[0] and "--model" in lines[0]
     code, _, err = run(["instruct", scene_png[0], "--instruction", "make the cat green", "--out", str(out)], capsys)
     assert code == 2 and "'cat'" in err and "shapes-instruct" in err and not out.exists()
+
+
+def test_invert_on_the_shapes_model_refuses_unknown_words_too(scene_png, tmp_path, capsys):
+    code, _, err = run(["invert", scene_png[0], "--source", "a cat on the grass", "--out-dir", str(tmp_path / "inv")],
+                       capsys)
+    assert code == 2 and "'cat'" in err and "--model" in err and not (tmp_path / "inv").exists()

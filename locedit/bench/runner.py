@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import LoceditError
 from ..imaging import Fit
 from ..metrics import pie_masked, psnr, mse, shapes_metrics, ssim
+from ..spec import DEFAULT_INVERSION
 from .datasets import EditItem
 
 from ..instruct import INSTRUCT_METHODS
@@ -33,7 +34,7 @@ from .names import INSTRUCT, MASK_SUFFIX, bench_methods  # noqa: F401 (re-export
 class BenchConfig:
     steps: int = 50
     guidance: float = 7.5
-    inversion: str = "null-text"
+    inversion: str = DEFAULT_INVERSION
     preset: str | None = None  # "paper" | "official" | None (locedit's defaults)
     seed: int = 0
     fit: str = "pad"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..spec import DEFAULT_INVERSION
 from .common import _positive_int, add_output_flags, finite_float, seed
 
 
@@ -43,7 +44,7 @@ def register(sub) -> None:
                          "from $LOCEDIT_WEIGHTS or the Hugging Face cache)")
     bn.add_argument("--model", default="shapes", help="text-to-image model for the P2P-family methods")
     bn.add_argument("--instruct-model", default="shapes-instruct", help="InstructPix2Pix model for ip2p and lime")
-    bn.add_argument("--inversion", default="null-text", choices=_inversions(),
+    bn.add_argument("--inversion", default=DEFAULT_INVERSION, choices=_inversions(),
                     help="inversion for the methods that take one (default null-text)")
     bn.add_argument("--preset", choices=["paper", "official"],
                     help="every method's and inversion's options from the paper's or the authors' code's reading")

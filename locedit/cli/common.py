@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..errors import LoceditError
+from ..spec import DEFAULT_MODEL  # one default for the library and the command line
 
 EXIT_USAGE = 2
 
@@ -24,9 +25,6 @@ def fraction(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return v
-
-
-DEFAULT_MODEL = "shapes"
 
 
 def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str = "") -> None:

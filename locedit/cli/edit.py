@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LoceditError
+from ..spec import DEFAULT_INVERSION
 from .common import (add_image_limit_flags, add_model_args, add_option_flags, add_output_flags, apply_option_flags,
                      finite_float, limits, option_flag_table)
 
@@ -87,7 +88,7 @@ def _register_invert(sub) -> None:
     add_image_limit_flags(v)
     v.add_argument("--guidance", type=finite_float, default=7.5,
                    help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
-    v.add_argument("--inversion", default="null-text", choices=list(INVERSIONS), help="(default null-text)")
+    v.add_argument("--inversion", default=DEFAULT_INVERSION, choices=list(INVERSIONS), help=f"(default {DEFAULT_INVERSION})")
     v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
     g = v.add_argument_group("inversion options")
     add_option_flags(g, option_flag_table(_inversion_classes()))
@@ -159,7 +160,9 @@ def cmd_invert(args) -> dict:
     from dataclasses import asdict
 
     from .. import pipeline
+    from ..api import check_vocabulary
     from ..fileio import _umask, load_image
+    from ..spec import DEFAULT_MODEL
     from .common import fit_image, load_bundle, progress
 
     options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
@@ -175,6 +178,7 @@ def cmd_invert(args) -> dict:
     if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
         raise LoceditError(f"--out-dir {str(out)!r} is not writable")
     image = load_image(args.image, **limits(args))
+    check_vocabulary(args.model or DEFAULT_MODEL, {"source": args.prompt})
     bundle = load_bundle(args)
     fit, fitted = fit_image(bundle, image, args.fit)
     traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance, options,
@@ -224,7 +228,7 @@ def parse_edit(args):
         max_pixels=None if args.max_image_pixels == MAX_PIXELS else args.max_image_pixels,
         max_bytes=None if max_bytes == MAX_BYTES else max_bytes)
     api.check(spec)
-    method, inversion = METHODS[args.method], args.inversion or "null-text"
+    method, inversion = METHODS[args.method], args.inversion or DEFAULT_INVERSION
     table = option_flag_table({**_method_classes(), **_inversion_classes()})
     key, inversion_key = f"method {args.method}", f"inversion {inversion}"
     candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}
