@@ -208,3 +208,18 @@ def test_bench_instruct_methods_record_roi_iou(instruct_dir, tmp_path):
     rows = {r["method"]: r for r in load_rows(tmp_path)}
     assert 0.0 <= rows["lime"]["roi_iou"] <= 1.0 and "roi_iou" not in rows["ip2p"]
     assert "oracle_success" in rows["ip2p"]
+
+
+def test_report_tables_stay_narrow_and_show_every_metric(tmp_path):
+    """Issue 31: report.md's one 16-column table is split into tables of at most six metric columns."""
+    from locedit.bench.report import METRICS, TABLE_WIDTH
+
+    metrics = list(METRICS)[:16]
+    append_row(tmp_path / "results.jsonl", {"id": "1", "method": "p2p", "edit_type": "colour",
+                                            **{m: 1.0 for m in metrics}})
+    text = write_report(tmp_path)["markdown"].read_text()
+    headers = [line for line in text.splitlines() if line.startswith("| method |")]
+    assert len(headers) == 2 * -(-len(metrics) // TABLE_WIDTH)  # per method, and per method and edit type
+    assert all(line.count("|") - 1 <= 3 + TABLE_WIDTH + 1 for line in headers)
+    for m in metrics:
+        assert sum(f"(`{m}`)" in line for line in headers) == 2

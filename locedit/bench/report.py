@@ -69,9 +69,28 @@ def summarise(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, 
     return out
 
 
-def markdown_table(summary, edit_types: bool = True) -> str:
+TABLE_WIDTH = 6  # metric columns per table: a report's tables stay readable
+
+
+def metric_groups(summary, edit_types: bool = True) -> list[list[str]]:
+    """The metrics of ``summary`` in :data:`METRICS`' order (others after), in tables of at most
+    :data:`TABLE_WIDTH` columns."""
+    keys = [k for k in summary if edit_types or k[1] == "all"]
+    found = {m for k in keys for m in summary[k] if m != "errors"}
+    order = [m for m in METRICS if m in found] + sorted(found - set(METRICS))
+    return [order[i: i + TABLE_WIDTH] for i in range(0, len(order), TABLE_WIDTH)] or [[]]
+
+
+def markdown_tables(summary, edit_types: bool = True) -> str:
+    """:func:`markdown_table` for each group of :func:`metric_groups`, one after another."""
+    return "\n\n".join(markdown_table(summary, edit_types, group) for group in metric_groups(summary, edit_types))
+
+
+def markdown_table(summary, edit_types: bool = True, metrics: list[str] | None = None) -> str:
+    """Rows per method (and edit type), a column per metric (all of them, or ``metrics``), errors last."""
     keys = sorted(k for k in summary if edit_types or k[1] == "all")
-    metrics = sorted({m for k in keys for m in summary[k] if m != "errors"})
+    if metrics is None:
+        metrics = sorted({m for k in keys for m in summary[k] if m != "errors"})
     lines = ["| method | edit type | n | " + " | ".join(f"{label(m)} (`{m}`)" for m in metrics) + " | errors |",
              "|---|---|---:|" + "---:|" * len(metrics) + "---:|"]
     for k in keys:
@@ -172,8 +191,8 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     if malformed:
         where = ", ".join(f"{f}:{n}" for f, n in malformed[:10]) + (" ..." if len(malformed) > 10 else "")
         skipped = f"{len(malformed)} line(s) without an id and a method were skipped: {where}\n\n"
-    md.write_text("# Benchmark report\n\n" + settings + skipped + "## Per method\n\n" + markdown_table(summary, edit_types=False)
-                  + "\n\n## Per method and edit type\n\n" + markdown_table(summary) + "\n")
+    md.write_text("# Benchmark report\n\n" + settings + skipped + "## Per method\n\n" + markdown_tables(summary, edit_types=False)
+                  + "\n\n## Per method and edit type\n\n" + markdown_tables(summary) + "\n")
     written = {"markdown": md, "gallery": gallery(rows, folder)}
     for p in plots(summary, folder):
         written[p.stem] = p
