@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import LoceditError
-from .spec import DEFAULT_INVERSION, DEFAULT_MODEL, EditSpec
+from .spec import DEFAULT_MODEL, EditSpec
 
 
 @dataclass
@@ -67,7 +67,7 @@ def resolve_options(spec: EditSpec):
         raise LoceditError(f"unknown method {spec.method!r}; choose one of {', '.join(METHODS)}")
     method = METHODS[spec.method]
     options = spec.options if spec.options is not None else preset(method.Options, spec.preset)
-    inversion = spec.inversion or DEFAULT_INVERSION
+    inversion = spec.inversion or method.inversion
     if inversion not in INVERSIONS:
         raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
     uses_inversion = method.takes_inversion(options)
@@ -318,7 +318,7 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
         mask = fit.from_model(fitted_mask)
     result = pipeline.edit(
         bundle, fitted, inputs.source, spec.target, method=spec.method, options=options,
-        inversion=spec.inversion or DEFAULT_INVERSION, inversion_options=inversion_options,
+        inversion=spec.inversion or method.inversion, inversion_options=inversion_options,
         trajectory=inputs.trajectory, mask=fitted_mask, blend_words=spec.blend_words,
         regions=[Region(w, fit.to_model(m, binary=True)) for w, m in inputs.regions],
         attributes=[Region(w, fit.to_model(m, binary=True)) for w, m in inputs.attributes], pairs=pairs,

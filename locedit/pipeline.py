@@ -317,6 +317,7 @@ def _checked_request(bundle, image, source, target, method, options, inversion, 
     if method not in METHODS:
         raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     m = METHODS[method]
+    inversion = inversion or m.inversion  # none named: the one its paper uses
     options = options if options is not None else m.Options()
     if not isinstance(options, m.Options):
         raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
@@ -353,7 +354,7 @@ def _checked_request(bundle, image, source, target, method, options, inversion, 
         from .diffusion.text import token_positions
 
         token_positions(bundle.tokenizer, target, w)
-    return m, options, request
+    return m, options, request, inversion
 
 
 def _trajectory_for(bundle, image, request, m, options, inversion, inversion_options, num_steps, guidance, progress,
@@ -383,7 +384,7 @@ def _trajectory_for(bundle, image, request, m, options, inversion, inversion_opt
 
 
 def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *, method: str = "p2p",
-         options=None, inversion: str = DEFAULT_INVERSION, inversion_options=None, trajectory: Trajectory | None = None,
+         options=None, inversion: str | None = None, inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
          pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
          edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0,
@@ -392,7 +393,9 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     with ``method`` from :data:`locedit.methods.METHODS`.
 
     ``options``: the method's options dataclass (default: its defaults; ``locedit.options.preset``
-    builds the paper's or the official reading). Inputs, at the model's size: ``mask``
+    builds the paper's or the official reading). ``inversion``: a name of :data:`INVERSIONS` (None:
+    the one the method's paper uses, ``Method.inversion``: null-text for P2P, MAG-Edit, MDE-Edit;
+    DDIM for MasaCtrl, Plug-and-Play, DiffEdit). Inputs, at the model's size: ``mask``
     (1, 1, S, S), ``blend_words`` (source word, target word), ``regions`` / ``attributes``
     (:class:`locedit.masks.Region`), ``pairs`` ((adjective, noun), LocInv). An input the method does
     not use is refused. ``record_words``: target words whose accumulated maps are returned in
@@ -402,7 +405,7 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
     options, steps and guidance on the same model is taken from it instead of being run again.
     Every check runs before the first UNet call.
     """
-    m, options, request = _checked_request(bundle, image, source, target, method, options, inversion, trajectory,
+    m, options, request, inversion = _checked_request(bundle, image, source, target, method, options, inversion, trajectory,
                                            mask, blend_words, regions, attributes, pairs, record_words, num_steps,
                                            edit_options, seed)
     plan = m.build(bundle, request, options)

@@ -194,3 +194,20 @@ def test_a_controller_can_rewrite_queries_keys_and_values(bundle):
     torch.testing.assert_close(edited[0], plain[0], rtol=1e-4, atol=1e-5)  # the source row is untouched
     assert (edited[1] - plain[1]).abs().max() > 1e-3  # the target's self-attention now reads the source's
     assert torch.equal(after, plain)  # the processors were restored
+
+
+def test_every_method_runs_with_its_defaults_alone_on_the_inversion_its_paper_uses(scene_png, tmp_path, capsys):
+    """Issue 31: with no --inversion a method runs on its paper's (PnP: DDIM, whose null embedding its
+    negative prompt may replace; it was refused on the null-text default)."""
+    import json
+
+    from locedit.cli import main
+    from locedit.methods import METHODS
+
+    assert {name: m.inversion for name, m in METHODS.items() if "inversion" in m.uses} == {
+        "p2p": "null-text", "mag-edit": "null-text", "mde-edit": "null-text", "masactrl": "ddim", "pnp": "ddim",
+        "blended": "ddim", "diffedit": "ddim"}
+    out = tmp_path / "pnp.png"
+    assert main(["edit", scene_png[0], "--source", "a red square", "--target", "a blue square", "--method", "pnp",
+                 "--model", "tiny-random", "--steps", "2", "--quiet", "--json", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["inversion"] == "ddim" and out.exists()

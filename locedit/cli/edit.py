@@ -60,8 +60,9 @@ def register(sub) -> None:
                    help="start every option of the method and inversion from the paper's reading or the authors' "
                         "code's (default: locedit's defaults, the paper's where it is explicit; docs/conformance.md)")
     m.add_argument("--inversion", choices=list(INVERSIONS),
-                   help="how the image is inverted (default null-text; not with methods that invert themselves, "
-                        "such as locinv)")
+                   help="how the image is inverted (default: the method's paper's, null-text for p2p, mag-edit, "
+                        "mde-edit, ddim for masactrl, pnp, diffedit; not with methods that invert themselves, such "
+                        "as locinv)")
     _edit_inputs_and_outputs(e)
     e.add_argument("--spec", metavar="FILE",
                    help="JSON (or YAML, with PyYAML) object of options, keyed by long option name without "
@@ -228,7 +229,8 @@ def parse_edit(args):
         max_pixels=None if args.max_image_pixels == MAX_PIXELS else args.max_image_pixels,
         max_bytes=None if max_bytes == MAX_BYTES else max_bytes)
     api.check(spec)
-    method, inversion = METHODS[args.method], args.inversion or DEFAULT_INVERSION
+    method = METHODS[args.method]
+    inversion = args.inversion or method.inversion  # none named: the one its paper uses
     table = option_flag_table({**_method_classes(), **_inversion_classes()})
     key, inversion_key = f"method {args.method}", f"inversion {inversion}"
     candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}

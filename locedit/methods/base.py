@@ -112,6 +112,8 @@ class Method(Entry):
     :class:`locedit.registry.Entry`."""
 
     needs: ClassVar[frozenset[str]] = frozenset()  # inputs of ``uses`` it cannot run without (the bench gives them)
+    # the inversion its paper uses, run when none is named (a method that takes one)
+    inversion: ClassVar[str] = "null-text"
     takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     @classmethod

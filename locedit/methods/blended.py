@@ -123,6 +123,7 @@ class Blended(Method):
     summary = "Blended Latent Diffusion: target sampling, the background replaced by the noised source (--mask)"
     Options = BlendedOptions
     uses = frozenset({"mask", "inversion"})
+    inversion = "ddim"  # with --blended-noise inversion: a plain DDIM inversion
     needs = frozenset({"mask"})
     papers = (BLD_PAPER,)
 

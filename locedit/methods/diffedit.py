@@ -134,6 +134,7 @@ class DiffEdit(Method):
     summary = "DiffEdit: a mask from the two prompts' noise estimates, then masked decoding from the inversion"
     Options = DiffEditOptions
     uses = frozenset({"inversion"})
+    inversion = "ddim"  # DiffEdit's encoding is DDIM's
     papers = (DIFFEDIT_PAPER,)
 
     @classmethod

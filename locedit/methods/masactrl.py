@@ -62,6 +62,7 @@ class MasaCtrl(Method):
                "--masactrl-auto WORD: mask-guided)")
     Options = MasaCtrlOptions
     uses = frozenset({"mask", "inversion"})
+    inversion = "ddim"  # its real-image editing runs on DDIM inversion
     papers = (MASACTRL_PAPER,)
 
     @classmethod

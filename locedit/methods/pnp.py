@@ -62,6 +62,7 @@ class PnP(Method):
     summary = "Plug-and-Play: the source's decoder features and self-attention queries/keys injected (any inversion)"
     Options = PnPOptions
     uses = frozenset({"inversion"})
+    inversion = "ddim"  # Plug-and-Play inverts real images with DDIM
     papers = (PNP_PAPER,)
 
     @classmethod
