@@ -18,8 +18,29 @@ from .errors import LoceditError
 from .spec import DEFAULT_MODEL, EditSpec
 
 
+class _Saves:
+    """What a result at the input size offers beside its tensors."""
+
+    @property
+    def image(self):
+        """The edit as a PIL image (RGB, the input's size)."""
+        from PIL import Image
+
+        a = (self.edited[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+        return Image.fromarray(a)
+
+    def save(self, path) -> str:
+        """Write the edit to ``path`` (.png with locedit's metadata as text chunks, or .jpg / .webp),
+        atomically."""
+        from .fileio import check_output, save_png
+
+        check_output(path, "path")
+        save_png(self.edited, path, self.meta)
+        return str(path)
+
+
 @dataclass
-class Edited:
+class Edited(_Saves):
     """An edit's result at the input image's size: ``edited`` and ``source`` (1, 3, H, W) in [0, 1];
     ``mask`` (1, 1, H, W) the user's or DiffEdit's mask, if any; ``meta`` what the PNG records."""
 
@@ -369,7 +390,7 @@ def metadata(spec: EditSpec, bundle, result, options, inversion_options, options
 
 
 @dataclass
-class Instructed:
+class Instructed(_Saves):
     """An instruction edit at the input size: ``edited``, ``source`` (1, 3, H, W); ``roi`` (1, 1, H, W)
     the region LIME edited, if the method finds one."""
 

@@ -23,4 +23,5 @@ def test_readme_python_example_runs(monkeypatch):
     assert edited.shape == (1, 3, 64, 64)
     exec(compile(blocks[1], "README.md", "exec"), scope)  # the edit as data, in the first block's scope
     assert scope["done"].edited.shape == (1, 3, 64, 64) and scope["spec"].command().startswith("locedit edit ")
+    assert scope["done"].image.size == (64, 64)
     assert os.getcwd() == str(ROOT)

@@ -75,6 +75,10 @@ def test_the_library_runs_a_spec_as_the_command_line_does(model_dir, scene_png, 
     lib = (result.edited[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     assert result.edited.shape[-2:] == (48, 80) and np.array_equal(png, lib)
     assert summary["command"] == spec.command() == result.meta["command"]
+    saved = result.save(tmp_path / "lib.png")  # the library writes what the command line writes
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), png)
+    assert np.array_equal(np.asarray(result.image), png)
+    assert Image.open(saved).text["locedit:command"] == Image.open(out).text["locedit:command"]
     recorded = Image.open(out).text["locedit:command"]
     assert parse(shlex.split(recorded)[2:]) == parse(spec.argv())  # the PNG's line reproduces the edit
 
