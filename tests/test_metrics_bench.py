@@ -223,3 +223,23 @@ def test_report_tables_stay_narrow_and_show_every_metric(tmp_path):
     assert all(line.count("|") - 1 <= 3 + TABLE_WIDTH + 1 for line in headers)
     for m in metrics:
         assert sum(f"(`{m}`)" in line for line in headers) == 2
+
+
+def test_the_bench_reports_each_edits_steps_with_its_item_and_method(bundle, tmp_path):
+    """Issue 31: the bench shows progress from the first edit's first steps, naming the item and the
+    method, not only when an item ends."""
+    from locedit.bench.datasets import load_shapes
+    from locedit.bench.runner import BenchConfig, run_bench
+
+    seen = []
+
+    def progress(iterable, desc):
+        seen.append(desc)
+        return iterable
+
+    items = list(load_shapes("n=1"))
+    run_bench(items, ["p2p"], tmp_path / "run", t2i=bundle, config=BenchConfig(steps=2, inversion="ddim"),
+              progress=progress)
+    tag = f"[1/1] {items[0].id} p2p: "
+    assert seen[0].startswith("bench rank")
+    assert f"{tag}ddim inversion" in seen and f"{tag}editing" in seen

@@ -143,3 +143,23 @@ def test_instruction_methods_run_through_locedit_instruct(instruct_bundle, pictu
         s.edit(EditInputs(picture, SRC, TGT, method="lime", steps=3))
     with pytest.raises(LoceditError, match="boxes are not used by --method ip2p"):
         s.edit(EditInputs(picture, "", "", method="ip2p", instruction="make it blue", boxes="1,1,9,9", steps=3))
+
+
+def test_the_compare_progress_names_the_method_it_is_on(session, picture):
+    """Issue 31: each bar of a comparison says which method runs."""
+    pytest.importorskip("gradio")
+    from locedit.ui.page import progress_adapter
+
+    class Display:
+        def __init__(self):
+            self.descs = []
+
+        def tqdm(self, iterable, desc):
+            self.descs.append(desc)
+            return iterable
+
+    display = Display()
+    session.edit(EditInputs(picture, SRC, TGT, method="masactrl", inversion="ddim", steps=3,
+                            options={"masactrl-step": "1"}), {}, progress_adapter(display, "masactrl: "))
+    assert display.descs and all(d.startswith("masactrl: ") for d in display.descs)
+    assert any("editing" in d for d in display.descs)

@@ -166,9 +166,10 @@ def _save(image: torch.Tensor, path: Path, metadata: dict | None = None) -> str:
     return str(path)
 
 
-def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> tuple[torch.Tensor, int, dict]:
+def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig,
+               progress: Callable | None = None) -> tuple[torch.Tensor, int, dict]:
     """Edit one item with one method; returns (image at the item's size, UNet calls, extra figures
-    such as LIME's RoI IoU with the item's mask)."""
+    such as LIME's RoI IoU with the item's mask). ``progress``: the edit's own steps."""
     bundle = ip2p if method in INSTRUCT else t2i
     if bundle is None:
         raise LoceditError(f"method {method!r} needs {'an instruct' if method in INSTRUCT else 'a text-to-image'} model")
@@ -177,14 +178,15 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig) -> t
         from .. import api
 
         spec, files = item_spec(method, item, config, bundle.name)
-        return api.edit(spec, files=files, bundle=bundle).edited.float().cpu(), bundle.unet_calls - calls0, {}
+        edited = api.edit(spec, files=files, bundle=bundle, progress=progress).edited
+        return edited.float().cpu(), bundle.unet_calls - calls0, {}
     from ..options import preset
 
     h, w = item.image.shape[-2:]
     fit = Fit.plan(h, w, bundle.image_size, config.fit)
     m = INSTRUCT_METHODS[method]
     res = m.run(bundle, fit.to_model(item.image).to(bundle.device), item.instruction, config.steps,
-                preset(m.Options, config.preset), config.seed)
+                preset(m.Options, config.preset), config.seed, progress=progress)
     out = bundle.decode_latents(res.latents)
     extra: dict = {}
     if res.roi is not None and item.mask is not None:
@@ -280,7 +282,10 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
     mine = [it for k, it in enumerate(items) if k % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
     work = todo if progress is None else progress(todo, f"bench rank {rank}")
-    for item, method in work:
+    for k, (item, method) in enumerate(work, start=1):
+        # each edit's own bars (inversion, editing) name the item and the method, so a long first item shows
+        steps = None if progress is None else (
+            lambda iterable, desc, tag=f"[{k}/{len(todo)}] {item.id} {method}": progress(iterable, f"{tag}: {desc}"))
         src_png = out / "images" / "source" / f"{item.id}.png"
         if not src_png.exists():
             _save(item.image, src_png)
@@ -288,7 +293,7 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
             _save(item.target_image, out / "images" / "target" / f"{item.id}.png")
         t0 = time.perf_counter()
         try:
-            edited, calls, extra = run_method(method, item, t2i, ip2p, config)
+            edited, calls, extra = run_method(method, item, t2i, ip2p, config, steps)
             error = None
         except LoceditError as exc:
             edited, calls, extra, error = None, 0, {}, str(exc)

@@ -120,13 +120,14 @@ def _upload_handler(session: Session):
     return on_upload
 
 
-def progress_adapter(progress):
-    """locedit's progress interface on a Gradio progress display, each bar named by its stage."""
+def progress_adapter(progress, label: str = ""):
+    """locedit's progress interface on a Gradio progress display, each bar named by its stage (and by
+    ``label``, the method a comparison is on)."""
     stages = {"editing": "edit", "sampling": "edit"}
 
     def track(iterable, desc):
         stage = stages.get(desc, "inversion" if "inversion" in desc else desc)
-        return progress.tqdm(iterable, desc=f"{stage}: {desc}")
+        return progress.tqdm(iterable, desc=f"{label}{stage}: {desc}")
 
     return track
 
@@ -159,7 +160,7 @@ def _edit_handlers(session: Session, gr, inputs_of):
             tiles = [("source", base.image)]
             for name in chosen:
                 one = EditInputs(**{**base.__dict__, "method": name, "options": {}, "attention_words": ""})
-                tiles.append((name, session.edit(one, state, progress_adapter(progress)).edited))
+                tiles.append((name, session.edit(one, state, progress_adapter(progress, f"{name}: ")).edited))
         except LoceditError as exc:
             return state, _error(exc), gr.update()
         return state, f"compared {', '.join(chosen)} on one inversion", comparison_grid(tiles)
