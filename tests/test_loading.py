@@ -70,3 +70,19 @@ def test_incomplete_folder(model_dir, tmp_path):
     shutil.rmtree(folder / "vae")
     with pytest.raises(ModelLoadError, match="vae"):
         load_model(str(folder))
+
+
+def test_loading_prints_no_library_bars_and_restores_their_setting(model_dir, capfd):
+    """Issue 31: the library says nothing while it loads (transformers' and diffusers' own loading bars
+    are off during load_model), and the libraries' setting is as it was afterwards."""
+    import diffusers.utils.logging as d
+    import transformers.utils.logging as t
+
+    from locedit.diffusion import load_model
+
+    d.enable_progress_bar(), t.enable_progress_bar()
+    capfd.readouterr()
+    load_model(str(model_dir))
+    err = capfd.readouterr().err
+    assert "Loading" not in err and "it/s" not in err, err
+    assert d.is_progress_bar_enabled() and t.is_progress_bar_enabled()

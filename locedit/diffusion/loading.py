@@ -8,6 +8,7 @@ before anything touches the disk or the network.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -168,42 +169,67 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
         vae_folder = _locate(vae)
         if not any(f.suffix == ".safetensors" for f in vae_folder.iterdir()):
             raise ModelLoadError(f"VAE {vae!r}: {vae_folder} holds no .safetensors weights")
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
     xl = _is_sdxl(folder)
     try:
-        # diffusers wants `accelerate` for its low-memory loading and warns on every load without it
-        low_mem = importlib.util.find_spec("accelerate") is not None
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, torch_dtype=dt,
-                                                    low_cpu_mem_usage=low_mem)
-        if vae_folder is None:
-            # SDXL's own VAE overflows in half precision: float32 when its config asks (the pipeline's upcast)
-            upcast = xl and dt != torch.float32 and AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", False)
-            vae_net = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True,
-                                                    torch_dtype=torch.float32 if upcast else dt, low_cpu_mem_usage=low_mem)
-        else:
-            vae_net = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True, torch_dtype=dt,
-                                                    low_cpu_mem_usage=low_mem)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, dtype=dt)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        extra = {}
-        if xl:
-            extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-                folder, subfolder="text_encoder_2", use_safetensors=True, dtype=dt)
-            extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
-            # diffusers' SDXL pipelines default to True when the index does not say
-            extra["force_zeros_for_empty_prompt"] = bool(_model_index(folder).get("force_zeros_for_empty_prompt", True))
-            extra["vae_dtype"] = vae_net.dtype
-        scheduler_config = dict(DDIMScheduler.load_config(folder, subfolder="scheduler"))
+        with _no_loading_bars():  # the library says nothing while it loads; the caller's progress is its own
+            parts = _components(folder, vae_folder, xl, dt)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"model {model!r} could not be loaded: {first[:200]}") from None
+    unet, vae_net, text_encoder, tokenizer, scheduler_config, extra = parts
     if xl and unet.config.addition_embed_type != "text_time":
         raise ModelLoadError(f"model {model!r} has two text encoders but its UNet takes no pooled text embedding "
                              f"(addition_embed_type {unet.config.addition_embed_type!r}, SDXL's is 'text_time')")
     return finish_bundle(unet, vae_net, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt,
                          **extra)
+
+
+@contextlib.contextmanager
+def _no_loading_bars():
+    """diffusers' and transformers' own loading bars off, restored as they were in ``finally``."""
+    import diffusers.utils.logging as d
+    import transformers.utils.logging as t
+
+    was = [(lib, lib.is_progress_bar_enabled()) for lib in (d, t)]
+    for lib, _ in was:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, on in was:
+            if on:
+                lib.enable_progress_bar()
+
+
+def _components(folder, vae_folder, xl: bool, dt):
+    """(unet, vae, text encoder, tokenizer, scheduler config, SDXL extras) of a diffusers folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    # diffusers wants `accelerate` for its low-memory loading and warns on every load without it
+    low_mem = importlib.util.find_spec("accelerate") is not None
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, torch_dtype=dt,
+                                                low_cpu_mem_usage=low_mem)
+    if vae_folder is None:
+        # SDXL's own VAE overflows in half precision: float32 when its config asks (the pipeline's upcast)
+        upcast = xl and dt != torch.float32 and AutoencoderKL.load_config(folder, subfolder="vae").get("force_upcast", False)
+        vae_net = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True,
+                                                torch_dtype=torch.float32 if upcast else dt, low_cpu_mem_usage=low_mem)
+    else:
+        vae_net = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True, torch_dtype=dt,
+                                                low_cpu_mem_usage=low_mem)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True, dtype=dt)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    extra = {}
+    if xl:
+        extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            folder, subfolder="text_encoder_2", use_safetensors=True, dtype=dt)
+        extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+        # diffusers' SDXL pipelines default to True when the index does not say
+        extra["force_zeros_for_empty_prompt"] = bool(_model_index(folder).get("force_zeros_for_empty_prompt", True))
+        extra["vae_dtype"] = vae_net.dtype
+    scheduler_config = dict(DDIMScheduler.load_config(folder, subfolder="scheduler"))
+    return unet, vae_net, text_encoder, tokenizer, scheduler_config, extra
 
 
 def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
