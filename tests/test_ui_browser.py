@@ -43,6 +43,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_LOGS = []  # the running server's log, for the tests that read what it printed
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
@@ -52,6 +55,7 @@ def server(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "locedit", "ui", "--model", "shapes", "--port", str(port),
                                  "--max-image-pixels", "5000"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
+    SERVER_LOGS.append(log)
     try:
         deadline = time.time() + 180
         while True:
@@ -156,3 +160,12 @@ def test_a_file_that_is_not_an_image_shows_the_error(page, tmp_path):
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(good)
     page.locator("#file input[type=file]").set_input_files(str(good))
     page.wait_for_function("document.querySelector('#upload-error').innerText.trim() === ''")
+
+
+def test_the_server_says_where_it_serves_without_gradios_share_hint(server):
+    """Issue 31: `locedit ui` prints its own address line, not Gradio's share=True hint."""
+    deadline = time.time() + 30
+    while "locedit ui: serving" not in SERVER_LOGS[-1].read_text() and time.time() < deadline:
+        time.sleep(0.5)
+    log = SERVER_LOGS[-1].read_text()
+    assert f"on {server.rstrip('/')}" in log and "share=True" not in log, log[-1000:]

@@ -252,5 +252,16 @@ def launch(session: Session, host: str, port: int) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build(session)
     demo.queue(default_concurrency_limit=1)  # one edit at a time per process; the rest wait in line
+    # Gradio's own banner ends with a share=True hint a command-line user cannot act on: say the address
+    # ourselves, once the server is up, and keep Gradio quiet
     demo.launch(server_name=host, server_port=port, max_file_size=session.config.max_bytes, ssr_mode=False,
-                show_error=True, quiet=False, footer_links=[])
+                show_error=True, quiet=True, footer_links=[], prevent_thread_lock=True)
+    import sys
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    sys.stderr.write(f"locedit ui: serving {session.config.model} on http://{shown}:{port} (Ctrl+C stops it)\n")
+    sys.stderr.flush()
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
