@@ -286,3 +286,32 @@ def test_guided_methods_run_at_half_precision(method, image):
     res = pipeline.edit(b, image if traj is None else None, SRC, TGT, method=method, trajectory=traj,
                         num_steps=STEPS, **kwargs)
     assert torch.isfinite(res.edited).all()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_diffusers_pipeline_edits_through_locedit_without_reloading(family, image):
+    """Issue 31: a researcher holding a StableDiffusion(XL)Pipeline reaches locedit's editing from it:
+    the bundle shares the pipeline's networks (no weight loaded again) and edits as locedit's own bundle
+    of the same weights does, bitwise."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from locedit.diffusion import from_pipeline
+    from locedit.diffusion.tiny import tiny_components
+
+    if family == "sd1":
+        unet, vae, te, tok, cfg = tiny_components(seed=0)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                       scheduler=DDIMScheduler.from_config(cfg), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    else:
+        unet, vae, te, te2, tok, tok2, cfg = tiny_sdxl_components(seed=0)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
+                                         unet=unet, scheduler=DDIMScheduler.from_config(cfg))
+    bundle = from_pipeline(pipe, name="mine")
+    assert bundle.unet is pipe.unet and bundle.vae is pipe.vae and bundle.text_encoder is pipe.text_encoder
+    ours = pipeline.edit(bundle, image, SRC, TGT, inversion="ddim", num_steps=2, blend_words=("square", "square"))
+    from locedit.diffusion.tiny import tiny_bundle
+
+    same = tiny_bundle(seed=0) if family == "sd1" else tiny_sdxl_bundle(seed=0)  # the same weights, built by locedit
+    theirs = pipeline.edit(same, image, SRC, TGT, inversion="ddim", num_steps=2, blend_words=("square", "square"))
+    assert torch.equal(ours.sample.latents, theirs.sample.latents)

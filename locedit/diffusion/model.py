@@ -299,3 +299,23 @@ def finish_bundle(unet, vae, text_encoder, tokenizer, scheduler_config, name, de
         tokenizer_2=tokenizer_2,
         force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
     )
+
+
+def from_pipeline(pipe, name: str | None = None, dtype: torch.dtype | None = None) -> ModelBundle:
+    """A bundle over a diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (or their
+    InstructPix2Pix variants) the caller already holds: the same UNet, VAE, text encoder(s) and
+    tokenizer(s), no weight loaded again, the scheduler's config as the sampler's. The networks are put
+    in eval mode with gradients off (locedit optimises latents and embeddings, never weights) and stay
+    on their device; ``dtype`` defaults to the UNet's."""
+    unet = pipe.unet
+    dtype = dtype or next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    extra = {}
+    if xl:
+        extra = dict(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
+                     force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+                     vae_dtype=pipe.vae.dtype)
+    return finish_bundle(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
+                         name or pipe.config.get("_name_or_path") or type(pipe).__name__, device, dtype,
+                         **extra)
