@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import LoceditError
 from .spec import DEFAULT_MODEL, EditSpec
+
+if TYPE_CHECKING:  # torch is imported where the work starts: a bad input is refused before it loads
+    import torch
 
 
 class _Saves:
@@ -58,6 +60,8 @@ class Edited(_Saves):
     def panel(self) -> torch.Tensor:
         """(1, 3, H, 3W): source | edit | mask (the user mask, or the local-blend mask, or the edit's
         change, normalised, when there is neither)."""
+        import torch
+
         mask = self.mask if self.mask is not None else self.blend_mask
         if mask is None:
             diff = (self.edited - self.source).abs().amax(dim=1, keepdim=True)
@@ -67,6 +71,7 @@ class Edited(_Saves):
     def attention_grid(self) -> torch.Tensor:
         """(1, 3, S, S * words): each recorded word's map, max-normalised, nearest-upscaled to the
         model's size S."""
+        import torch
         import torch.nn.functional as F
 
         tiles = []
@@ -162,7 +167,7 @@ def check_vocabulary(model: str, texts: dict[str, str]) -> None:
 
 
 def edit_options(spec: EditSpec):
-    from .pipeline import EditOptions
+    from .options import EditOptions
 
     try:
         return EditOptions(guidance=spec.guidance, npi_null=spec.npi_null, proximal_quantile=spec.proximal,
@@ -192,6 +197,8 @@ def _limits(spec) -> dict:
 
 def as_image(value) -> torch.Tensor:
     """An in-memory image: (H, W, 3) uint8 array or (1, 3, H, W) float tensor -> (1, 3, H, W) in [0, 1]."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.float()
     import numpy as np
@@ -202,6 +209,8 @@ def as_image(value) -> torch.Tensor:
 
 def as_mask(value) -> torch.Tensor:
     """An in-memory mask: (H, W) bool array or (1, 1, H, W) tensor -> (1, 1, H, W) binary float."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return (value.float() > 0.5).float()
     import numpy as np
@@ -226,6 +235,22 @@ class Files:
 
         return as_mask(self.memory[ref]) if ref in self.memory else load_mask(ref, **self.limits)
 
+    def check_sizes(self, spec) -> None:
+        """Every mask file the same size as the image, from the files' headers alone (nothing decoded,
+        torch not yet loaded: a wrong mask is refused at once)."""
+        from .fileio import MaskError, header_size, looks_like_box
+
+        if not spec.image or spec.image in self.memory:
+            return
+        height, width = header_size(spec.image, "image", **self.limits)
+        wheres = list(spec.masks) + [r.partition("=")[2] for r in spec.regions + spec.attributes]
+        for where in wheres:
+            if where in self.memory or not where or looks_like_box(where):
+                continue
+            h, w = header_size(where, "mask", **self.limits)
+            if (h, w) != (height, width):
+                raise MaskError(f"mask {where!r} is {w}x{h} but the image is {width}x{height}")
+
     def region(self, text: str, height: int, width: int):
         from .fileio import check_user_mask, region_spec
 
@@ -239,6 +264,8 @@ class Files:
 
 def read_inputs(spec: EditSpec, memory: dict | None = None) -> _Inputs:
     """Read the image, masks, boxes, regions and a saved inversion (``memory``: see :class:`Files`)."""
+    import torch
+
     from .fileio import box_mask, check_user_mask
     from .inversion import Trajectory
 
@@ -281,6 +308,8 @@ def load_spec_model(spec: EditSpec, bundle=None, trajectory=None):
 
 
 def _diffedit_mask(bundle, fitted, source: str, spec: EditSpec):
+    import torch
+
     from .methods.diffedit import DiffEditOptions, diffedit_mask
 
     with torch.no_grad():
@@ -308,11 +337,15 @@ def _record_words(spec: EditSpec, method, inputs: _Inputs) -> tuple[str, ...]:
     return tuple(words)
 
 
-def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=None, cache: dict | None = None) -> Edited:
+def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=None, cache: dict | None = None,
+         before_load=None) -> Edited:
     """Run ``spec``: every check the inputs allow comes before the model is loaded (``files``: images
     and masks held in memory under the names the spec gives, :class:`Files`; ``bundle``: a model the
     caller holds; ``progress``: :mod:`locedit.progress`'s interface; ``cache``: the caller's inversion
-    cache, :func:`locedit.pipeline.edit`)."""
+    cache, :func:`locedit.pipeline.edit`; ``before_load``: called once the inputs are checked, before
+    the model loads: an edge's own set-up, such as the command line's)."""
+    import torch
+
     from . import pipeline
     from .imaging import Fit
     from .masks import Region
@@ -320,11 +353,21 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
     check(spec)
     method, options, uses_inversion, inversion_options = resolve_options(spec)
     options_for_edit = edit_options(spec)
+    if spec.grad_checkpointing:
+        from .methods.base import check_grad_checkpointing
+
+        check_grad_checkpointing(method, options, spec.inversion or method.inversion if uses_inversion else None,
+                                 bool(spec.from_inversion))
+    Files(files, _limits(spec)).check_sizes(spec)  # the files' headers: nothing decoded yet
+    if bundle is None and (spec.model or not spec.from_inversion):  # the model is known: check its words now
+        check_vocabulary(spec.model or DEFAULT_MODEL, {"source": spec.source, "target": spec.target})
     pairs = [tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds]
     inputs = read_inputs(spec, files)
     model = bundle.name if bundle is not None else spec.model or (
         inputs.trajectory.model if inputs.trajectory is not None and inputs.trajectory.model else DEFAULT_MODEL)
     check_vocabulary(model, {"source": inputs.source, "target": spec.target})
+    if before_load is not None:
+        before_load()
     bundle = load_spec_model(spec, bundle, inputs.trajectory)
     mode = inputs.manifest["image"].get("fit", spec.fit) if inputs.manifest else spec.fit
     fit = Fit.plan(inputs.height, inputs.width, bundle.image_size, mode)
@@ -403,12 +446,15 @@ class Instructed(_Saves):
 
     def panel(self) -> torch.Tensor:
         """(1, 3, H, 3W): source | edit | region (or the edit's change where there is none)."""
+        import torch
+
         third = self.roi if self.roi is not None else (self.edited - self.source).abs().amax(1, keepdim=True)
         return torch.cat([self.source, self.edited, third.expand(-1, 3, -1, -1)], dim=3)
 
 
-def instruct(spec, *, files: dict | None = None, bundle=None, progress=None) -> Instructed:
-    """Run an :class:`locedit.spec.InstructSpec` (``files``, ``bundle``, ``progress`` as :func:`edit`)."""
+def instruct(spec, *, files: dict | None = None, bundle=None, progress=None, before_load=None) -> Instructed:
+    """Run an :class:`locedit.spec.InstructSpec` (``files``, ``bundle``, ``progress``, ``before_load`` as
+    :func:`edit`)."""
     import torch.nn.functional as F
 
     from . import __version__
@@ -436,6 +482,8 @@ def instruct(spec, *, files: dict | None = None, bundle=None, progress=None) -> 
         check_user_mask(mask, spec.mask, height, width)
     if bundle is not None and spec.vae:
         raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
+    if before_load is not None:
+        before_load()
     bundle = bundle or load_model(spec.model, spec.device, spec.dtype, vae=spec.vae)
     try:
         bundle.steps(spec.steps)

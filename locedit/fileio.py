@@ -78,9 +78,9 @@ def _to_float(im):
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
     """PNG/JPEG/WebP/... -> (1, 3, H, W) float in [0, 1]; refuses files over the byte or pixel limit
     before decoding them."""
+    im = _open_checked(path, "image", LoceditError, max_pixels, max_bytes)  # before torch loads: a bad file is quick
     import torch
 
-    im = _open_checked(path, "image", LoceditError, max_pixels, max_bytes)
     try:
         with im:
             arr = _to_float(im)
@@ -94,15 +94,24 @@ def load_mask(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = M
     """PNG -> (1, 1, H, W) binary float: pixels brighter than half of the file's range are in (127 of
     255 for 8-bit masks, 32767 of 65535 for 16-bit ones)."""
     import numpy as np
+
+    im = _open_checked(path, "mask", MaskError, max_pixels, max_bytes)  # before torch loads
     import torch
 
-    im = _open_checked(path, "mask", MaskError, max_pixels, max_bytes)
     try:
         with im:
             arr = _to_float(im).mean(axis=2)
     except (OSError, ValueError):
         raise MaskError(f"mask {str(path)!r} cannot be read as an image") from None
     return torch.from_numpy((arr > 127.5 / 255).astype(np.float32))[None, None]
+
+
+def header_size(path: str | Path, what: str = "image", max_pixels: int = MAX_PIXELS,
+                max_bytes: int = MAX_BYTES) -> tuple[int, int]:
+    """(height, width) of an image file from its header, with the limits checked; nothing decoded."""
+    im = _open_checked(path, what, MaskError if what == "mask" else LoceditError, max_pixels, max_bytes)
+    with im:
+        return im.size[1], im.size[0]
 
 
 def box_mask(spec: str, height: int, width: int):
@@ -127,14 +136,18 @@ def check_user_mask(m, name: str, height: int, width: int) -> None:
         raise MaskError(f"mask {name!r} is empty (no white pixel)")
 
 
+def looks_like_box(where: str) -> bool:
+    """A region's ``x0,y0,x1,y1`` (four numbers) rather than a mask file's name."""
+    parts = where.split(",")
+    return len(parts) == 4 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in parts)
+
+
 def region_spec(spec: str, height: int, width: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
     """'WORD=mask.png' or 'WORD=x0,y0,x1,y1' -> (word, (1, 1, H, W) mask)."""
     word, sep, where = spec.partition("=")
     if not sep or not word.strip() or not where:
         raise MaskError(f"region {spec!r} is not WORD=MASK.png or WORD=x0,y0,x1,y1")
-    parts = where.split(",")
-    looks_like_box = len(parts) == 4 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in parts)
-    m = box_mask(where, height, width) if looks_like_box else load_mask(where, max_pixels, max_bytes)
+    m = box_mask(where, height, width) if looks_like_box(where) else load_mask(where, max_pixels, max_bytes)
     check_user_mask(m, where, height, width)
     return word.strip(), m
 

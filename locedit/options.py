@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
+from .errors import LoceditError
+
 PRESET_NAMES = ("paper", "official")
 
 
@@ -131,8 +133,6 @@ def options_from_texts(cls, preset_name: str | None, texts: dict[str, str]):
     not have, or a value it refuses, is a one-line :class:`locedit.errors.LoceditError`."""
     import math
 
-    from .errors import LoceditError
-
     fields = {f.flag: f for f in flag_fields(cls)}
     changes = {}
     for flag, text in texts.items():
@@ -163,3 +163,36 @@ def options_from_texts(cls, preset_name: str | None, texts: dict[str, str]):
         return replace_path(preset(cls, preset_name), changes) if changes else preset(cls, preset_name)
     except (TypeError, ValueError) as exc:
         raise LoceditError(str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class EditOptions:
+    """Sampling-side options shared by every engine.
+
+    The last three are the editing-side extras the SPDInv authors' P2P code uses and the paper does
+    not mention; each is off by default so its effect can be measured apart from the inversion:
+    ``npi_null``: the source prompt's embedding replaces the null embedding (as NPI);
+    ``proximal_quantile``: soft-threshold the guidance difference eps_c - eps_u at this quantile of
+    its magnitude (their "l0" proximal guidance, 0.7);
+    ``inversion_guidance_t``: for timesteps below this (400), latents where the thresholded guidance
+    is zero (3x3-dilated complement) are pulled onto the inversion trajectory (needs the proximal
+    threshold).
+    """
+
+    guidance: float = 7.5
+    npi_null: bool = False
+    proximal_quantile: float | None = None
+    inversion_guidance_t: int | None = None
+    # recompute UNet activations in every backward pass of the edit (inversion searches, token
+    # learning, latent guidance): less memory, about one more forward per backward
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        import math
+
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise LoceditError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.proximal_quantile is not None and not 0.0 < self.proximal_quantile < 1.0:
+            raise LoceditError(f"proximal_quantile must be in (0, 1), got {self.proximal_quantile}")
+        if self.inversion_guidance_t is not None and self.proximal_quantile is None:
+            raise LoceditError("inversion guidance needs the proximal threshold (set proximal_quantile)")

@@ -20,43 +20,11 @@ from .diffusion.cfg import cfg
 from .errors import LoceditError, OptimisationError, PromptError
 from .events import StepState, Subscriber, publish
 from .inversion import INVERSIONS, Trajectory
+from .options import EditOptions
 from .inversion.editing import subscribers as trajectory_subscribers
 from .masks import dilate
 from .progress import Progress, track
 from .spec import DEFAULT_INVERSION  # the library's and the command line's one default
-
-
-@dataclass(frozen=True)
-class EditOptions:
-    """Sampling-side options shared by every engine.
-
-    The last three are the editing-side extras the SPDInv authors' P2P code uses and the paper does
-    not mention; each is off by default so its effect can be measured apart from the inversion:
-    ``npi_null``: the source prompt's embedding replaces the null embedding (as NPI);
-    ``proximal_quantile``: soft-threshold the guidance difference eps_c - eps_u at this quantile of
-    its magnitude (their "l0" proximal guidance, 0.7);
-    ``inversion_guidance_t``: for timesteps below this (400), latents where the thresholded guidance
-    is zero (3x3-dilated complement) are pulled onto the inversion trajectory (needs the proximal
-    threshold).
-    """
-
-    guidance: float = 7.5
-    npi_null: bool = False
-    proximal_quantile: float | None = None
-    inversion_guidance_t: int | None = None
-    # recompute UNet activations in every backward pass of the edit (inversion searches, token
-    # learning, latent guidance): less memory, about one more forward per backward
-    grad_checkpointing: bool = False
-
-    def __post_init__(self):
-        import math
-
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise LoceditError(f"guidance must be a finite number >= 0, got {self.guidance}")
-        if self.proximal_quantile is not None and not 0.0 < self.proximal_quantile < 1.0:
-            raise LoceditError(f"proximal_quantile must be in (0, 1), got {self.proximal_quantile}")
-        if self.inversion_guidance_t is not None and self.proximal_quantile is None:
-            raise LoceditError("inversion guidance needs the proximal threshold (set proximal_quantile)")
 
 
 @dataclass
@@ -344,12 +312,9 @@ def _checked_request(bundle, image, source, target, method, options, inversion, 
         raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
     m.check(bundle, request, options)
     if edit_options.grad_checkpointing:
-        inverts_with_grads = (trajectory is None and not own
-                              and getattr(INVERSIONS[inversion].Options, "TAKES_GRADIENTS", False))
-        if not (m.takes_gradients or inverts_with_grads):
-            what = "the saved trajectory" if trajectory is not None else f"--inversion {inversion}"
-            raise LoceditError(f"--grad-checkpointing has no effect here: neither --method {method} nor {what} "
-                               "takes gradients through the UNet")
+        from .methods.base import check_grad_checkpointing
+
+        check_grad_checkpointing(m, options, None if own else inversion, trajectory is not None)
     for w in record_words:
         from .diffusion.text import token_positions
 

@@ -254,3 +254,23 @@ def test_invert_on_the_shapes_model_refuses_unknown_words_too(scene_png, tmp_pat
     code, _, err = run(["invert", scene_png[0], "--source", "a cat on the grass", "--out-dir", str(tmp_path / "inv")],
                        capsys)
     assert code == 2 and "'cat'" in err and "--model" in err and not (tmp_path / "inv").exists()
+
+
+def test_grad_checkpointing_where_nothing_takes_gradients_is_refused_before_loading(scene_png, tmp_path, capsys,
+                                                                                      monkeypatch):
+    import locedit.api
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(locedit.api, "load_spec_model", no_load)
+    out = tmp_path / "o.png"
+    code, _, err = run(["edit", scene_png[0], "--source", "a red square", "--target", "a blue square",
+                        "--inversion", "ddim", "--grad-checkpointing", "--out", str(out)], capsys)
+    assert code == 2 and not out.exists()
+    assert err.strip() == ("error: --grad-checkpointing has no effect here: neither --method p2p nor --inversion ddim "
+                           "takes gradients through the UNet")
+    # null-text inversion takes gradients: accepted, so the run goes on to load the model (the trap)
+    code, _, err = run(["edit", scene_png[0], "--source", "a red square", "--target", "a blue square",
+                        "--inversion", "null-text", "--grad-checkpointing", "--out", str(out)], capsys)
+    assert code == 1 and "the model was loaded" in err

@@ -139,11 +139,7 @@ def load_bundle(args):
 
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries(getattr(args, "verbose", False))
-    # the web app loads its model once and hands it over with the parsed command line
-    bundle = getattr(args, "bundle", None)
-    if bundle is not None and getattr(args, "vae", None):
-        raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
-    bundle = bundle or load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
+    bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
     try:
         bundle.steps(args.steps)
     except ValueError as exc:

@@ -266,20 +266,20 @@ def _check_outputs(args) -> None:
 
 def cmd_edit(args) -> dict:
     """``locedit edit``: the command line parsed into a spec, run by the library, its files written
-    (all or none). The web app hands its loaded model, inversion cache and progress display over
-    beside the parsed arguments (``args.bundle``, ``args.cache``, ``args.progress_fn``)."""
-    import torch
-
+    (all or none)."""
     from .. import api
     from ..fileio import OutputSet
     from .common import progress, quiet_libraries
 
+    def before_load():  # once the inputs are checked: a bad input is refused before these heavy imports
+        import torch
+
+        quiet_libraries(getattr(args, "verbose", False))
+        torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+
     _check_outputs(args)
     spec = parse_edit(args)
-    quiet_libraries(getattr(args, "verbose", False))
-    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
-    result = api.edit(spec, bundle=getattr(args, "bundle", None), cache=getattr(args, "cache", None),
-                      progress=getattr(args, "progress_fn", None) or progress(args))
+    result = api.edit(spec, progress=progress(args), before_load=before_load)
     outputs = OutputSet()
     if args.panel:
         outputs.add(result.panel(), args.panel, result.meta)

@@ -81,8 +81,6 @@ def parse_instruct(args):
 
 def cmd_instruct(args) -> dict:
     """``locedit instruct``: the command line parsed into a spec, run by the library, its files written."""
-    import torch
-
     from .. import api
     from ..fileio import OutputSet, check_output
     from .common import progress, quiet_libraries
@@ -91,11 +89,14 @@ def cmd_instruct(args) -> dict:
     for flag, path in (("--panel", args.panel), ("--save-roi", args.save_roi)):
         if path:
             check_output(path, flag)
+    def before_load():  # once the inputs are checked: a bad input is refused before these heavy imports
+        import torch
+
+        quiet_libraries(getattr(args, "verbose", False))
+        torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
+
     spec = parse_instruct(args)
-    quiet_libraries(getattr(args, "verbose", False))
-    torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
-    result = api.instruct(spec, bundle=getattr(args, "bundle", None),
-                          progress=getattr(args, "progress_fn", None) or progress(args))  # the web app's display
+    result = api.instruct(spec, progress=progress(args), before_load=before_load)
     outputs = OutputSet()
     if result.roi is not None and args.save_roi:
         outputs.add(result.roi.expand(-1, 3, -1, -1), args.save_roi, result.meta)

@@ -107,6 +107,20 @@ class Plan:
             raise ValueError("an edit plan samples the target branch")
 
 
+def check_grad_checkpointing(method, options, inversion: str | None, saved: bool) -> None:
+    """--grad-checkpointing acts only where the UNet takes gradients: in the method (latent guidance,
+    token learning) or in the inversion it runs (``inversion``: its name, None when the method makes its
+    own; ``saved``: a saved trajectory, whose inversion has run). Model-free: checked before any load."""
+    from ..inversion import INVERSIONS
+
+    inverts_with_grads = (not saved and inversion is not None and method.takes_inversion(options)
+                          and getattr(INVERSIONS[inversion].Options, "TAKES_GRADIENTS", False))
+    if not (method.takes_gradients or inverts_with_grads):
+        what = "the saved trajectory" if saved else f"--inversion {inversion}"
+        raise LoceditError(f"--grad-checkpointing has no effect here: neither --method {method.name} nor {what} "
+                           "takes gradients through the UNet")
+
+
 class Method(Entry):
     """Base of every editing method (see the module docstring); the registries' fields come from
     :class:`locedit.registry.Entry`."""
