@@ -163,3 +163,21 @@ def test_the_compare_progress_names_the_method_it_is_on(session, picture):
                             options={"masactrl-step": "1"}), {}, progress_adapter(display, "masactrl: "))
     assert display.descs and all(d.startswith("masactrl: ") for d in display.descs)
     assert any("editing" in d for d in display.descs)
+
+
+def test_a_failed_edit_clears_the_previous_result_on_the_page(session, picture):
+    """Issue 31: a new error does not leave the previous result shown as if it were current."""
+    gr = pytest.importorskip("gradio")
+    from locedit.ui.page import _edit_handlers
+
+    class Display:
+        def tqdm(self, iterable, desc):
+            return iterable
+
+    good = EditInputs(picture, SRC, TGT, inversion="ddim", steps=3)
+    bad = EditInputs(picture, SRC, " ", inversion="ddim", steps=3)
+    on_edit, _ = _edit_handlers(session, gr, lambda values: values[0])
+    ok = on_edit({}, good, progress=Display())
+    assert ok[2] is not None and ok[5].startswith("locedit edit")
+    failed = on_edit({}, bad, progress=Display())
+    assert "give both prompts" in failed[1] and failed[2:] == (None, None, None, "", None)

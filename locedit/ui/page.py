@@ -141,11 +141,10 @@ def _edit_handlers(session: Session, gr, inputs_of):
         state = state if isinstance(state, dict) else {}
         try:
             out = session.edit(inputs_of(values), state, progress_adapter(progress))
-        except LoceditError as exc:
-            return (state, _error(exc), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+        except LoceditError as exc:  # the previous result is cleared: nothing stale stays shown as if current
+            return (state, _error(exc), None, None, None, "", None)
         except Exception as exc:  # noqa: BLE001 - the page stays usable; the server log has the rest
-            return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), gr.update(), gr.update(),
-                    gr.update(), gr.update(), gr.update())
+            return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), None, None, None, "", None)
         reused = " (inversion reused)" if out.summary.get("inversion_reused") else ""
         note = f"done in {out.summary.get('edit_seconds', 0):.1f} s{reused}"
         return (state, note, _display(out.panel), _display(out.edited), _display(out.attention), out.command,
