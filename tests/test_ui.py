@@ -179,5 +179,9 @@ def test_a_failed_edit_clears_the_previous_result_on_the_page(session, picture):
     on_edit, _ = _edit_handlers(session, gr, lambda values: values[0])
     ok = on_edit({}, good, progress=Display())
     assert ok[2] is not None and ok[5].startswith("locedit edit")
+    assert "no mask was drawn" in ok[1]  # an edit without a mask says so next to the result
+    masked = on_edit({}, EditInputs(picture, SRC, TGT, inversion="ddim", steps=3, masks=[square_mask()]),
+                     progress=Display())
+    assert "no mask" not in masked[1] and "--mask MASK1.png" in masked[5]
     failed = on_edit({}, bad, progress=Display())
     assert "give both prompts" in failed[1] and failed[2:] == (None, None, None, "", None)

@@ -140,13 +140,16 @@ def _edit_handlers(session: Session, gr, inputs_of):
     def on_edit(state, *values, progress=gr.Progress()):
         state = state if isinstance(state, dict) else {}
         try:
-            out = session.edit(inputs_of(values), state, progress_adapter(progress))
+            inputs = inputs_of(values)
+            out = session.edit(inputs, state, progress_adapter(progress))
         except LoceditError as exc:  # the previous result is cleared: nothing stale stays shown as if current
             return (state, _error(exc), None, None, None, "", None)
         except Exception as exc:  # noqa: BLE001 - the page stays usable; the server log has the rest
             return (state, _error(f"internal error: {type(exc).__name__}: {exc}"), None, None, None, "", None)
         reused = " (inversion reused)" if out.summary.get("inversion_reused") else ""
         note = f"done in {out.summary.get('edit_seconds', 0):.1f} s{reused}"
+        if not inputs.masks and not inputs.boxes.strip():  # what the page sent is what the user is told
+            note += "; no mask was drawn: the edit is not limited to a region you chose"
         return (state, note, _display(out.panel), _display(out.edited), _display(out.attention), out.command,
                 out.png)
 
