@@ -185,3 +185,17 @@ def test_a_failed_edit_clears_the_previous_result_on_the_page(session, picture):
     assert "no mask" not in masked[1] and "--mask MASK1.png" in masked[5]
     failed = on_edit({}, bad, progress=Display())
     assert "give both prompts" in failed[1] and failed[2:] == (None, None, None, "", None)
+
+
+def test_the_comparison_grid_labels_every_tile_readably(picture):
+    """Issue 31: the grid's labels were about 8 px and the source tile's could not be read: every tile,
+    the source's included, gets a label whose lower-case letters alone are at least 8 px tall (the
+    bitmap default drew them about 5 px)."""
+    from locedit.ui.app import comparison_grid
+
+    grid = comparison_grid([("source", picture), ("p2p", picture), ("masactrl", picture)])
+    width = grid.shape[1] // 3
+    for k in range(3):
+        band = grid[:28, k * width: (k + 1) * width].min(axis=2) < 128  # dark text on the white band
+        rows = np.where(band.any(axis=1))[0]
+        assert len(rows) and rows.max() - rows.min() + 1 >= 8, k

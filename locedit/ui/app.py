@@ -273,18 +273,25 @@ def _uint8(x) -> np.ndarray:
     return (x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
+LABEL_PX = 18  # the comparison grid's label size
+
+
 def comparison_grid(images: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Side-by-side tiles with their labels drawn above them."""
     from PIL import Image, ImageDraw
 
+    from PIL import ImageFont
+
     h = max(a.shape[0] for _, a in images)
     scale = max(1, 256 // h)
+    font = ImageFont.load_default(size=LABEL_PX)  # the bitmap default is 8 px: unreadable on a page
+    band = LABEL_PX + 10
     tiles = []
     for label, a in images:
         im = Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST)
-        tile = Image.new("RGB", (im.width, im.height + 16), "white")
-        tile.paste(im, (0, 16))
-        ImageDraw.Draw(tile).text((2, 2), label, fill="black")
+        tile = Image.new("RGB", (im.width, im.height + band), "white")
+        tile.paste(im, (0, band))
+        ImageDraw.Draw(tile).text((4, 4), label, fill="black", font=font)
         tiles.append(tile)
     grid = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "white")
     x = 0
