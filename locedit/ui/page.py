@@ -186,8 +186,9 @@ def build(session: Session):
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(label="image and mask layers (brush over the region to edit)", type="numpy",
                                         image_mode="RGBA", sources=["upload"], layers=True, elem_id="editor",
-                                        brush=gr.Brush(colors=["#ff3030"], default_color="#ff3030", color_mode="fixed",
-                                                       default_size=6),
+                                        # translucent, so a red object stays visible under its mask
+                                        brush=gr.Brush(colors=[("#ff3030", 0.5)], default_color=("#ff3030", 0.5),
+                                                       color_mode="fixed", default_size=6),
                                         canvas_size=(512, 512), transforms=())
                 example = gr.Button("Load the shapes example", elem_id="example")
                 upload_file = gr.File(label="or open an image file (checked for format, bytes and pixels before "
