@@ -101,6 +101,19 @@ def fetch_image(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).astype(np.float32) / 255
 
 
+def test_the_edit_button_and_its_status_are_above_the_fold(page):
+    """Issue 31: at 1400x1000 the Edit button was below the fold and the status about 1,500 px away:
+    the button is on screen and the status line is right under it."""
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    try:
+        page.evaluate("window.scrollTo(0, 0)")
+        run, status = page.locator("#run").bounding_box(), page.locator("#error").bounding_box()
+        assert run["y"] + run["height"] <= 1000, run
+        assert 0 <= status["y"] - (run["y"] + run["height"]) <= 80 and abs(status["x"] - run["x"]) < 50, (run, status)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1500})
+
+
 def test_draw_a_mask_edit_and_see_the_result(page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.click("#example")

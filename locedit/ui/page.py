@@ -171,7 +171,8 @@ def _edit_handlers(session: Session, gr, inputs_of):
 
 
 def build(session: Session):
-    """The page: the inputs on the left, the results on the right, wired to the session."""
+    """The page: the image, its masks and the settings on the left; the prompts, the Edit button with its
+    status right under it, and the results on the right, wired to the session."""
     import gradio as gr
 
     from ..inversion import INVERSIONS
@@ -183,7 +184,7 @@ def build(session: Session):
         cache = gr.State(None)
         gr.Markdown(HELP)
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1):  # the image, its masks and the settings
                 editor = gr.ImageEditor(label="image and mask layers (brush over the region to edit)", type="numpy",
                                         image_mode="RGBA", sources=["upload"], layers=True, elem_id="editor",
                                         # translucent, so a red object stays visible under its mask
@@ -195,15 +196,6 @@ def build(session: Session):
                                             "it reaches the editor)", file_types=["image"], type="filepath",
                                       elem_id="file")
                 upload_error = gr.Markdown(elem_id="upload-error")
-                source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
-                target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
-                instruction = gr.Textbox(label="instruction (ip2p and lime, on the instruct model: 'make the circle "
-                                               "green'; they take no prompts)", elem_id="instruction",
-                                         visible=len(methods) > len(METHODS))
-                with gr.Row():
-                    method = gr.Dropdown(methods, value="p2p", label="method", elem_id="method")
-                    inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
-                    preset = gr.Radio(list(PRESETS), value="default", label="preset")
                 with gr.Row():
                     steps = gr.Number(value=50, precision=0, minimum=1, maximum=1000, label="steps", elem_id="steps")
                     guidance = gr.Number(value=7.5, label="guidance")
@@ -215,11 +207,20 @@ def build(session: Session):
                     blend_words = gr.Textbox(label="P2P local blend words: SOURCE_WORD TARGET_WORD")
                     attention_words = gr.Textbox(label="show the attention maps of these target words")
                 option_keys, option_boxes, panels = _option_panels(gr, methods, inversions)
-                run = gr.Button("Edit", variant="primary", elem_id="run")
                 with gr.Row():
                     compare_methods = gr.CheckboxGroup(list(METHODS), value=["p2p", "masactrl"], label="compare methods")
                     compare = gr.Button("Compare on the same inversion", elem_id="compare")
-            with gr.Column(scale=1):
+            with gr.Column(scale=1):  # the edit asked for, the button, its status right under it, the results
+                source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
+                target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
+                instruction = gr.Textbox(label="instruction (ip2p and lime, on the instruct model: 'make the circle "
+                                               "green'; they take no prompts)", elem_id="instruction",
+                                         visible=len(methods) > len(METHODS))
+                with gr.Row():
+                    method = gr.Dropdown(methods, value="p2p", label="method", elem_id="method")
+                    inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
+                    preset = gr.Radio(list(PRESETS), value="default", label="preset")
+                run = gr.Button("Edit", variant="primary", elem_id="run")
                 error = gr.Markdown(elem_id="error")
                 panel = gr.Image(label="source | edit | mask", type="numpy", interactive=False, elem_id="panel", format="png",
                                  height=280)
