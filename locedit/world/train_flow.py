@@ -237,6 +237,7 @@ def gate_flow_t2i(pipe, n: int = 200, steps: int = 28, guidance: float = 4.0, se
     from .gates import held_out_scenes, oracle_counts
 
     scenes = held_out_scenes(n, offset=10_000)
+    pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
     objects = textures = backgrounds = 0
     for i in range(0, n, batch):
