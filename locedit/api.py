@@ -10,7 +10,7 @@ records it. The command line (``locedit edit``) is this plus its flags and its o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import LoceditError
@@ -55,7 +55,6 @@ class Edited(_Saves):
     stats: dict
     attention: dict | None = None  # word -> (s, s) map (with spec.attention_words)
     image_size: int = 0
-    extra: dict = field(default_factory=dict)
 
     def panel(self) -> torch.Tensor:
         """(1, 3, H, 3W): source | edit | mask (the user mask, or the local-blend mask, or the edit's
@@ -120,15 +119,13 @@ def given_inputs(spec: EditSpec) -> set[str]:
 def check(spec: EditSpec) -> None:
     """Every check the spec alone allows (no file read, no model)."""
     from .methods import METHODS
-    from .methods.base import INPUT_FLAGS
 
     if not spec.target.strip():
         raise LoceditError("--target is empty")
     if spec.source is not None and not spec.source.strip():
         raise LoceditError("--source is empty")
     if spec.method in METHODS:
-        for name in METHODS[spec.method].unused(given_inputs(spec)):
-            raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {spec.method}")
+        METHODS[spec.method].refuse_unused(given_inputs(spec))
     if spec.inversion and spec.from_inversion:
         raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
     if not spec.from_inversion and not spec.image:

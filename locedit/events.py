@@ -22,7 +22,7 @@ sampling options; each lives in its own method's or inversion's module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class StepState:
     delta: torch.Tensor | None = None  # what CFG scales: pred_c - pred_u unless a subscriber replaced it
     threshold: torch.Tensor | None = None  # the proximal threshold, when one was taken
     z_next: torch.Tensor | None = None  # (B, C, h, w) after the step
-    extra: dict = field(default_factory=dict)
 
     @property
     def step(self) -> int:

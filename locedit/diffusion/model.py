@@ -25,6 +25,7 @@ inversion, controller and guidance loop handles them alike:
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -95,9 +96,10 @@ class ModelBundle:
     def schedule(self, num_steps: int) -> DDIMSchedule:
         return DDIMSchedule.from_config(self.scheduler_config, num_steps)
 
-    @property
+    @functools.cached_property
     def sampler(self) -> DDIM:
-        """The sampler the editing loop and the inversions walk (:mod:`locedit.diffusion.sampler`)."""
+        """The sampler the editing loop and the inversions walk (:mod:`locedit.diffusion.sampler`),
+        built once from the scheduler config (:meth:`predict` uses it at every model call)."""
         return DDIM(self.scheduler_config)
 
     def steps(self, num_steps: int) -> tuple[Step, ...]:

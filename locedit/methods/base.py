@@ -158,5 +158,10 @@ class Method(Entry):
     @classmethod
     def check_inputs(cls, request: EditRequest) -> None:
         """Refuse inputs this method would ignore (no flag is accepted and then ignored)."""
-        for name in cls.unused(request.given()):
+        cls.refuse_unused(request.given())
+
+    @classmethod
+    def refuse_unused(cls, given: set[str]) -> None:
+        """Refuse the inputs of ``given`` (names of :data:`INPUTS`) this method would ignore."""
+        for name in cls.unused(given):
             raise LoceditError(f"{INPUT_FLAGS[name]} is not used by --method {cls.name}")
