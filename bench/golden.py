@@ -201,6 +201,9 @@ def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     (GOLDEN / "engine.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
     save_file(tensors, str(GOLDEN / "engine.safetensors"))
+    # bitwise equality holds on the same CPU kernels only (tests/test_golden.py)
+    machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    (GOLDEN / "machine.json").write_text(json.dumps(machine) + "\n")
     print(f"wrote {len(facts)} cases to {GOLDEN}", file=sys.stderr)
 
 

@@ -2,15 +2,17 @@
 
 Methods come from the registry in :mod:`locedit.methods`; this module names none of them.
 
-All functions take and return tensors: images (1, 3, H, W) float in [0, 1] at the model's size,
-latents (B, C, h, w) float32, masks (1, 1, H, W) in [0, 1].
+The core takes and returns tensors: images (1, 3, H, W) float in [0, 1], latents (B, C, h, w)
+float32, masks (1, 1, H, W) in [0, 1]. :func:`invert` and :func:`edit` also take PIL images of any
+size and fit them to the model's square (:class:`locedit.imaging.Fit`), and :func:`edit` fits its
+result back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,11 +20,12 @@ from .attention import AttentionController, BatchLayout, controlled_attention, m
 from .diffusion import ModelBundle
 from .diffusion.cfg import cfg
 from .errors import LoceditError, OptimisationError, PromptError
+from .imaging import Fit
 from .events import StepState, Subscriber, publish
 from .inversion import INVERSIONS, Trajectory
 from .options import EditOptions
 from .inversion.editing import subscribers as trajectory_subscribers
-from .masks import dilate
+from .masks import Region, dilate
 from .progress import Progress, track
 from .spec import DEFAULT_INVERSION  # the library's and the command line's one default
 
@@ -192,18 +195,54 @@ def generate(bundle: ModelBundle, prompts: list[str], num_steps: int = 50, guida
     return z
 
 
-def invert(bundle: ModelBundle, image: torch.Tensor, prompt: str, method: str = DEFAULT_INVERSION, num_steps: int = 50,
+def as_input(image) -> torch.Tensor:
+    """An image as the library takes it: a PIL image, an (H, W, 3) uint8 array or a (1, 3, H, W) float
+    tensor in [0, 1], of any size -> (1, 3, H, W) float in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise LoceditError(f"an image tensor must be (1, 3, H, W), got {tuple(image.shape)}")
+        return image
+    import numpy as np
+
+    if hasattr(image, "convert"):  # PIL
+        image = image.convert("RGB")
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] < 3:
+        raise LoceditError(f"an image array must be (H, W, 3), got {a.shape}")
+    return torch.from_numpy(a[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+
+
+def fit_input(bundle: ModelBundle, image, fit: str = "pad") -> tuple[torch.Tensor, Fit]:
+    """(``image`` at the model's size, the :class:`Fit` that undoes it); any size in, the model's out."""
+    image = as_input(image)
+    plan = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, fit)
+    return plan.to_model(image.to(bundle.device)), plan
+
+
+def _fit_mask(plan: Fit, mask: torch.Tensor | None, what: str) -> torch.Tensor | None:
+    """A mask at the input image's size -> the model's (refused at any other size)."""
+    if mask is None or plan.identity:
+        return mask
+    if tuple(mask.shape[-2:]) != (plan.height, plan.width):
+        raise LoceditError(f"{what} is {mask.shape[-1]}x{mask.shape[-2]} but the image is {plan.width}x{plan.height}")
+    return plan.to_model(mask, binary=True)
+
+
+def invert(bundle: ModelBundle, image, prompt: str, inversion: str = DEFAULT_INVERSION, num_steps: int = 50,
            guidance: float = 7.5, options=None, progress: Progress | None = None,
-           grad_checkpointing: bool = False) -> Trajectory:
-    """Encode ``image`` (1, 3, S, S) and invert it with a method from :data:`INVERSIONS`
-    (``grad_checkpointing``: see :meth:`ModelBundle.checkpointing`)."""
-    if method not in INVERSIONS:
-        raise LoceditError(f"unknown inversion {method!r}; choose one of {', '.join(INVERSIONS)}")
-    opt_cls, fn = INVERSIONS[method].Options, INVERSIONS[method].run
+           grad_checkpointing: bool = False, fit: str = "pad") -> Trajectory:
+    """Encode ``image`` (any size: see :func:`as_input`; fitted to the model's square by ``fit``, "pad"
+    or "resize") and invert it with ``inversion``, a name of :data:`INVERSIONS` (``grad_checkpointing``:
+    see :meth:`ModelBundle.checkpointing`). The trajectory is what :func:`edit` takes as
+    ``trajectory=``, in memory, to edit the same image again without inverting it again."""
+    if inversion not in INVERSIONS:
+        raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    opt_cls, fn = INVERSIONS[inversion].Options, INVERSIONS[inversion].run
     if grad_checkpointing and not getattr(opt_cls, "TAKES_GRADIENTS", False):
-        raise LoceditError(f"--grad-checkpointing has no effect on --inversion {method}: it takes no gradients")
+        raise LoceditError(f"--grad-checkpointing has no effect on --inversion {inversion}: it takes no gradients")
     options = options if options is not None else opt_cls()
     bundle.token_ids(prompt)
+    image, _ = fit_input(bundle, image, fit)
     start, t0 = bundle.unet_calls, time.perf_counter()
     z0 = bundle.encode_image(image)
     with bundle.checkpointing(grad_checkpointing):
@@ -221,26 +260,51 @@ def reconstruct(bundle: ModelBundle, traj: Trajectory, options: EditOptions = Ed
 
 @dataclass
 class EditResult:
-    edited: torch.Tensor  # (1, 3, S, S)
+    """An edit: ``edited`` (1, 3, H, W) in [0, 1] at the input image's size (the model's size when
+    only a trajectory was given), ``images`` the same as PIL images, ``save(path)`` to write it with
+    what produced it; ``stats``: UNet calls and seconds (``unet_calls``: inversion and edit
+    together); ``trajectory``: the inversion, for :func:`edit`'s ``trajectory=``."""
+
+    edited: torch.Tensor
     trajectory: Trajectory
     sample: SampleResult
     stats: dict = field(default_factory=dict)
     bundle: ModelBundle | None = field(default=None, repr=False)
     _source: torch.Tensor | None = field(default=None, repr=False)
     branches: tuple[str, ...] = ("source", "target")
+    fit: Fit | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict)
 
     @property
     def source(self) -> torch.Tensor:
-        """(1, 3, S, S) the source branch's reconstruction, decoded on first use (an edit decodes
-        only the target: the VAE decoder costs as much as several UNet calls); for a method that
-        samples the target alone, the decoded image latent the trajectory starts from."""
+        """(1, 3, H, W) the source branch's reconstruction at the edit's size, decoded on first use (an
+        edit decodes only the target: the VAE decoder costs as much as several UNet calls); for a
+        method that samples the target alone, the decoded image latent the trajectory starts from."""
         if self._source is None:
             traj = self.trajectory
             z = (self.sample.latents[0:1] if self.branches[0] == "source"
                  else traj.image_latent if traj.image_latent is not None else traj.latents[0])
             with torch.no_grad():
-                self._source = self.bundle.decode_latents(z.to(self.bundle.device))
+                decoded = self.bundle.decode_latents(z.to(self.bundle.device))
+            self._source = self.fit.from_model(decoded) if self.fit is not None else decoded
         return self._source
+
+    @property
+    def images(self) -> list:
+        """The edit as PIL images (RGB, the input's size), one per batch row."""
+        from PIL import Image
+
+        a = (self.edited.permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(x) for x in a]
+
+    def save(self, path) -> str:
+        """Write the edit to ``path`` (.png with ``meta`` as ``locedit:KEY`` text chunks; .jpg, .webp),
+        atomically; returns the path."""
+        from .fileio import check_output, save_png
+
+        check_output(path, "path")
+        save_png(self.edited, path, self.meta)
+        return str(path)
 
 
 class AttentionRecorder(AttentionController):
@@ -348,28 +412,41 @@ def _trajectory_for(bundle, image, request, m, options, inversion, inversion_opt
     return trajectory, False
 
 
-def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: str, *, method: str = "p2p",
+def edit(bundle: ModelBundle, image, source: str, target: str, *, method: str = "p2p",
          options=None, inversion: str | None = None, inversion_options=None, trajectory: Trajectory | None = None,
          mask: torch.Tensor | None = None, blend_words: tuple[str, str] | None = None, regions=(), attributes=(),
-         pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50,
+         pairs=(), record_words: tuple[str, ...] = (), num_steps: int = 50, guidance: float | None = None,
          edit_options: EditOptions = EditOptions(), progress: Progress | None = None, seed: int = 0,
-         cache: dict | None = None) -> EditResult:
-    """Invert ``image`` (or reuse ``trajectory``) under ``source`` and edit it towards ``target``
-    with ``method`` from :data:`locedit.methods.METHODS`.
+         cache: dict | None = None, fit: str = "pad") -> EditResult:
+    """Invert ``image`` (or reuse ``trajectory``, from :func:`invert` or an earlier result's) under
+    ``source`` and edit it towards ``target`` with ``method`` from :data:`locedit.methods.METHODS`.
 
-    ``options``: the method's options dataclass (default: its defaults; ``locedit.options.preset``
-    builds the paper's or the official reading). ``inversion``: a name of :data:`INVERSIONS` (None:
-    the one the method's paper uses, ``Method.inversion``: null-text for P2P, MAG-Edit, MDE-Edit;
-    DDIM for MasaCtrl, Plug-and-Play, DiffEdit). Inputs, at the model's size: ``mask``
-    (1, 1, S, S), ``blend_words`` (source word, target word), ``regions`` / ``attributes``
+    ``image``: a PIL image, (H, W, 3) uint8 array or (1, 3, H, W) tensor of any size, fitted to the
+    model's square (``fit``: "pad" or "resize") and the edit fitted back, so ``result.edited`` and
+    ``result.images`` have the input's size. ``options``: the method's options dataclass (default:
+    its defaults; ``locedit.options.preset`` builds the paper's or the official reading).
+    ``inversion``: a name of :data:`INVERSIONS` (None: the one the method's paper uses,
+    ``Method.inversion``: null-text for P2P, MAG-Edit, MDE-Edit; DDIM for MasaCtrl, Plug-and-Play,
+    DiffEdit). ``num_steps`` and ``guidance`` (classifier-free scale, default 7.5): the sampler's;
+    ``edit_options`` holds the rarer settings (:class:`EditOptions`). Inputs at the image's size:
+    ``mask`` (1, 1, H, W), ``blend_words`` (source word, target word), ``regions`` / ``attributes``
     (:class:`locedit.masks.Region`), ``pairs`` ((adjective, noun), LocInv). An input the method does
     not use is refused. ``record_words``: target words whose accumulated maps are returned in
     ``stats["attention"]``. ``seed``: the noise of the methods that draw it (SDEdit, Blended Latent
     Diffusion); the others are deterministic. ``cache``: a dict the caller keeps between edits
     (the web app's session): an inversion from the registry of the same image, prompt, inversion,
     options, steps and guidance on the same model is taken from it instead of being run again.
+    ``progress``: :func:`locedit.progress.tqdm_progress` for bars (silent by default).
     Every check runs before the first UNet call.
     """
+    if guidance is not None:
+        edit_options = replace(edit_options, guidance=float(guidance))
+    plan_fit = None
+    if image is not None:
+        image, plan_fit = fit_input(bundle, image, fit)
+        mask = _fit_mask(plan_fit, mask, "mask")
+        regions = [Region(r.word, _fit_mask(plan_fit, r.mask, f"region {r.word!r}")) for r in regions]
+        attributes = [Region(r.word, _fit_mask(plan_fit, r.mask, f"attribute {r.word!r}")) for r in attributes]
     m, options, request, inversion = _checked_request(bundle, image, source, target, method, options, inversion, trajectory,
                                            mask, blend_words, regions, attributes, pairs, record_words, num_steps,
                                            edit_options, seed)
@@ -393,16 +470,39 @@ def edit(bundle: ModelBundle, image: torch.Tensor | None, source: str, target: s
         raise OptimisationError("the edit produced NaN or inf latents (corrupt weights, or fp16 overflow: try --dtype fp32)")
     with torch.no_grad():
         edited = bundle.decode_latents(result.latents[-1:])
+    if plan_fit is not None:
+        edited = plan_fit.from_model(edited)
     stats = {
         "inversion_unet_calls": 0 if reused else trajectory.stats.get("unet_calls", 0),
         "inversion_seconds": 0.0 if reused else trajectory.stats.get("seconds", 0.0),
         "edit_unet_calls": result.unet_calls,  # with a subscriber's preparation (DiffEdit's mask)
         "edit_seconds": result.seconds,
     }
+    stats["unet_calls"] = stats["inversion_unet_calls"] + stats["edit_unet_calls"]
     if reused:
         stats["inversion_reused"] = True
     for s in plan.subscribers:
         stats.update(s.stats())
     if recorder is not None and recorder.store.recorded:
         stats["attention"] = recorder.maps()
-    return EditResult(edited, trajectory, result, stats, bundle, branches=plan.branches)
+    meta = _meta(bundle, trajectory, method, options, m.takes_inversion(options), source, target, edit_options,
+                 seed, plan_fit)
+    return EditResult(edited, trajectory, result, stats, bundle, branches=plan.branches, fit=plan_fit, meta=meta)
+
+
+def _meta(bundle, trajectory, method, options, uses_inversion, source, target, edit_options, seed, plan_fit) -> dict:
+    """What :meth:`EditResult.save` writes into the PNG (the command line adds its command)."""
+    from . import __version__
+    from .options import describe
+
+    meta = {"source": source, "target": target, "model": bundle.name, "method": method, "options": describe(options),
+            "steps": trajectory.num_steps, "seed": seed, "guidance": edit_options.guidance,
+            "locedit_version": __version__}
+    if plan_fit is not None:
+        meta["fit"] = plan_fit.mode
+    if uses_inversion:
+        meta["inversion"] = trajectory.method
+    extras = {k: v for k, v in describe(edit_options).items() if k != "guidance" and v not in (None, False)}
+    if extras:
+        meta["edit_options"] = extras
+    return meta

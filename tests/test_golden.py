@@ -2,7 +2,14 @@
 bundled shapes models and tiny random SD 1.x / 2.x / SDXL models, two steps each, must give the
 UNet call counts and the latents recorded before the redesign (``bench/golden.py`` records them;
 ``tests/golden/`` holds them). Equal means bitwise, except where :data:`TOLERANCE` names a case
-whose operation order a change legitimately reordered, with the reason."""
+whose operation order a change legitimately reordered, with the reason.
+
+Bitwise holds on a machine whose CPU kernels are the recording's (``torch.backends.cpu.
+get_cpu_capability()``, stored in ``tests/golden/machine.json`` by ``bench/golden.py``): GEMMs
+vectorised for AVX-512 sum in another order than AVX2's. Elsewhere the latents must agree within
+:data:`CROSS_MACHINE` of their largest magnitude (measured on an AVX-512 machine against the AVX2
+recording, 2026-12-06: at most 2.6e-5 over the 236 cases, every call count equal), and the call
+counts exactly."""
 
 import json
 import sys
@@ -17,6 +24,13 @@ import golden  # noqa: E402
 
 # case -> (max abs difference allowed in the latents, why); empty: every case is bitwise equal
 TOLERANCE: dict[str, tuple[float, str]] = {}
+CROSS_MACHINE = 1e-4  # relative to the case's largest |latent|, on another CPU than the recording's
+
+
+def same_machine() -> bool:
+    path = golden.GOLDEN / "machine.json"
+    recorded = json.loads(path.read_text()).get("cpu_capability") if path.exists() else None
+    return recorded == torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +51,8 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def _compare(recorded, facts, tensors, complete=True):
+def _compare(recorded, facts, tensors, complete=True, exact=None):
+    exact = same_machine() if exact is None else exact
     want_facts, want_tensors = recorded
     problems = []
     for key, fact in facts.items():
@@ -50,6 +65,8 @@ def _compare(recorded, facts, tensors, complete=True):
             problems.append(f"{key}: UNet calls {calls}, recorded {want}")
         tol, _ = TOLERANCE.get(key, (0.0, ""))
         got, ref = tensors[key], want_tensors[key]
+        if not exact:
+            tol = max(tol, CROSS_MACHINE * ref.abs().max().item())
         if got.shape != ref.shape:
             problems.append(f"{key}: latents of shape {tuple(got.shape)}, recorded {tuple(ref.shape)}")
         elif tol == 0.0 and not torch.equal(got, ref):
@@ -90,12 +107,17 @@ def test_the_recording_covers_every_registry_entry(recorded):
 
 
 def test_a_changed_output_is_caught(recorded):
-    """The comparison itself: a latent off by one ulp, or one UNet call more, is reported."""
+    """The comparison itself: a latent off by one ulp (on the recording's machine) or by twice the
+    cross-machine tolerance (elsewhere), or one UNet call more, is reported."""
     facts, tensors = recorded
     key = next(k for k in facts if "/edit/" in k)
-    assert _compare(recorded, {key: facts[key]}, {key: tensors[key]}, complete=False) == []
-    changed = tensors[key].clone()
-    changed.view(-1)[0] = torch.nextafter(changed.view(-1)[0], torch.tensor(float("inf")))
-    assert _compare(recorded, {key: facts[key]}, {key: changed}, complete=False) != []
-    more = {**facts[key], "edit_unet_calls": facts[key]["edit_unet_calls"] + 1}
-    assert _compare(recorded, {key: more}, {key: tensors[key]}, complete=False) != []
+    for exact in (True, False):
+        assert _compare(recorded, {key: facts[key]}, {key: tensors[key]}, complete=False, exact=exact) == []
+        more = {**facts[key], "edit_unet_calls": facts[key]["edit_unet_calls"] + 1}
+        assert _compare(recorded, {key: more}, {key: tensors[key]}, complete=False, exact=exact) != []
+    ulp = tensors[key].clone()
+    ulp.view(-1)[0] = torch.nextafter(ulp.view(-1)[0], torch.tensor(float("inf")))
+    assert _compare(recorded, {key: facts[key]}, {key: ulp}, complete=False, exact=True) != []
+    off = tensors[key].clone()
+    off.view(-1)[0] += 2 * CROSS_MACHINE * off.abs().max()
+    assert _compare(recorded, {key: facts[key]}, {key: off}, complete=False, exact=False) != []

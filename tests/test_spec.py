@@ -16,6 +16,7 @@ from locedit.cli.edit import parse_edit
 from locedit.guidance import GuidanceOptions
 from locedit.inversion import SPDOptions
 from locedit.methods import MAGEditOptions
+from locedit.errors import LoceditError
 from locedit.spec import EditSpec
 
 
@@ -91,3 +92,35 @@ def test_the_spec_is_checked_before_any_file_or_model():
     with pytest.raises(Exception, match="--inversion is not used by --method locinv"):
         api.edit(EditSpec(TGT, image="/nonexistent.png", source=SRC, method="locinv", inversion="ddim",
                           regions=("square=1,1,5,5",)))
+
+
+def test_pipeline_takes_any_size_and_returns_the_input_size(bundle, scene_png, tmp_path):
+    """Issue 31, item 5: a PIL image of any size in, the edit at that size out (PIL too), saved with
+    its metadata; the mask at the image's size; a trajectory from invert reused in memory; guidance
+    and steps as plain arguments; one naming (``inversion=``) in invert and edit."""
+    from locedit import load_mask, pipeline
+    from locedit.imaging import Fit
+
+    image = Image.open(scene_png[0])  # 80x48
+    mask = load_mask(scene_png[1])
+    src, tgt = "a red square on the gray background", "a blue square on the gray background"
+    traj = pipeline.invert(bundle, image, src, inversion="ddim", num_steps=3)
+    calls = bundle.unet_calls
+    res = pipeline.edit(bundle, image, src, tgt, trajectory=traj, mask=mask, guidance=3.0)
+    assert bundle.unet_calls - calls == res.stats["edit_unet_calls"]  # no second inversion
+    assert res.edited.shape == (1, 3, 48, 80) and res.images[0].size == (80, 48)
+    assert res.stats["unet_calls"] == traj.stats["unet_calls"] + res.stats["edit_unet_calls"]
+    # the same as editing the fitted image by hand and fitting back
+    fit = Fit.plan(48, 80, bundle.image_size, "pad")
+    x = pipeline.as_input(image)
+    by_hand = pipeline.edit(bundle, fit.to_model(x), src, tgt, trajectory=traj,
+                            mask=fit.to_model(mask, binary=True), guidance=3.0)
+    assert torch.equal(fit.from_model(by_hand.edited), res.edited)
+    other = pipeline.edit(bundle, image, src, tgt, trajectory=traj, mask=mask, guidance=7.5)
+    assert not torch.equal(other.edited, res.edited)  # guidance= is used
+    res.save(tmp_path / "out.png")
+    text = Image.open(tmp_path / "out.png").text
+    assert json.loads(text["locedit:guidance"]) == 3.0 and text["locedit:inversion"] == "ddim"
+    assert json.loads(text["locedit:steps"]) == 3 and text["locedit:fit"] == "pad"
+    with pytest.raises(LoceditError, match="mask is 64x64 but the image is 80x48"):
+        pipeline.edit(bundle, image, src, tgt, trajectory=traj, mask=torch.ones(1, 1, 64, 64))
