@@ -6,7 +6,10 @@
 Each case is a row of docs/errors.md run as ``locedit ...`` in a fresh process on the bundled
 shapes model (its inputs made in a temporary folder): the time from start to exit, the exit code
 (2 expected) and whether the model was loaded before the refusal (a trap in the environment makes
-any model load print a marker). The cases cover each section of docs/errors.md; not every row yet.
+any model load print a marker, and whether torch was imported at all). The cases are the rows of
+docs/errors.md that the command line and its files can show; the rows that need the model's weights
+or a run (a scheduler's step range, a UNet's blocks, an empty DiffEdit mask, a failing write, a
+saved trajectory against another model) are not in it.
 """
 
 from __future__ import annotations
@@ -75,25 +78,89 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
                                        "--mask", mask, "--out", f"{d}/o.png"]),
         ("bench: bad ShapesEdit option", ["bench", "--dataset", "shapes:n=abc", "--methods", "p2p", "--out-dir",
                                           f"{d}/bench"]),
+        # the rest of docs/errors.md's rows that a command line alone can show
+        ("image is a folder", ["edit", f"{d}/results", "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]),
+        ("over the pixel limit", edit + ["--max-image-pixels", "100"]),
+        ("--seed -1", edit + ["--seed", "-1"]),
+        ("a fraction outside [0, 1]", edit + ["--cross-replace", "1.5"]),
+        ("empty --source", ["edit", img, "--source", " ", "--target", TGT, "--out", f"{d}/o.png"]),
+        ("empty --instruction", ["instruct", img, "--instruction", " ", "--out", f"{d}/o.png"]),
+        ("prompt over the tokenizer's limit", ["edit", img, "--source", SRC, "--target", " ".join([TGT] * 4),
+                                               "--p2p", "refine", "--out", f"{d}/o.png"]),
+        ("region word not in the prompt", edit + ["--method", "mag-edit", "--region", f"square={mask}",
+                                                  "--region", f"diamond={mask}"]),
+        ("the same region word twice", edit + ["--method", "mag-edit", "--region", f"green={mask}",
+                                               "--region", f"green={mask}"]),
+        ("mag-edit without a region", edit + ["--method", "mag-edit"]),
+        ("--inversion with --from-inversion", ["edit", "--from-inversion", d, "--inversion", "ddim", "--target",
+                                               TGT, "--out", f"{d}/o.png"]),
+        ("--ccl-form with mag-edit", edit + ["--method", "mag-edit", "--region", f"green={mask}", "--ccl-form",
+                                             "ratio"]),
+        ("--locinv-restart-iterations without restart", edit + ["--method", "locinv", "--region", f"circle={mask}",
+                                                               "--locinv-restart-iterations", "3"]),
+        ("--inversion with sdedit", edit + ["--method", "sdedit", "--inversion", "ddim"]),
+        ("--blended-init noise with inversion noise", edit + ["--method", "blended", "--mask", mask, "--blended-init",
+                                                             "noise", "--blended-noise", "inversion"]),
+        ("pnp on null-text with its negative prompt", edit + ["--method", "pnp", "--inversion", "null-text"]),
+        ("--mask-from with --mask", edit + ["--mask-from", "diffedit", "--mask", mask]),
+        ("--blend-threshold without --blend-words", edit + ["--blend-threshold", "0.5"]),
+        ("--masactrl-step past the steps", edit + ["--method", "masactrl", "--steps", "10", "--masactrl-step", "20"]),
+        ("--masactrl-auto word not in the prompt", edit + ["--method", "masactrl", "--masactrl-auto", "diamond"]),
+        ("--out folder that cannot be created", ["edit", img, "--source", SRC, "--target", TGT, "--out",
+                                                 f"{d}/notes.txt/o.png"]),
+        ("invert --out-dir is a file", ["invert", img, "--source", SRC, "--out-dir", f"{d}/notes.txt"]),
+        ("bench: unknown ShapesEdit kind", ["bench", "--dataset", "shapes:kinds=zebra", "--methods", "p2p",
+                                            "--out-dir", f"{d}/bench"]),
+        ("bench: unknown method", ["bench", "--dataset", "shapes:n=2", "--methods", "foo", "--out-dir", f"{d}/bench"]),
     ]
 
 
-TRAP = ("import locedit.diffusion.loading as L, sys\n"
-        "_load = L.load_model\n"
-        "def load(*a, **k):\n"
-        "    sys.stderr.write('MODEL-LOADED\\n')\n"
-        "    return _load(*a, **k)\n"
-        "L.load_model = load\n")
+# Installed before locedit is imported, importing nothing heavy itself: wraps load_model when its
+# module is first imported (a marker on stderr if it is called), and says at exit whether torch was
+# imported at all.
+TRAP = """
+import atexit, importlib.abc, importlib.util, sys
+
+class _Trap(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "locedit.diffusion.loading":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            load = module.load_model
+
+            def traced(*a, **k):
+                sys.stderr.write("MODEL-LOADED\\n")
+                return load(*a, **k)
+
+            module.load_model = traced
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Trap())
+atexit.register(lambda: sys.stderr.write("TORCH-IMPORTED\\n") if "torch" in sys.modules else None)
+from locedit.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+sys.stderr.flush()
+raise SystemExit(code)
+"""
+MARKERS = ("MODEL-LOADED", "TORCH-IMPORTED")
 
 
-def run_case(argv: list[str], env: dict) -> tuple[float, int, bool, str]:
-    code = TRAP + "import locedit.diffusion as D; D.load_model = L.load_model\n" \
-        "from locedit.cli import main; raise SystemExit(main(sys.argv[1:]))\n"
+def run_case(argv: list[str], env: dict) -> tuple[float, int, bool, bool, str]:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-c", TRAP, *argv], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
-    err = [line for line in p.stderr.splitlines() if line.strip() and line != "MODEL-LOADED"]
-    return seconds, p.returncode, "MODEL-LOADED" in p.stderr, (err[-1] if err else "")[:110]
+    err = [line for line in p.stderr.splitlines() if line.strip() and line not in MARKERS]
+    return seconds, p.returncode, "MODEL-LOADED" in p.stderr, "TORCH-IMPORTED" in p.stderr, (err[-1] if err else "")[:110]
 
 
 def main(argv=None):
@@ -105,16 +172,17 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         files = _inputs(Path(tmp))
         for what, case in cases(files):
-            seconds, rc, loaded, line = run_case(case, env)
-            rows.append({"case": what, "seconds": round(seconds, 2), "exit": rc, "model_loaded": loaded, "message": line})
+            seconds, rc, loaded, torch, line = run_case(case, env)
+            rows.append({"case": what, "seconds": round(seconds, 2), "exit": rc, "model_loaded": loaded,
+                         "torch_imported": torch, "message": line})
             print(f"{what}: {seconds:.2f} s, exit {rc}{', model loaded' if loaded else ''}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| case | seconds | exit | model loaded first | message |\n|---|---:|---:|---|---|")
+    print("| case | seconds | exit | model loaded first | torch imported | message |\n|---|---:|---:|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['seconds']:.2f} | {r['exit']} | {'yes' if r['model_loaded'] else 'no'} | "
-              f"`{r['message']}` |")
+              f"{'yes' if r['torch_imported'] else 'no'} | `{r['message']}` |")
     slow = [r for r in rows if r["seconds"] >= 2.0]
     print(f"\n{len(rows)} cases; {len(slow)} at or over 2 s; {sum(r['model_loaded'] for r in rows)} loaded the model "
           "before refusing")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import LoceditError
 from .spec import DEFAULT_MODEL, EditSpec
@@ -125,7 +125,9 @@ def check(spec: EditSpec) -> None:
     if spec.source is not None and not spec.source.strip():
         raise LoceditError("--source is empty")
     if spec.method in METHODS:
-        METHODS[spec.method].refuse_unused(given_inputs(spec))
+        METHODS[spec.method].check_given(given_inputs(spec))
+    if spec.mask_from and (spec.masks or spec.boxes):
+        raise LoceditError("--mask-from makes the mask: not with --mask or --box")
     if spec.inversion and spec.from_inversion:
         raise LoceditError("--inversion and --from-inversion: the saved trajectory is already inverted")
     if not spec.from_inversion and not spec.image:
@@ -161,6 +163,42 @@ def check_vocabulary(model: str, texts: dict[str, str]) -> None:
             f"the built-in {model!r} model knows only the shapes world, not {', '.join(map(repr, unknown))} in "
             f"{flags}; it knows: {' '.join(sorted(known))}. For other images use a real model: --model with a "
             "diffusers folder or hub id (e.g. --model CompVis/stable-diffusion-v1-4)")
+
+
+_MASK_NOT_READ = object()  # the light request's mask: given, not yet read (check_text tests ``is None`` only)
+
+
+class _Word(NamedTuple):
+    """A region's word before its mask is read (what :meth:`Method.check_text` reads of a region)."""
+
+    word: str
+    mask: None = None
+
+
+def check_text(spec: EditSpec, method, options, options_for_edit, bundle=None) -> None:
+    """The method's prompt checks (:meth:`locedit.methods.base.Method.check_text`) on the model's
+    tokenizer alone, before the model loads and before any mask is read (torch is not imported):
+    word counts of a word swap, blend, region, negative and MasaCtrl words in their prompts, prompt
+    lengths. Skipped where the tokenizer is not on this disk (a hub id, a model built in code) or the
+    source prompt comes from a saved inversion: the same checks then run on the loaded model."""
+    from .diffusion.textside import TextSide, load_text_side
+    from .inversion import uncond_of
+    from .methods import EditRequest
+
+    if not spec.source or spec.from_inversion:
+        return
+    text = TextSide(bundle.tokenizer, bundle.name) if bundle is not None else load_text_side(spec.model or DEFAULT_MODEL)
+    if text is None:
+        return
+    words = lambda refs: tuple(_Word(r.partition("=")[0].strip()) for r in refs)  # noqa: E731
+    pairs = tuple(tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds)
+    uncond = uncond_of(method.takes_inversion(options), spec.inversion or method.inversion, None,
+                       options_for_edit.npi_null)
+    mask = _MASK_NOT_READ if "mask" in given_inputs(spec) else None
+    request = EditRequest(spec.source, spec.target, mask, tuple(spec.blend_words) if spec.blend_words else None,
+                          words(spec.regions), words(spec.attributes), pairs, spec.steps, options_for_edit.guidance,
+                          spec.seed, uncond)
+    method.check_text(text, request, options)
 
 
 def edit_options(spec: EditSpec):
@@ -233,20 +271,32 @@ class Files:
         return as_mask(self.memory[ref]) if ref in self.memory else load_mask(ref, **self.limits)
 
     def check_sizes(self, spec) -> None:
-        """Every mask file the same size as the image, from the files' headers alone (nothing decoded,
-        torch not yet loaded: a wrong mask is refused at once)."""
-        from .fileio import MaskError, header_size, looks_like_box
+        """Every mask file the same size as the image and not empty, every box inside it, before
+        torch is imported (the image's header only; the masks decoded with NumPy): a wrong mask is
+        refused at once."""
+        from .fileio import MaskError, box_bounds, header_size, looks_like_box, mask_array
 
         if not spec.image or spec.image in self.memory:
             return
         height, width = header_size(spec.image, "image", **self.limits)
+        for box in spec.boxes:
+            box_bounds(box, height, width)
+        for text in spec.regions + spec.attributes:
+            word, sep, where = text.partition("=")
+            if not sep or not word.strip() or not where:
+                raise MaskError(f"region {text!r} is not WORD=MASK.png or WORD=x0,y0,x1,y1")
         wheres = list(spec.masks) + [r.partition("=")[2] for r in spec.regions + spec.attributes]
         for where in wheres:
-            if where in self.memory or not where or looks_like_box(where):
+            if where in self.memory:
+                continue
+            if looks_like_box(where):
+                box_bounds(where, height, width)
                 continue
             h, w = header_size(where, "mask", **self.limits)
             if (h, w) != (height, width):
                 raise MaskError(f"mask {where!r} is {w}x{h} but the image is {width}x{height}")
+            if not mask_array(where, **self.limits).any():
+                raise MaskError(f"mask {where!r} is empty (no white pixel)")
 
     def region(self, text: str, height: int, width: int):
         from .fileio import check_user_mask, region_spec
@@ -341,12 +391,6 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
     caller holds; ``progress``: :mod:`locedit.progress`'s interface; ``cache``: the caller's inversion
     cache, :func:`locedit.pipeline.edit`; ``before_load``: called once the inputs are checked, before
     the model loads: an edge's own set-up, such as the command line's)."""
-    import torch
-
-    from . import pipeline
-    from .imaging import Fit
-    from .masks import Region
-
     check(spec)
     method, options, uses_inversion, inversion_options = resolve_options(spec)
     options_for_edit = edit_options(spec)
@@ -358,6 +402,13 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
     Files(files, _limits(spec)).check_sizes(spec)  # the files' headers: nothing decoded yet
     if bundle is None and (spec.model or not spec.from_inversion):  # the model is known: check its words now
         check_vocabulary(spec.model or DEFAULT_MODEL, {"source": spec.source, "target": spec.target})
+    check_text(spec, method, options, options_for_edit, bundle)
+    import torch  # the checks that need no pixel are done
+
+    from . import pipeline
+    from .imaging import Fit
+    from .masks import Region
+
     pairs = [tuple(p.strip() for p in b.partition(":")[::2]) for b in spec.binds]
     inputs = read_inputs(spec, files)
     model = bundle.name if bundle is not None else spec.model or (
@@ -449,17 +500,25 @@ class Instructed(_Saves):
         return torch.cat([self.source, self.edited, third.expand(-1, 3, -1, -1)], dim=3)
 
 
+def _check_instruct_files(spec, files: dict | None) -> None:
+    """The image's and mask's headers (existence, type, limits, the mask's size), nothing decoded."""
+    from .fileio import MaskError, header_size
+
+    memory = files or {}
+    if spec.image in memory:
+        return
+    height, width = header_size(spec.image, "image", **_limits(spec))
+    if spec.mask and spec.mask not in memory:
+        h, w = header_size(spec.mask, "mask", **_limits(spec))
+        if (h, w) != (height, width):
+            raise MaskError(f"mask {spec.mask!r} is {w}x{h} but the image is {width}x{height}")
+
+
 def instruct(spec, *, files: dict | None = None, bundle=None, progress=None, before_load=None) -> Instructed:
     """Run an :class:`locedit.spec.InstructSpec` (``files``, ``bundle``, ``progress``, ``before_load`` as
     :func:`edit`)."""
-    import torch.nn.functional as F
-
-    from . import __version__
-    from .diffusion import load_model
-    from .fileio import check_user_mask
-    from .imaging import Fit
     from .instruct import INSTRUCT_METHODS
-    from .options import describe, preset
+    from .options import preset
 
     if spec.method not in INSTRUCT_METHODS:
         raise LoceditError(f"unknown method {spec.method!r}; choose one of {', '.join(INSTRUCT_METHODS)}")
@@ -470,6 +529,21 @@ def instruct(spec, *, files: dict | None = None, bundle=None, progress=None, bef
         raise LoceditError(f"--mask is not used by --method {spec.method}")
     options = spec.options if spec.options is not None else preset(method.Options, spec.preset)
     check_vocabulary(bundle.name if bundle is not None else spec.model, {"instruction": spec.instruction})
+    _check_instruct_files(spec, files)
+    if bundle is None:  # the instruction's length on the tokenizer alone, before the model loads
+        from .diffusion.textside import load_text_side
+
+        text = load_text_side(spec.model)
+        if text is not None:
+            text.token_ids(spec.instruction)
+    import torch.nn.functional as F  # the checks that need no pixel are done
+
+    from . import __version__
+    from .diffusion import load_model
+    from .fileio import check_user_mask
+    from .imaging import Fit
+    from .options import describe
+
     reader = Files(files, _limits(spec))
     image = reader.image(spec.image)
     height, width = image.shape[-2:]

@@ -94,16 +94,20 @@ def load_mask(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = M
     """PNG -> (1, 1, H, W) binary float: pixels brighter than half of the file's range are in (127 of
     255 for 8-bit masks, 32767 of 65535 for 16-bit ones)."""
     import numpy as np
-
-    im = _open_checked(path, "mask", MaskError, max_pixels, max_bytes)  # before torch loads
     import torch
 
+    return torch.from_numpy(mask_array(path, max_pixels, max_bytes).astype(np.float32))[None, None]
+
+
+def mask_array(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+    """:func:`load_mask`'s pixels as an (H, W) bool array (NumPy only: torch not needed)."""
+    im = _open_checked(path, "mask", MaskError, max_pixels, max_bytes)
     try:
         with im:
             arr = _to_float(im).mean(axis=2)
     except (OSError, ValueError):
         raise MaskError(f"mask {str(path)!r} cannot be read as an image") from None
-    return torch.from_numpy((arr > 127.5 / 255).astype(np.float32))[None, None]
+    return arr > 127.5 / 255
 
 
 def header_size(path: str | Path, what: str = "image", max_pixels: int = MAX_PIXELS,
@@ -118,15 +122,21 @@ def box_mask(spec: str, height: int, width: int):
     """'x0,y0,x1,y1' in input pixels (exclusive ends) -> (1, 1, H, W) mask."""
     import torch
 
+    x0, y0, x1, y1 = box_bounds(spec, height, width)
+    m = torch.zeros(1, 1, height, width)
+    m[..., y0:y1, x0:x1] = 1
+    return m
+
+
+def box_bounds(spec: str, height: int, width: int) -> tuple[int, int, int, int]:
+    """'x0,y0,x1,y1' -> the four ints, refused when malformed, empty or outside the image."""
     try:
         x0, y0, x1, y1 = (int(float(v)) for v in spec.split(","))
     except ValueError:
         raise MaskError(f"box {spec!r} is not X0,Y0,X1,Y1") from None
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise MaskError(f"box {spec!r} is empty or outside the {width}x{height} image")
-    m = torch.zeros(1, 1, height, width)
-    m[..., y0:y1, x0:x1] = 1
-    return m
+    return x0, y0, x1, y1
 
 
 def check_user_mask(m, name: str, height: int, width: int) -> None:

@@ -22,7 +22,7 @@ from .diffusion.cfg import cfg
 from .errors import LoceditError, OptimisationError, PromptError
 from .imaging import Fit
 from .events import StepState, Subscriber, publish
-from .inversion import INVERSIONS, Trajectory
+from .inversion import INVERSIONS, Trajectory, uncond_of
 from .options import EditOptions
 from .inversion.editing import subscribers as trajectory_subscribers
 from .masks import Region, dilate
@@ -354,14 +354,8 @@ def _checked_request(bundle, image, source, target, method, options, inversion, 
     if not isinstance(options, m.Options):
         raise LoceditError(f"method {method!r} takes {m.Options.__name__}, not {type(options).__name__}")
     steps = trajectory.num_steps if trajectory is not None else num_steps
-    if trajectory is not None:
-        uncond = trajectory.uncond
-    elif m.takes_inversion(options) and inversion in INVERSIONS:
-        uncond = getattr(INVERSIONS[inversion].Options, "UNCOND", "null")
-    else:
-        uncond = None
-    if edit_options.npi_null:
-        uncond = "source"
+    uncond = uncond_of(m.takes_inversion(options), inversion, trajectory.uncond if trajectory is not None else None,
+                       edit_options.npi_null)
     request = EditRequest(source, target, mask, tuple(blend_words) if blend_words else None, tuple(regions),
                           tuple(attributes), tuple(pairs), steps, edit_options.guidance, seed, uncond)
     m.check_inputs(request)

@@ -182,3 +182,30 @@ def test_the_server_says_where_it_serves_without_gradios_share_hint(server):
         time.sleep(0.5)
     log = SERVER_LOGS[-1].read_text()
     assert f"on {server.rstrip('/')}" in log and "share=True" not in log, log[-1000:]
+
+
+def test_the_brush_is_translucent(page, server):
+    """Issue 31: the brush painted opaque red over a red object. A stroke over the gray background
+    shows the background through it: the screen pixel is the half-way blend of the gray and the
+    brush's red, not the red."""
+    page.goto(server, wait_until="domcontentloaded")  # a fresh editor: no layer from the tests above
+    page.click("#example")
+    page.wait_for_function("document.querySelector('#source textarea').value.includes('red circle')")
+    page.locator("#editor button[aria-label='Brush']").click()
+    box = page.locator("#editor canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.12  # the gray band above the shapes
+
+    def pixel():
+        shot = Image.open(io.BytesIO(page.screenshot(clip={"x": x - 2, "y": y - 2, "width": 5, "height": 5})))
+        return np.asarray(shot.convert("RGB"), np.float32)[2, 2]
+
+    before = pixel()
+    page.mouse.move(x - 30, y)
+    page.mouse.down()
+    for k in range(1, 21):
+        page.mouse.move(x - 30 + 3 * k, y, steps=2)
+    page.mouse.up()
+    after, brush = pixel(), np.array([255, 48, 48], np.float32)
+    assert np.abs(before - brush).max() > 60, before  # a pixel where the two differ
+    assert np.abs(after - before).max() > 20, (before, after)  # the stroke is there
+    assert np.abs(after - (before + brush) / 2).max() < 25, (before, after)  # and half-transparent

@@ -89,14 +89,9 @@ def replace_matrix(tokenizer, source: str, target: str, length: int) -> torch.Te
     difference of the swapped words; we keep the words aligned up to the end token. When the
     swapped words have equal token counts (the usual case) the two are identical.
     """
-    from ..diffusion.text import word_tokens
+    from ..diffusion.text import swap_words
 
-    src_words, tgt_words = word_tokens(tokenizer, source), word_tokens(tokenizer, target)
-    if len(src_words) != len(tgt_words):
-        raise PromptError(
-            f"word swap needs prompts with the same number of words (source {len(src_words)}, target "
-            f"{len(tgt_words)}); use --p2p refine for prompts that differ in length"
-        )
+    src_words, tgt_words = swap_words(tokenizer, source, target)
     m = torch.zeros(length, length)
     m[0, 0] = 1.0
     for (sw, s_pos), (tw, t_pos) in zip(src_words, tgt_words):

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionController, BatchLayout, MapRequest, Site, StepClock, TokenMapStore
-from ..errors import PromptError
 from ..diffusion.text import token_positions
 from .alignment import refine_mapping, replace_matrix
 from .options import P2P_MODES, LocalBlendOptions, P2POptions, parse_reweight  # noqa: F401 (re-exported)
@@ -142,13 +141,3 @@ class Prompt2Prompt(AttentionController):
         self.last_blend_mask = mask
         src, tgt = latents[0:1], latents[1:2]
         return torch.cat([src, src + mask * (tgt - src)])
-
-
-def check_blend_words(tokenizer, source: str, target: str, words: tuple[str, str] | None) -> None:
-    """Fail before any UNet call when a blend word is missing from its prompt."""
-    if words is None:
-        return
-    if len(words) != 2:
-        raise PromptError("blend words are two: a source word and a target word")
-    token_positions(tokenizer, source, words[0])
-    token_positions(tokenizer, target, words[1])

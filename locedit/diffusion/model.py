@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import PromptError
 from .ddim import DDIMSchedule, to_epsilon
 from .sampler import DDIM, Step
 
@@ -109,12 +108,9 @@ class ModelBundle:
     # ---- text ----------------------------------------------------------------------------------
     def token_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` with start and end tokens, unpadded; refuses over-long prompts."""
-        ids = self.tokenizer(prompt, truncation=False).input_ids
-        if len(ids) > self.max_tokens:
-            raise PromptError(
-                f"prompt is {len(ids) - 2} tokens, over this model's limit of {self.max_tokens - 2}: {prompt[:60]!r}"
-            )
-        return list(ids)
+        from .textside import prompt_ids
+
+        return prompt_ids(self.tokenizer, prompt)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

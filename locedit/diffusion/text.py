@@ -41,3 +41,25 @@ def token_positions(tokenizer, prompt: str, word: str) -> list[int]:
     if not found:
         raise PromptError(f"word {word!r} is not in the prompt {prompt!r}")
     return found
+
+
+def swap_words(tokenizer, source: str, target: str) -> tuple[list, list]:
+    """The two prompts' :func:`word_tokens` for a word swap (P2P "replace"), which pairs them word by
+    word: prompts with different numbers of words are refused."""
+    src_words, tgt_words = word_tokens(tokenizer, source), word_tokens(tokenizer, target)
+    if len(src_words) != len(tgt_words):
+        raise PromptError(
+            f"word swap needs prompts with the same number of words (source {len(src_words)}, target "
+            f"{len(tgt_words)}); use --p2p refine for prompts that differ in length"
+        )
+    return src_words, tgt_words
+
+
+def check_blend_words(tokenizer, source: str, target: str, words: tuple[str, str] | None) -> None:
+    """Fail before any UNet call when a blend word is missing from its prompt."""
+    if words is None:
+        return
+    if len(words) != 2:
+        raise PromptError("blend words are two: a source word and a target word")
+    token_positions(tokenizer, source, words[0])
+    token_positions(tokenizer, target, words[1])

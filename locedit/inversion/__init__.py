@@ -101,6 +101,21 @@ INVERSIONS: dict[str, type[Inversion]] = {
     "aidi": AIDIInversion,
 }
 
+
+def uncond_of(takes_inversion: bool, inversion: str | None, trajectory_uncond: str | None = None,
+              npi_null: bool = False) -> str | None:
+    """What the edit's unconditional branch will hold: "null" (the empty prompt's embedding),
+    "learned" (null-text's), "source" (NPI's, or ``npi_null``), or None for a method that makes its
+    own inversion; ``trajectory_uncond``: a given trajectory's."""
+    if trajectory_uncond is not None:
+        uncond = trajectory_uncond
+    elif takes_inversion and inversion in INVERSIONS:
+        uncond = getattr(INVERSIONS[inversion].Options, "UNCOND", "null")
+    else:
+        uncond = None
+    return "source" if npi_null else uncond
+
+
 __getattr__ = lazy_attributes(__name__, {
     "Trajectory": ".trajectory", "ddim_inversion": ".ddim", "ddim_latents": ".ddim",
     "null_text_inversion": ".null_text", "direct_inversion": ".simple", "negative_prompt_inversion": ".simple",

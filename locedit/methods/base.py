@@ -126,13 +126,23 @@ class Method(Entry):
     :class:`locedit.registry.Entry`."""
 
     needs: ClassVar[frozenset[str]] = frozenset()  # inputs of ``uses`` it cannot run without (the bench gives them)
+    missing: ClassVar[str] = ""  # the refusal when one of ``needs`` is absent (default: names the flag)
     # the inversion its paper uses, run when none is named (a method that takes one)
     inversion: ClassVar[str] = "null-text"
     takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)
 
     @classmethod
     def check(cls, bundle, request: EditRequest, options) -> None:
-        """Every validation that can fail, before any UNet call."""
+        """Every validation that can fail, before any UNet call (:meth:`check_text`'s among them)."""
+        cls.check_text(bundle, request, options)
+
+    @classmethod
+    def check_text(cls, text, request: EditRequest, options) -> None:
+        """The checks that need the prompts and the tokenizer alone: ``text`` is the bundle, or a
+        :class:`~locedit.diffusion.textside.TextSide` when :func:`locedit.api.edit` runs them before
+        the model is loaded (so a request whose masks are not read yet: only words and options)."""
+        text.token_ids(request.source)
+        text.token_ids(request.target)
 
     @classmethod
     def build(cls, bundle, request: EditRequest, options) -> Plan:
@@ -157,8 +167,17 @@ class Method(Entry):
 
     @classmethod
     def check_inputs(cls, request: EditRequest) -> None:
-        """Refuse inputs this method would ignore (no flag is accepted and then ignored)."""
-        cls.refuse_unused(request.given())
+        """Refuse inputs this method would ignore (no flag is accepted and then ignored), and the
+        absence of one it cannot run without."""
+        cls.check_given(request.given())
+
+    @classmethod
+    def check_given(cls, given: set[str]) -> None:
+        """:meth:`check_inputs` by the inputs' names alone (the spec's check runs it before any file
+        is read): unused inputs refused, then a missing one of :attr:`needs`."""
+        cls.refuse_unused(given)
+        for name in sorted(cls.needs - given):
+            raise LoceditError(cls.missing or f"{cls.name} needs {INPUT_FLAGS[name]}")
 
     @classmethod
     def refuse_unused(cls, given: set[str]) -> None:

@@ -125,6 +125,7 @@ class Blended(Method):
     uses = frozenset({"mask", "inversion"})
     inversion = "ddim"  # with --blended-noise inversion: a plain DDIM inversion
     needs = frozenset({"mask"})
+    missing = "blended needs the region to edit: --mask MASK.png or --box x0,y0,x1,y1"
     papers = (BLD_PAPER,)
 
     @classmethod
@@ -135,10 +136,9 @@ class Blended(Method):
     def check(cls, bundle, request, options) -> None:
         from ..masks import check_mask
 
-        bundle.token_ids(request.source)
-        bundle.token_ids(request.target)
+        cls.check_text(bundle, request, options)
         if request.mask is None:
-            raise LoceditError("blended needs the region to edit: --mask MASK.png or --box x0,y0,x1,y1")
+            raise LoceditError(cls.missing)
         mask = latent_mask(bundle, check_mask(request.mask, (bundle.image_size, bundle.image_size)))
         if not mask.any():
             raise LoceditError("the blended mask has no latent cell at 0.5 or more: nothing would be edited")

@@ -138,9 +138,8 @@ class DiffEdit(Method):
     papers = (DIFFEDIT_PAPER,)
 
     @classmethod
-    def check(cls, bundle, request, options) -> None:
-        bundle.token_ids(request.source)
-        bundle.token_ids(request.target)
+    def check_text(cls, text, request, options) -> None:
+        super().check_text(text, request, options)
         if request.source == request.target and options.reference == "source":
             raise LoceditError("diffedit contrasts the two prompts: source and target are the same")
 

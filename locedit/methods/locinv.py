@@ -41,10 +41,17 @@ class LocInv(Method):
     uses = frozenset({"source_regions", "pairs", "mask", "blend_words"})
     papers, built_on = (LOCINV_PAPER,), ("p2p",)
 
+    needs = frozenset({"regions"})
+    missing = "locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)"
+
+    @classmethod
+    def check_text(cls, text, request, options) -> None:
+        P2P.check_text(text, request, options)
+
     @classmethod
     def check(cls, bundle, request, options) -> None:
         if not request.regions:
-            raise LoceditError("locinv needs at least one noun region: --region NOUN=MASK.png (or NOUN=x0,y0,x1,y1)")
+            raise LoceditError(cls.missing)
         P2P.check(bundle, request, options)  # the engine's checks (options.p2p, options.blend)
 
     @classmethod

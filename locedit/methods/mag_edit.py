@@ -30,7 +30,7 @@ from ..control.options import LocalBlendOptions, P2POptions
 from ..errors import LoceditError, MaskError, PromptError
 from ..guidance.options import GuidanceOptions
 from .base import Citation, EditRequest, Method, Plan
-from .p2p import check_p2p
+from .p2p import check_alignment, check_p2p
 
 MAG_LOSSES = ("token-ratio", "spatial-ratio")
 MAG_PAPER = Citation("Mao et al., MAG-Edit: Localized Image Editing in Complex Scenarios via Mask-Based "
@@ -67,23 +67,31 @@ class MAGEditOptions:
             raise LoceditError("--lambda-ng needs --negative words")
 
 
-def check_regions(bundle, prompt: str, regions, what: str = "region") -> list[list[int]]:
-    """Token positions of each region's word in ``prompt``; masks checked against the model size."""
+def check_region_words(text, prompt: str, words, what: str = "region") -> list[list[int]]:
+    """Token positions of each region word in ``prompt`` (``text``: the bundle or its tokenizer
+    alone); a word given twice or absent is refused."""
     from ..diffusion.text import token_positions
+
+    lowered = [w.lower() for w in words]
+    for w in lowered:
+        if lowered.count(w) > 1:
+            raise PromptError(f"{what} word {w!r} is given twice; give each word one mask (a union is one mask)")
+    out = []
+    for w in words:
+        try:
+            out.append(token_positions(text.tokenizer, prompt, w))
+        except PromptError:
+            raise PromptError(f"{what} word {w!r} is not in the prompt {prompt!r}") from None
+    return out
+
+
+def check_regions(bundle, prompt: str, regions, what: str = "region") -> list[list[int]]:
+    """:func:`check_region_words`, and each region's mask checked against the model size."""
     from ..masks import check_mask
 
-    size = (bundle.image_size, bundle.image_size)
-    out = []
-    words = [r.word.lower() for r in regions]
-    for w in words:
-        if words.count(w) > 1:
-            raise PromptError(f"{what} word {w!r} is given twice; give each word one mask (a union is one mask)")
+    out = check_region_words(bundle, prompt, [r.word for r in regions], what)
     for r in regions:
-        try:
-            out.append(token_positions(bundle.tokenizer, prompt, r.word))
-        except PromptError:
-            raise PromptError(f"{what} word {r.word!r} is not in the prompt {prompt!r}") from None
-        check_mask(r.mask, size, f"mask of {what} {r.word!r}")
+        check_mask(r.mask, (bundle.image_size, bundle.image_size), f"mask of {what} {r.word!r}")
     return out
 
 
@@ -127,20 +135,29 @@ class MAGEdit(Method):
     uses = frozenset({"regions", "inversion"})
     papers, built_on = (MAG_PAPER,), ("p2p",)
 
+    needs = frozenset({"regions"})
+    missing = "mag-edit needs at least one region: --region WORD=MASK.png (or WORD=x0,y0,x1,y1)"
+
     @classmethod
-    def check(cls, bundle, request, options) -> None:
+    def check_text(cls, text, request, options) -> None:
         from ..diffusion.text import token_positions
 
-        if not request.regions:
-            raise MaskError("mag-edit needs at least one region: --region WORD=MASK.png (or WORD=x0,y0,x1,y1)")
-        check_p2p(bundle, request, options.p2p)
-        check_regions(bundle, request.target, request.regions)
-        check_map_masks(bundle, request.regions)
+        check_p2p(text, request, options.p2p)
+        check_region_words(text, request.target, [r.word for r in request.regions])
         for w in options.negative_words:
             try:
-                token_positions(bundle.tokenizer, request.target, w)
+                token_positions(text.tokenizer, request.target, w)
             except PromptError:
                 raise PromptError(f"negative word {w!r} is not in the target prompt {request.target!r}") from None
+
+    @classmethod
+    def check(cls, bundle, request, options) -> None:
+        if not request.regions:
+            raise MaskError(cls.missing)
+        cls.check_text(bundle, request, options)
+        check_alignment(bundle, request, options.p2p)
+        check_regions(bundle, request.target, request.regions)
+        check_map_masks(bundle, request.regions)
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:

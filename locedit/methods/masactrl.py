@@ -66,30 +66,33 @@ class MasaCtrl(Method):
     papers = (MASACTRL_PAPER,)
 
     @classmethod
+    def check_text(cls, text, request, options) -> None:
+        from ..diffusion.text import token_positions
+
+        super().check_text(text, request, options)
+        if options.auto_word is not None and request.mask is not None:
+            raise LoceditError("--masactrl-auto makes the masks from attention: not with --mask")
+        if options.start_step >= request.num_steps:
+            raise LoceditError(f"--masactrl-step {options.start_step} is past the last of {request.num_steps} steps: "
+                               "nothing would change")
+        if options.auto_word is not None:
+            src_word, tgt_word = options.auto_words()
+            token_positions(text.tokenizer, request.source, src_word)
+            token_positions(text.tokenizer, request.target, tgt_word)
+        elif options.auto_threshold != 0.1:
+            raise LoceditError("--masactrl-auto-threshold needs --masactrl-auto WORD")
+
+    @classmethod
     def check(cls, bundle, request, options) -> None:
         from ..attention import unet_sites
         from ..control.masactrl import block_order
         from ..masks import check_mask
 
-        bundle.token_ids(request.source)
-        bundle.token_ids(request.target)
+        cls.check_text(bundle, request, options)
         blocks = max(block_order(unet_sites(bundle.unet)).values()) + 1
         if options.layer(blocks) >= blocks:
             raise LoceditError(f"--masactrl-layer {options.start_layer} is past the model's last transformer block "
                                f"({blocks - 1}): nothing would change")
-        if options.start_step >= request.num_steps:
-            raise LoceditError(f"--masactrl-step {options.start_step} is past the last of {request.num_steps} steps: "
-                               "nothing would change")
-        if options.auto_word is not None:
-            from ..diffusion.text import token_positions
-
-            if request.mask is not None:
-                raise LoceditError("--masactrl-auto makes the masks from attention: not with --mask")
-            src_word, tgt_word = options.auto_words()
-            token_positions(bundle.tokenizer, request.source, src_word)
-            token_positions(bundle.tokenizer, request.target, tgt_word)
-        elif options.auto_threshold != 0.1:
-            raise LoceditError("--masactrl-auto-threshold needs --masactrl-auto WORD")
         if request.mask is not None:
             mask = check_mask(request.mask, (bundle.image_size, bundle.image_size))
             if not (mask > 0.5).any() or (mask > 0.5).all():

@@ -34,8 +34,8 @@ from ..control.options import P2POptions
 from ..errors import LoceditError, MaskError
 from ..guidance.options import GuidanceOptions
 from .base import Citation, Method, Plan
-from .mag_edit import check_map_masks, check_regions, guided_p2p, map_side
-from .p2p import check_p2p
+from .mag_edit import check_map_masks, check_region_words, check_regions, guided_p2p, map_side
+from .p2p import check_alignment, check_p2p
 
 OAL_FORMS = ("bce", "quartic")
 CCL_FORMS = ("token-ratio", "spatial-ratio")
@@ -100,11 +100,26 @@ class MDEEdit(Method):
     uses = frozenset({"regions", "attributes", "inversion"})
     papers, built_on = (MDE_PAPER,), ("mag-edit", "p2p")
 
+    missing = "mde-edit needs regions: --region WORD=MASK.png for objects, --attribute WORD=MASK.png"
+
+    @classmethod
+    def check_given(cls, given) -> None:
+        super().check_given(given)
+        if not given & {"regions", "attributes"}:
+            raise MaskError(cls.missing)
+
+    @classmethod
+    def check_text(cls, text, request, options) -> None:
+        check_p2p(text, request, options.p2p)
+        check_region_words(text, request.target, [r.word for r in request.regions])
+        check_region_words(text, request.target, [r.word for r in request.attributes], "attribute")
+
     @classmethod
     def check(cls, bundle, request, options) -> None:
         if not request.regions and not request.attributes:
-            raise MaskError("mde-edit needs regions: --region WORD=MASK.png for objects, --attribute WORD=MASK.png")
-        check_p2p(bundle, request, options.p2p)
+            raise MaskError(cls.missing)
+        cls.check_text(bundle, request, options)
+        check_alignment(bundle, request, options.p2p)
         check_regions(bundle, request.target, request.regions)
         check_regions(bundle, request.target, request.attributes, "attribute")
         check_map_masks(bundle, request.attributes, "attribute")  # CCL's ratio, as MAG-Edit's

@@ -32,17 +32,26 @@ def latent_user_mask(bundle, mask):
     return to_latent_mask(mask, (side, side)).to(bundle.device)
 
 
-def check_p2p(bundle, request: EditRequest, p2p: P2POptions) -> None:
-    """Prompt-level checks of the P2P engine, before any UNet call."""
-    from ..control.alignment import replace_matrix
-    from ..diffusion.text import token_positions
+def check_p2p(text, request: EditRequest, p2p: P2POptions) -> None:
+    """Prompt-level checks of the P2P engine (``text``: the bundle or its tokenizer alone,
+    :meth:`Method.check_text`)."""
+    from ..diffusion.text import swap_words, token_positions
 
-    bundle.token_ids(request.source)
-    bundle.token_ids(request.target)
+    text.token_ids(request.source)
+    text.token_ids(request.target)
+    if p2p.mode == "replace":
+        swap_words(text.tokenizer, request.source, request.target)
+    for word, _ in p2p.reweight:
+        token_positions(text.tokenizer, request.target, word)
+
+
+def check_alignment(bundle, request: EditRequest, p2p: P2POptions) -> None:
+    """A word swap's token alignment fits the model's token length (the model's side of
+    :func:`check_p2p`)."""
+    from ..control.alignment import replace_matrix
+
     if p2p.mode == "replace":
         replace_matrix(bundle.tokenizer, request.source, request.target, bundle.max_tokens)
-    for word, _ in p2p.reweight:
-        token_positions(bundle.tokenizer, request.target, word)
 
 
 def check_blend(request: EditRequest, blend: LocalBlendOptions) -> None:
@@ -73,13 +82,19 @@ class P2P(Method):
     papers = (P2P_PAPER,)
 
     @classmethod
+    def check_text(cls, text, request, options) -> None:
+        from ..diffusion.text import check_blend_words
+
+        check_p2p(text, request, options.p2p)
+        check_blend(request, options.blend)
+        check_blend_words(text.tokenizer, request.source, request.target, request.blend_words)
+
+    @classmethod
     def check(cls, bundle, request, options) -> None:
-        from ..control.p2p import check_blend_words
         from ..masks import check_mask
 
-        check_p2p(bundle, request, options.p2p)
-        check_blend(request, options.blend)
-        check_blend_words(bundle.tokenizer, request.source, request.target, request.blend_words)
+        cls.check_text(bundle, request, options)
+        check_alignment(bundle, request, options.p2p)
         if request.mask is not None:
             check_mask(request.mask, (bundle.image_size, bundle.image_size))
 

@@ -69,12 +69,15 @@ class PnP(Method):
     def check(cls, bundle, request, options) -> None:
         from ..control.pnp import has_feature_module
 
-        bundle.token_ids(request.source)
-        bundle.token_ids(request.target)
         if not has_feature_module(bundle.unet, options.feature_block):
             raise LoceditError(f"--pnp-feature-block {options.feature_block!r} is not a residual block of this UNet")
+        cls.check_text(bundle, request, options)
+
+    @classmethod
+    def check_text(cls, text, request, options) -> None:
+        super().check_text(text, request, options)
         if options.negative_prompt:
-            bundle.token_ids(options.negative_prompt)
+            text.token_ids(options.negative_prompt)
             if request.uncond != "null":
                 what = {"learned": "learned by null-text inversion", "source": "the source prompt's (NPI)"}
                 raise LoceditError(f"PnP's negative prompt would replace the unconditional embedding, which here is "

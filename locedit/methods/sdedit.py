@@ -68,8 +68,7 @@ class SDEdit(Method):
 
     @classmethod
     def check(cls, bundle, request, options) -> None:
-        bundle.token_ids(request.source)
-        bundle.token_ids(request.target)
+        cls.check_text(bundle, request, options)
 
     @classmethod
     def build(cls, bundle, request, options) -> Plan:
