@@ -598,3 +598,37 @@ def test_mde_update_and_blend_masks_are_the_codes(bundle):
     torch.testing.assert_close(plan.subscribers[0].latent_mask, torch.maximum(dilate(o, 1), a))
     engine = [c for c in plan.controller.controllers if hasattr(c, "user_mask")][0]
     torch.testing.assert_close(engine.user_mask, dilate(torch.maximum(o, a), 1))
+
+
+def test_lime_tokens_follow_the_codes_token_by_token_rule(instruct_bundle):
+    """Issue 32: the code tests each token decoded alone (``get_effective_tokens``: the start token and
+    stop words out; ``locate_points``: punctuation out too), so a trailing '.' is related in the edit
+    and not part of the localisation. The expected lists are the code's loops over the tokens."""
+    import string
+
+    from locedit.instruct.lime import content_tokens, stop_words
+
+    tok = instruct_bundle.tokenizer
+    for instr in ("make the square blue.", "turn it's square, blue!", "the square"):
+        ids = tok(instr).input_ids
+        words = [tok.decode([i]).strip() for i in ids]
+        effective = [i for i, w in enumerate(words) if i != 0 and w not in stop_words()]
+        located = [i for i in effective if words[i] not in string.punctuation]
+        assert content_tokens(tok, instr, keep_end=True) == effective, instr
+        assert content_tokens(tok, instr, keep_end=True, drop_punctuation=True) == located, instr
+
+
+def test_lime_regularises_the_roi_resized_to_the_nearest_pixel_as_the_code():
+    """The code resizes the RoI to each layer's side with OpenCV's INTER_NEAREST: pixel i of the
+    smaller map is source pixel floor(i * S / side)."""
+    import numpy as np
+
+    from locedit.instruct.lime import AttentionRegularizer
+
+    rng = np.random.default_rng(0)
+    roi = rng.random((32, 32)) > 0.7
+    reg = AttentionRegularizer(torch.from_numpy(roi), [1], 8, (0.0, 1.0))
+    for side in (16, 8, 4):
+        pick = np.floor(np.arange(side) * 32 / side).astype(int)
+        expected = roi[np.ix_(pick, pick)].reshape(-1)
+        assert np.array_equal(reg.roi_at(side, "cpu").numpy(), expected), side

@@ -124,7 +124,7 @@ def test_masactrl_through_the_pipeline_and_its_checks(bundle, image):
 
 
 # ---- masks from cross-attention (MutualSelfAttentionControlMaskAuto) --------------------------------------
-def test_auto_masks_mix_the_codes_two_masked_attentions_by_the_target_map():
+def test_auto_masks_mix_the_codes_two_masked_attentions_by_the_thresholded_target_map():
     from locedit.control.masactrl import MutualSelfAttentionAuto
 
     torch.manual_seed(0)
@@ -137,10 +137,12 @@ def test_auto_masks_mix_the_codes_two_masked_attentions_by_the_target_map():
     sim = torch.randn(4, heads, side * side, side * side)
     out = ctrl.edit_probs(sim.softmax(-1), parse_site("up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor", 2))
     # the code: min-max normalise, threshold the source map for the keys, two masked softmaxes with
-    # finfo.min, blended by the target's soft map per query
+    # finfo.min, blended per query by the target map thresholded at the same value
+    # (MutualSelfAttentionControlMaskAuto.forward: spatial_mask[spatial_mask >= thres] = 1, else 0)
     norm = lambda m: (m - m.min()) / (m.max() - m.min())  # noqa: E731
     keys = (norm(src_map).flatten() >= 0.3).float()
-    w = norm(tgt_map).flatten()[:, None]
+    w = (norm(tgt_map).flatten()[:, None] >= 0.3).float()
+    assert 0 < w.sum() < w.numel()  # both outputs are used
     low = torch.finfo(sim.dtype).min
     for s, t in ((0, 1), (2, 3)):
         fg = (sim[t] + (1 - keys) * low).softmax(-1)

@@ -106,9 +106,11 @@ class MutualSelfAttentionAuto(MutualSelfAttention):
     ``target_tokens`` - averaged over heads and the layers seen so far in this step, summed over the
     word's tokens and min-max normalised (the code's ``aggregate_cross_attn_map``). At a controlled
     self-attention site the source map thresholded at ``threshold`` (0.1) is the keys' foreground
-    M_s; the target map, *not* thresholded, weighs each query: out = m_t * attention over the
-    foreground keys + (1 - m_t) * attention over the background keys (both nearest-resized to the
-    site). Until a cross-attention map has been seen in a step, the plain mutual attention runs (as
+    M_s and the target map thresholded at the same value, M_t, picks each query's output: out = M_t *
+    attention over the foreground keys + (1 - M_t) * attention over the background keys (both maps
+    nearest-resized to the site first, then thresholded, as the code's ``spatial_mask[spatial_mask
+    >= thres] = 1``). 0.2 weighed the queries by the target's soft map, which the code never did
+    (issue 32: 0.28 on the target latent). Until a cross-attention map has been seen in a step, the plain mutual attention runs (as
     the code's ``len(self.cross_attns) == 0`` branch). Here the two masked softmaxes are formed from
     the one probability matrix (the masked softmax equals the renormalised product with the mask),
     mixed per query: the same numbers as the code's two attention calls and blend."""
@@ -150,10 +152,10 @@ class MutualSelfAttentionAuto(MutualSelfAttention):
         lo = maps.flatten(1).min(1).values[:, None, None]
         hi = maps.flatten(1).max(1).values[:, None, None]
         norm = (maps - lo) / (hi - lo).clamp_min(torch.finfo(maps.dtype).tiny)
-        self.last_masks = ((norm[0] >= self.threshold).float(), norm[1])
+        self.last_masks = ((norm[0] >= self.threshold).float(), (norm[1] >= self.threshold).float())
         small = F.interpolate(norm[:, None], size=(side, side)).flatten(1)  # nearest, as the code
         keys_fg = (small[0] >= self.threshold).to(probs.dtype)  # (K,)
-        weight = small[1].to(probs.dtype)[:, None]  # (Q, 1): the target's soft map
+        weight = (small[1] >= self.threshold).to(probs.dtype)[:, None]  # (Q, 1): the target's mask M_t
         probs = probs.clone()
         for _, t in self.layout.pairs():
             p = probs[t]  # (heads, Q, K)

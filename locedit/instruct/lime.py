@@ -8,7 +8,8 @@
    - attention: the cross-attention of the instruction tokens in the text row (eps(c_I, c_T)),
      averaged over heads, layers, attention steps and the kept tokens (start-of-text, stop words,
      end-of-text and padding are ignored);
-   - the RoI is the union of the clusters that the top ``points`` (100) attention pixels fall in.
+   - the RoI is the union of the clusters that the top ``points`` attention pixels fall in (100 at a
+     512-pixel image, the same fraction of the image at other sizes: :func:`points_at`).
 2. Edit (Sec. 3.2, Eq. 3): IP2P again from the same noise; during the regularised steps, in every
    cross-attention layer of the text row, the logits of unrelated tokens (everything but the kept
    instruction tokens) are set to -inf at RoI pixels, so their probability there is exactly zero.
@@ -38,6 +39,7 @@ Both readings ship our stop-word list (the code downloads NLTK's at import).
 from __future__ import annotations
 
 import contextlib
+import string
 from dataclasses import dataclass
 from importlib import resources
 from typing import NamedTuple
@@ -48,7 +50,6 @@ import torch.nn.functional as F
 
 from ..attention import AttentionController, Site, unet_sites
 from ..diffusion import ModelBundle
-from ..diffusion.text import word_tokens
 from ..errors import LoceditError
 from .ip2p import IP2P_LAYOUT, instruct_edit
 from .options import FEATURES, REG_LEVELS, REG_ROWS, SITES, LIMEOptions  # noqa: F401 (re-exported)
@@ -59,28 +60,36 @@ def stop_words() -> frozenset[str]:
     return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#"))
 
 
-def content_tokens(tokenizer, instruction: str, drop_verbs: bool = False, keep_end: bool = False) -> list[int]:
-    """Token positions of the instruction's words that are not stop words (start excluded; the end
-    token only with ``keep_end``, as the authors' code keeps it); ``drop_verbs`` also drops the
-    words NLTK's part-of-speech tagger marks as verbs (the code's ``locate_points``)."""
+def content_tokens(tokenizer, instruction: str, drop_verbs: bool = False, keep_end: bool = False,
+                   drop_punctuation: bool = False) -> list[int]:
+    """Token positions of the instruction that are not stop words, token by token as the authors'
+    code tests them: each token decoded alone (the start token excluded) and looked up in the
+    stop-word list (``get_effective_tokens``: the edit's related tokens); ``drop_punctuation`` also
+    drops a token that is punctuation and ``drop_verbs`` the tokens NLTK's part-of-speech tagger marks
+    as verbs (``locate_points``: the localisation's tokens). The end token only with ``keep_end``,
+    as the code keeps it. (0.2 tested whole words and kept a trailing '.' token in the localisation.)"""
     stops = stop_words()
-    words = word_tokens(tokenizer, instruction)
-    verbs = _verbs([w for w, _ in words]) if drop_verbs else set()
+    ids = tokenizer(instruction).input_ids
+    texts = [tokenizer.decode([i]).strip() for i in ids]
+    verbs = _verbs(texts) if drop_verbs else set()
     out = []
-    for k, (word, positions) in enumerate(words):
-        if word.strip(".,!?;:'\"").lower() not in stops and k not in verbs:
-            out.extend(positions)
+    for k in range(1, len(ids) - 1):
+        text = texts[k]
+        if text.lower() in stops or k in verbs or (drop_punctuation and text in string.punctuation):
+            continue  # ``in string.punctuation`` is the code's substring test
+        out.append(k)
     if keep_end:
-        out.append(len(tokenizer(instruction).input_ids) - 1)
+        out.append(len(ids) - 1)
     return out
 
 
-def _verbs(words: list[str]) -> set[int]:
-    """Indices of the words NLTK tags VB*; a one-line error when NLTK or its tagger data is missing."""
+def _verbs(tokens: list[str]) -> set[int]:
+    """Indices of the tokens NLTK tags VB* (tagged in one sequence with the start and end tokens, as
+    the code does); a one-line error when NLTK or its tagger data is missing."""
     try:
         import nltk
 
-        tags = nltk.pos_tag([w.strip(".,!?;:'\"") for w in words])
+        tags = nltk.pos_tag(tokens)
     except (ImportError, LookupError):
         raise LoceditError("drop_verbs needs nltk with its tagger data (pip install nltk; python -m nltk.downloader "
                            "averaged_perceptron_tagger_eng)") from None
@@ -263,6 +272,15 @@ def cluster(features: torch.Tensor, k: int, seed: int = 0, n_init: int = 3) -> t
     return cluster_gram(x.T.double() @ x.double(), s, k, seed, n_init)
 
 
+def points_at(points: int, image_size: int) -> int:
+    """The top attention points at ``image_size``: the paper's count is at a 512-pixel image (100 of
+    256x256 fused pixels, 0.15% of them), kept as the same fraction of the image's area at other
+    sizes (100 -> 2 at 64 px, 225 at 768 px; at least 1). Neither the paper nor the code runs
+    another size; 0.2 took 100 at every size: 10% of a 64 px image's 32x32 fused pixels, so the RoI
+    took most of the scene's clusters (issue 32)."""
+    return max(1, round(points * image_size * image_size / 512 ** 2))
+
+
 def region_of_interest(labels: torch.Tensor, attention: torch.Tensor, points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(RoI (S, S) bool, indices of the top points): union of the clusters hit by the top points."""
     flat = attention.flatten()
@@ -292,8 +310,11 @@ class AttentionRegularizer(AttentionController):
                 and (self.levels is None or site.level in self.levels))
 
     def roi_at(self, side: int, device) -> torch.Tensor:
+        """The RoI at a layer's map side: nearest pixel, as the code's ``cv2.resize(...,
+        INTER_NEAREST)`` (source pixel floor(i * S / side), which is torch's "nearest"; 0.2 took an
+        area average above 0.5)."""
         if side not in self._cache:
-            m = F.interpolate(self.roi[None, None], size=(side, side), mode="area")[0, 0] > 0.5
+            m = F.interpolate(self.roi[None, None], size=(side, side), mode="nearest")[0, 0] > 0.5
             self._cache[side] = m.flatten().to(device)
         return self._cache[side]
 
@@ -351,8 +372,9 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
     not used: the notebook's second call makes the edit). With the official windows (step 10 of 30)
     that is a third of the UNet calls. ``run_all`` samples the whole schedule (to compare the
     run's own output)."""
-    tokens = content_tokens(bundle.tokenizer, instruction, options.drop_verbs, options.keep_end_token)
-    if not content_tokens(bundle.tokenizer, instruction):
+    tokens = content_tokens(bundle.tokenizer, instruction, options.drop_verbs, options.keep_end_token,
+                            drop_punctuation=True)
+    if not content_tokens(bundle.tokenizer, instruction, drop_punctuation=True):
         raise LoceditError(f"the instruction {instruction!r} has no content word (only stop words)")
     side = feature_side(bundle, options)
     keep = site_filter(bundle.unet, options.sites)
@@ -373,7 +395,7 @@ def localize(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_ste
             feats, gram = None, gram.float()  # kept for inspection (the side-by-side run compares it), half the size
             labels = _labels(points, side, options.clusters, options.seed, options.kmeans_init)
             del points
-    roi, top = region_of_interest(labels, rec.attention(), options.points)
+    roi, top = region_of_interest(labels, rec.attention(), points_at(options.points, bundle.image_size))
     return Localisation(roi, labels, rec.attention(), top, tokens, feats, z, gram)
 
 
@@ -390,8 +412,11 @@ def lime_edit(bundle: ModelBundle, image: torch.Tensor, instruction: str, num_st
     else:
         found = localize(bundle, image, instruction, num_steps, options, seed, progress)
         roi, labels, attention, top = found.roi, found.labels, found.attention, found.top
-    # the edit's related tokens: every non-stop word (verbs included), the end token as the code keeps it
+    # the edit's related tokens: every non-stop token (verbs and punctuation included), the end token as
+    # the code keeps it; the padding positions only when asked (a locedit option)
     related = content_tokens(bundle.tokenizer, instruction, keep_end=options.keep_end_token)
+    if options.padding_related:
+        related += list(range(len(bundle.tokenizer(instruction).input_ids), bundle.max_tokens))
     levels = None
     if options.regularize_levels == "finer-than-map":
         from ..attention import map_level

@@ -52,6 +52,10 @@ class LIMEOptions:
         "flag": "drop-verbs", "help": "localisation ignores verbs too (the code; needs nltk and its tagger data)"})
     keep_end_token: bool = field(default=True, metadata={
         "flag": "keep-end-token", "help": "the end token counts as a related token (the code)"})
+    padding_related: bool = field(default=False, metadata={
+        "flag": "padding-related", "help": "the padding positions count as related tokens in the RoI (a locedit "
+        "option, neither the paper's nor the code's, which regularise padding: for a model that reads the "
+        "instruction from its padding positions, as the bundled shapes-instruct does)"})
     regularize_rows: str = field(default="all", metadata={
         "flag": "regularize-rows", "choices": REG_ROWS,
         "help": "rows whose logits are regularised: all three guidance rows (the code) or the text row only"})
