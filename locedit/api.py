@@ -309,6 +309,21 @@ class Files:
         return region_spec(text, height, width, **self.limits)
 
 
+def _check_saved(spec: EditSpec, trajectory) -> None:
+    """A saved trajectory's inversion is one locedit has (or a method that makes its own); ``--steps``,
+    when given (not the default), must be its steps: the edit runs on the trajectory's schedule."""
+    from .inversion import INVERSIONS
+    from .methods import METHODS
+
+    where = f"--from-inversion {str(spec.from_inversion)!r}"
+    if trajectory.method not in INVERSIONS and trajectory.method not in METHODS:
+        raise LoceditError(f"{where} names an unknown inversion {trajectory.method!r}; locedit has "
+                           f"{', '.join(INVERSIONS)}")
+    if spec.steps != EditSpec.steps and spec.steps != trajectory.num_steps:
+        raise LoceditError(f"--steps {spec.steps}: {where} was inverted with {trajectory.num_steps} steps and the "
+                           "edit runs on them (omit --steps)")
+
+
 def read_inputs(spec: EditSpec, memory: dict | None = None) -> _Inputs:
     """Read the image, masks, boxes, regions and a saved inversion (``memory``: see :class:`Files`)."""
     import torch
@@ -320,6 +335,7 @@ def read_inputs(spec: EditSpec, memory: dict | None = None) -> _Inputs:
     trajectory = manifest = None
     if spec.from_inversion:
         trajectory, manifest = Trajectory.load(spec.from_inversion)
+        _check_saved(spec, trajectory)
     image = files.image(spec.image) if spec.image else None
     if image is not None:
         height, width = image.shape[-2:]

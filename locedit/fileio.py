@@ -133,7 +133,7 @@ def box_bounds(spec: str, height: int, width: int) -> tuple[int, int, int, int]:
     try:
         x0, y0, x1, y1 = (int(float(v)) for v in spec.split(","))
     except ValueError:
-        raise MaskError(f"box {spec!r} is not X0,Y0,X1,Y1") from None
+        raise MaskError(f"box {spec!r} is not four numbers x0,y0,x1,y1") from None
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise MaskError(f"box {spec!r} is empty or outside the {width}x{height} image")
     return x0, y0, x1, y1
@@ -147,9 +147,10 @@ def check_user_mask(m, name: str, height: int, width: int) -> None:
 
 
 def looks_like_box(where: str) -> bool:
-    """A region's ``x0,y0,x1,y1`` (four numbers) rather than a mask file's name."""
+    """A region's box (numbers separated by commas: ``x0,y0,x1,y1``; another count is a malformed box,
+    refused by :func:`box_bounds`) rather than a mask file's name."""
     parts = where.split(",")
-    return len(parts) == 4 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in parts)
+    return len(parts) > 1 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in parts)
 
 
 def region_spec(spec: str, height: int, width: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
@@ -174,11 +175,30 @@ def check_output(path: str | Path, what: str = "--out", types=OUTPUT_TYPES) -> P
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
     while not probe.exists():
+        if probe.is_symlink():  # a link to nowhere: mkdir would fail after the whole run
+            raise LoceditError(f"{what} {str(out)!r}: {str(probe)!r} is a broken symbolic link")
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise LoceditError(f"{what} {str(out)!r}: the folder {str(probe)!r} is not writable")
     if out.exists() and not os.access(out, os.W_OK):
         raise LoceditError(f"{what} {str(out)!r} exists and is not writable")
+    return out
+
+
+def check_output_dir(path: str | Path, what: str = "--out-dir") -> Path:
+    """Refuse an output folder before any work: a file, a broken link, or a folder that cannot be
+    made or written (its parent is made, as the write would)."""
+    out = Path(path)
+    if out.is_symlink() and not out.exists():
+        raise LoceditError(f"{what} {str(out)!r} is a broken symbolic link")
+    if out.exists() and not out.is_dir():
+        raise LoceditError(f"{what} {str(out)!r} is a file; give a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoceditError(f"{what} {str(out)!r}: {exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
+        raise LoceditError(f"{what} {str(out)!r} is not writable")
     return out
 
 

@@ -215,7 +215,7 @@ def test_jsonl_rows_are_checked_with_their_line_number(scene_png, tmp_path, caps
     spec.write_text(good + "\n[1, 2]\n")
     refused(BENCH + ["--dataset", f"jsonl:{spec}", "--methods", "p2p", "--out", str(tmp_path / "b")], capsys,
             "edits.jsonl:2: not a JSON object")
-    spec.write_text(good + "\n" + json.dumps({"image": "nowhere.png"}) + "\n")
+    spec.write_text(good + "\n" + json.dumps({"image": "nowhere.png", "target_prompt": "a blue square"}) + "\n")
     refused(BENCH + ["--dataset", f"jsonl:{spec}", "--methods", "p2p", "--out", str(tmp_path / "b")], capsys,
             "edits.jsonl:2: names a missing file 'nowhere.png'")
 

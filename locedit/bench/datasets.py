@@ -67,7 +67,7 @@ def _load_mask(path: Path) -> torch.Tensor:
     return load_mask(path)
 
 
-def load_pie_bench(folder: str | Path) -> Iterator[EditItem]:
+def load_pie_bench(folder: str | Path, any_path: bool = False) -> Iterator[EditItem]:
     """PIE-Bench: ``mapping_file.json`` and ``annotation_images/``; every entry and image path is
     checked before the first item is made."""
     folder = Path(folder)
@@ -85,8 +85,14 @@ def load_pie_bench(folder: str | Path) -> Iterator[EditItem]:
                    or k not in row]
         if missing:
             raise LoceditError(f"{mapping}: entry {key!r} has no {', '.join(missing)}")
-        if not (folder / "annotation_images" / row["image_path"]).is_file():
+        images = folder / "annotation_images"
+        if not isinstance(row["image_path"], str) or not _inside(images, row["image_path"], any_path):
+            raise LoceditError(f"{mapping}: entry {key!r} names an image outside {images}: {row['image_path']!r} "
+                               "(--any-path allows it)")
+        if not (images / row["image_path"]).is_file():
             raise LoceditError(f"{mapping}: entry {key!r} names a missing image {row['image_path']!r}")
+    if not data:
+        raise LoceditError(f"{mapping}: no entry in it")
     return _pie_items(folder, data)
 
 
@@ -106,16 +112,17 @@ def _pie_items(folder: Path, data: dict) -> Iterator[EditItem]:
 
 
 # ---- generic JSONL -----------------------------------------------------------------------------------------
-def load_jsonl(path: str | Path) -> Iterator[EditItem]:
+def load_jsonl(path: str | Path, any_path: bool = False) -> Iterator[EditItem]:
     """One edit per line: image (or source_image), source_prompt, target_prompt, instruction, mask
     (a PNG), object_masks with words, boxes, target_image, kind; paths relative to the file. Every
-    line is checked (a JSON object, an image, every file it names present) before the first item is
-    made; a bad line is reported with its line number."""
+    line is checked (a JSON object, an image, a target prompt or an instruction, an id no other line
+    has, every file it names present and inside the file's folder unless ``any_path``) before the
+    first item is made; a bad line is reported with its line number, and an empty file is refused."""
     path = Path(path)
     if not path.is_file():
         raise LoceditError(f"JSONL edit spec {path} does not exist")
     base = path.parent
-    rows = []
+    rows, ids = [], {}
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -131,12 +138,23 @@ def load_jsonl(path: str | Path) -> Iterator[EditItem]:
             raise LoceditError(f"{path}:{n}: not a JSON object")
         if not (row.get("image") or row.get("source_image")):
             raise LoceditError(f"{path}:{n}: no 'image'")
+        if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("target_prompt", "instruction")):
+            raise LoceditError(f"{path}:{n}: no 'target_prompt' (or 'instruction'): nothing to edit towards")
+        key = str(row.get("id", n - 1))
+        if key in ids:
+            raise LoceditError(f"{path}:{n}: id {key!r} is also line {ids[key]}'s (each row's results and images "
+                               "are keyed by it)")
+        ids[key] = n
         files = [row.get("image") or row["source_image"], row.get("mask"), row.get("target_image")]
         files += list(row.get("object_masks") or [])
         for f in files:
+            if f is not None and isinstance(f, str) and not _inside(base, f, any_path):
+                raise LoceditError(f"{path}:{n}: names a file outside {base}: {f!r} (--any-path allows it)")
             if f is not None and (not isinstance(f, str) or not (base / f).is_file()):
                 raise LoceditError(f"{path}:{n}: names a missing file {f!r}")
         rows.append((n, row))
+    if not rows:
+        raise LoceditError(f"{path}: no edit in it")
     return _jsonl_items(base, rows)
 
 
@@ -212,9 +230,16 @@ def _shapes_items(n: int, seed: int, size: int, kinds: list[str]) -> Iterator[Ed
 DATASETS = {"pie": load_pie_bench, "jsonl": load_jsonl, "shapes": load_shapes}
 
 
-def open_dataset(spec: str) -> Iterator[EditItem]:
-    """``KIND:PATH`` -> items."""
+def open_dataset(spec: str, any_path: bool = False) -> Iterator[EditItem]:
+    """``KIND:PATH`` -> items. The files a dataset names must lie in its folder unless ``any_path``
+    (the bench's ``--any-path``): a dataset from elsewhere cannot make the bench read
+    ``../../etc/passwd``."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in DATASETS:
         raise LoceditError(f"dataset {spec!r} must be KIND:PATH with KIND one of {', '.join(DATASETS)}")
-    return DATASETS[kind](rest)
+    return DATASETS[kind](rest) if kind == "shapes" else DATASETS[kind](rest, any_path=any_path)
+
+
+def _inside(base: Path, name: str, any_path: bool) -> bool:
+    """``name`` (relative to ``base``, or absolute) resolves inside ``base``, links followed."""
+    return any_path or (base / name).resolve().is_relative_to(base.resolve())

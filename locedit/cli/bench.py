@@ -36,6 +36,9 @@ def register(sub) -> None:
     bn.add_argument("--out-dir", "--out", dest="out", required=True,
                     help="output folder (results*.jsonl, run.json, images/); --out is the same")
     bn.add_argument("--limit", type=int, help="only the first N items")
+    bn.add_argument("--any-path", action="store_true",
+                    help="let the dataset name files outside its folder (refused by default: a dataset from "
+                         "elsewhere cannot make the bench read other files)")
     bn.add_argument("--no-retry", action="store_true",
                     help="on resume, keep the rows that failed instead of running them again")
     bn.add_argument("--metrics", default="pixel,shapes",
@@ -71,6 +74,7 @@ def cmd_bench(args) -> dict:
     from ..bench.runner import INSTRUCT
     from ..diffusion import load_model
     from ..errors import LoceditError
+    from ..fileio import check_output_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     known = bench_methods()
@@ -79,7 +83,8 @@ def cmd_bench(args) -> dict:
         raise LoceditError(f"unknown method {bad[0] if bad else args.methods!r}; choose from {', '.join(known)}")
     if args.limit is not None and args.limit < 1:
         raise LoceditError("--limit must be >= 1")
-    items = open_dataset(args.dataset)  # checked here, before any model is loaded
+    items = open_dataset(args.dataset, any_path=args.any_path)  # checked here, before any model is loaded
+    check_output_dir(args.out)
     device = args.device
     if device == "auto":
         import torch

@@ -162,22 +162,14 @@ def cmd_invert(args) -> dict:
 
     from .. import pipeline
     from ..api import check_vocabulary
-    from ..fileio import _umask, load_image
+    from ..fileio import _umask, check_output_dir, load_image
     from ..spec import DEFAULT_MODEL
     from .common import fit_image, load_bundle, progress
 
     options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
     if not args.prompt.strip():
         raise LoceditError("--source is empty")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LoceditError(f"--out-dir {str(out)!r} is a file; give a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LoceditError(f"--out-dir {str(out)!r}: {exc.strerror or exc}") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
-        raise LoceditError(f"--out-dir {str(out)!r} is not writable")
+    out = check_output_dir(args.out)
     image = load_image(args.image, **limits(args))
     check_vocabulary(args.model or DEFAULT_MODEL, {"source": args.prompt})
     bundle = load_bundle(args)

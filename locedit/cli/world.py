@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_output_flags
+from .common import _positive_int, add_output_flags, seed
 
 
 def register(sub) -> None:
@@ -15,11 +15,13 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("what", choices=["sample", "edits"], help="sample: scenes with captions and masks; "
                    "edits: source/target pairs with captions, instructions, masks and boxes")
-    w.add_argument("--n", type=int, default=16, help="how many (default 16)")
-    w.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    w.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    w.add_argument("--kinds", default="colour+shape+texture+background+two",
-                   help="edit kinds joined by + (as in the bench's shapes:kinds=...; commas work too; edits only)")
+    w.add_argument("--n", type=_positive_int, default=16, help="how many (default 16)")
+    w.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
+    w.add_argument("--size", type=_positive_int, default=64,
+                   help="image side in pixels, 8 up to the input pixel limit, 40 megapixels (default 64)")
+    w.add_argument("--kinds", default=None,
+                   help="edit kinds joined by + (as in the bench's shapes:kinds=...; commas work too; edits only; "
+                        "default all: colour+shape+texture+background+two)")
     w.add_argument("--out-dir", "--out", dest="out", required=True,
                    help="output folder (images, masks, scenes.jsonl or edits.jsonl); --out is the same")
     add_output_flags(w)
@@ -28,16 +30,22 @@ def register(sub) -> None:
 
 def cmd_world(args) -> dict:
     from ..errors import LoceditError
+    from ..fileio import MAX_PIXELS, check_output_dir
     from ..world.edits import EDIT_KINDS
     from ..world.export import write_edits, write_scenes
     from .common import progress
 
-    if args.n < 1 or args.size < 8:
-        raise LoceditError("--n must be >= 1 and --size >= 8")
+    if args.size < 8 or args.size * args.size > MAX_PIXELS:
+        raise LoceditError(f"--size {args.size}: the side must be 8 to {int(MAX_PIXELS ** 0.5)} pixels "
+                           f"(the input pixel limit, {MAX_PIXELS // 1_000_000} megapixels)")
+    if args.what == "sample" and args.kinds is not None:
+        raise LoceditError("--kinds applies to 'world edits' (scenes have no edit kind)")
+    check_output_dir(args.out)
     if args.what == "sample":
         out = write_scenes(args.out, args.n, args.seed, args.size, progress(args))
         return {"out": str(out), "scenes": args.n, "index": str(out / "scenes.jsonl")}
-    kinds = tuple(k.strip() for k in args.kinds.replace(",", "+").split("+") if k.strip())
+    text = args.kinds if args.kinds is not None else "+".join(EDIT_KINDS)
+    kinds = tuple(k.strip() for k in text.replace(",", "+").split("+") if k.strip())
     bad = [k for k in kinds if k not in EDIT_KINDS]
     if bad or not kinds:
         raise LoceditError(f"unknown edit kind {bad[0] if bad else args.kinds!r}; choose from {', '.join(EDIT_KINDS)}")

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import ModelLoadError
+from .folders import check_folder
 from .model import ModelBundle, finish_bundle
 from .names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
@@ -164,24 +165,41 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
         return BUILTIN_MODELS[model](dev, dt)
     folder = _locate(model)
     check_safetensors(folder)
+    xl = _is_sdxl(folder)
+    check_folder(folder, COMPONENTS + (("text_encoder_2", "tokenizer_2") if xl else ()))
     vae_folder = None
     if vae is not None:
         vae_folder = _locate(vae)
         if not any(f.suffix == ".safetensors" for f in vae_folder.iterdir()):
             raise ModelLoadError(f"VAE {vae!r}: {vae_folder} holds no .safetensors weights")
-    xl = _is_sdxl(folder)
     try:
         with _no_loading_bars():  # the library says nothing while it loads; the caller's progress is its own
             parts = _components(folder, vae_folder, xl, dt)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"model {model!r} could not be loaded: {first[:200]}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"model {model!r} could not be loaded: {_load_failure(exc)}") from None
     unet, vae_net, text_encoder, tokenizer, scheduler_config, extra = parts
     if xl and unet.config.addition_embed_type != "text_time":
         raise ModelLoadError(f"model {model!r} has two text encoders but its UNet takes no pooled text embedding "
                              f"(addition_embed_type {unet.config.addition_embed_type!r}, SDXL's is 'text_time')")
     return finish_bundle(unet, vae_net, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt,
                          **extra)
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line for a failed load: a weight of the wrong shape names the tensor and both shapes."""
+    text = str(exc)
+    found = _SIZE_MISMATCH.search(text)
+    if found:
+        name, got, want = found.groups()
+        which = re.search(r"state_dict for (\w+)", text)
+        return (f"weight {name!r}{' of its ' + which.group(1) if which else ''} is ({got}) in the file but "
+                f"({want}) by its config.json")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:200]
 
 
 @contextlib.contextmanager

@@ -135,6 +135,7 @@ class Trajectory:
             token_vectors={k[len("token:"):]: v for k, v in tensors.items() if k.startswith("token:")},
             source_guidance=dict(manifest.get("source_guidance") or {}),
         )
+        _check_manifest(manifest)
         g = traj.source_guidance
         if g.get("rule") == "nmg":  # written before the rule was named by the fields alone
             g.pop("rule")
@@ -170,3 +171,23 @@ class Trajectory:
             if v.ndim != 3 or v.shape[0] != self.num_steps or v.shape[2] != width:
                 raise LoceditError(f"the saved trajectory's token vectors of {word!r} are {tuple(v.shape)}, which do "
                                    f"not fit model {bundle.name!r}")
+
+
+def _check_manifest(manifest: dict) -> None:
+    """The manifest's numbers (a ValueError names the field): the steps a positive count, the image
+    size positive ints and its fit a known mode. (The inversion's name is checked by the caller,
+    which knows the methods that make their own: :func:`locedit.api.read_inputs`.)"""
+    from ..imaging import FIT_MODES
+
+    steps = manifest["num_steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"num_steps {steps!r} in manifest.json is not a positive integer")
+    image = manifest.get("image")
+    if image is not None:
+        for key in ("height", "width"):
+            v = image.get(key) if isinstance(image, dict) else None
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 16:
+                raise ValueError(f"image {key} {v!r} in manifest.json is not a size in pixels")
+        if image.get("fit", "pad") not in FIT_MODES:
+            raise ValueError(f"image fit {image.get('fit')!r} in manifest.json is not one of {', '.join(FIT_MODES)}")
+
