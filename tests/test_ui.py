@@ -199,3 +199,45 @@ def test_the_comparison_grid_labels_every_tile_readably(picture):
         band = grid[:28, k * width: (k + 1) * width].min(axis=2) < 128  # dark text on the white band
         rows = np.where(band.any(axis=1))[0]
         assert len(rows) and rows.max() - rows.min() + 1 >= 8, k
+
+
+def _png_header(path, width, height):
+    """A PNG whose header says width x height (no pixel data: the header is all a check may read)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_the_editor_refuses_a_file_by_its_header_before_gradio_decodes_it(tmp_path, monkeypatch):
+    """Issue 32: an image dropped into the editor is checked like the file picker's - by its header,
+    before any pixel is decoded - and a refusal is one readable message (no server traceback)."""
+    import gradio as gr
+    from gradio.data_classes import FileData
+    from PIL import Image
+
+    from locedit.ui.app import AppConfig, Session
+    from locedit.ui.page import checked_editor
+
+    session = Session(AppConfig(max_pixels=5000), bundle=None)
+    editor = checked_editor(gr, session)(type="numpy", image_mode="RGBA")
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or real_load(self))
+    cases = {"12000x12000 = 144000000 pixels": _png_header(tmp_path / "big.png", 12000, 12000),
+             "20000x20000 = 400000000 pixels": _png_header(tmp_path / "bomb.png", 20000, 20000),
+             "cannot be read": tmp_path / "notes.png"}
+    (tmp_path / "notes.png").write_text("not an image")
+    for needle, path in cases.items():
+        with pytest.raises(gr.Error) as err:
+            editor.convert_and_format_image(FileData(path=str(path), orig_name=path.name))
+        assert needle in err.value.message and str(tmp_path) not in err.value.message, err.value.message
+    assert decoded == []
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(small)
+    assert editor.convert_and_format_image(FileData(path=str(small), orig_name="small.png")).shape == (40, 40, 4)
+    assert editor.get_block_name() == "imageeditor"  # drawn as Gradio's own editor

@@ -40,6 +40,7 @@ class AppConfig:
     dtype: str = "fp32"
     max_pixels: int = 4096 * 4096
     max_bytes: int = 50 * 1024 * 1024
+    max_queue: int = 16  # requests waiting for the model; more are refused as busy
 
 
 @dataclass
@@ -137,11 +138,15 @@ class Session:
         a = np.asarray(image)
         if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
             raise LoceditError("the upload is not an RGB image")
-        h, w = a.shape[:2]
+        self.check_size(*a.shape[:2])
+        return a[..., :3]
+
+    def check_size(self, h: int, w: int) -> None:
+        from ..errors import LoceditError
+
         if h * w > self.config.max_pixels:
             raise LoceditError(f"the image is {w}x{h} = {h * w} pixels, over this server's limit of "
                                f"{self.config.max_pixels} (locedit ui --max-image-pixels)")
-        return a[..., :3]
 
     def spec(self, inputs: EditInputs, files: dict):
         """The :class:`~locedit.spec.EditSpec` (or, for ip2p and lime, the

@@ -84,6 +84,30 @@ def _example_value():
     return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
 
 
+def checked_editor(gr, session: Session):
+    """gr.ImageEditor whose files are checked by their header, as the file picker's, before Gradio
+    decodes them (it decodes every upload when an event reads the editor: a 12000x12000 PNG cost 53 s
+    and 1.6 GiB before locedit saw it, a 20000x20000 one ended in PIL's decompression error and a
+    server traceback, a text file in Gradio's own error). A refused file is one readable message."""
+    from ..errors import LoceditError
+    from ..fileio import header_size
+
+    class CheckedImageEditor(gr.ImageEditor):
+        is_template = True  # the page draws it as Gradio's own ImageEditor
+
+        def convert_and_format_image(self, file, flatten_on_white: bool = False):
+            if file is not None and not isinstance(file, (bytes, bytearray, memoryview)):
+                name = os.path.basename(str(getattr(file, "orig_name", None) or "the image"))
+                try:
+                    session.check_size(*header_size(file.path, "image", max_pixels=1 << 62,
+                                                    max_bytes=session.config.max_bytes))
+                except LoceditError as exc:  # the server's cache path is not shown, only the file's name
+                    raise gr.Error(str(exc).replace(str(file.path), name), print_exception=False) from None
+            return super().convert_and_format_image(file, flatten_on_white)
+
+    return CheckedImageEditor
+
+
 def _file_handler(session: Session, gr):
     def on_file(path):
         """An uploaded file (Gradio's own temporary copy) decoded by locedit's checked reader."""
@@ -102,22 +126,6 @@ def _file_handler(session: Session, gr):
         return {"background": rgba, "layers": [], "composite": rgba}, "", None  # the picker empties again
 
     return on_file
-
-
-def _upload_handler(session: Session):
-    def on_upload(editor_v):
-        from ..errors import LoceditError
-
-        background = (editor_v or {}).get("background")
-        if background is None:
-            return ""
-        try:
-            session.check_image(np.asarray(background)[..., :3])
-        except LoceditError as exc:
-            return _error(exc)
-        return ""
-
-    return on_upload
 
 
 def progress_adapter(progress, label: str = ""):
@@ -185,7 +193,8 @@ def build(session: Session):
         gr.Markdown(HELP)
         with gr.Row():
             with gr.Column(scale=1):  # the image, its masks and the settings
-                editor = gr.ImageEditor(label="image and mask layers (brush over the region to edit)", type="numpy",
+                editor = checked_editor(gr, session)(
+                                        label="image and mask layers (brush over the region to edit)", type="numpy",
                                         image_mode="RGBA", sources=["upload"], layers=True, elem_id="editor",
                                         # translucent, so a red object stays visible under its mask
                                         brush=gr.Brush(colors=[("#ff3030", 0.5)], default_color=("#ff3030", 0.5),
@@ -235,27 +244,32 @@ def build(session: Session):
                   attribute_words, boxes, blend_words, attention_words, *option_boxes]
 
         on_edit, on_compare = _edit_handlers(session, gr, lambda values: _inputs_of(session, option_keys, values))
-        on_file, on_upload = _file_handler(session, gr), _upload_handler(session)
+        on_file = _file_handler(session, gr)
 
         def on_choice(method_v, inversion_v):
             return [gr.update(visible=(name == (method_v if kind == "method" else inversion_v)))
                     for (kind, name) in panels]
 
         example.click(_example_value, outputs=[editor, source, target, upload_error])
-        editor.upload(on_upload, inputs=[editor], outputs=[upload_error])
+        # reading the editor on upload runs its header check at once (a refusal is Gradio's error toast)
+        editor.upload(lambda _v: "", inputs=[editor], outputs=[upload_error])
         upload_file.upload(on_file, inputs=[upload_file], outputs=[editor, upload_error, upload_file])
         method.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
         inversion.change(on_choice, inputs=[method, inversion], outputs=list(panels.values()))
+        # the model's events share one worker: an edit and a comparison never run at once
         run.click(on_edit, inputs=[cache, *common],
-                  outputs=[cache, error, panel, edited, attention, command, download])
-        compare.click(on_compare, inputs=[cache, compare_methods, *common], outputs=[cache, error, grid])
+                  outputs=[cache, error, panel, edited, attention, command, download], concurrency_id="model")
+        compare.click(on_compare, inputs=[cache, compare_methods, *common], outputs=[cache, error, grid],
+                      concurrency_id="model")
     return demo
 
 
 def launch(session: Session, host: str, port: int) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build(session)
-    demo.queue(default_concurrency_limit=1)  # one edit at a time per process; the rest wait in line
+    # one edit at a time per process; up to max_queue wait in line, and a request beyond them is told at once
+    # that the server is busy (Gradio's "Queue is full") instead of waiting on a connection that may drop
+    demo.queue(default_concurrency_limit=1, max_size=session.config.max_queue)
     # Gradio's own banner ends with a share=True hint a command-line user cannot act on: say the address
     # ourselves, once the server is up, and keep Gradio quiet
     demo.launch(server_name=host, server_port=port, max_file_size=session.config.max_bytes, ssr_mode=False,
