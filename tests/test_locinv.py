@@ -138,3 +138,20 @@ def test_locinv_edit_runs_p2p_with_learned_tokens(bundle, learned):
 def test_region_word_must_be_in_the_source_prompt(bundle, image, seg_prior):
     with pytest.raises(PromptError, match="dog"):
         locinv_inversion(bundle, bundle.encode_image(image), SRC, [Region("dog", seg_prior)], 2)
+
+
+def test_the_codes_pair_rule_binds_whatever_token_precedes_the_noun(bundle):
+    """Issue 32: the authors' code takes the token before the noun, 'a' and 'with' too (pair_source
+    "preceding", --preset official); locedit's "previous" skips articles and prepositions."""
+    from locedit.diffusion.text import token_positions
+    from locedit.guidance.options import LocInvOptions
+    from locedit.options import preset
+
+    tok = bundle.tokenizer
+    for prompt, nouns in (("a square with a circle", ["square", "circle"]),
+                          ("a red square on the gray background", ["square", "background"])):
+        ids = tok(prompt).input_ids
+        code = [(tok.decode([ids[token_positions(tok, prompt, n)[0] - 1]]).strip(), n) for n in nouns]
+        assert adjective_pairs(prompt, nouns, [], "preceding") == (code, "preceding")
+    assert adjective_pairs("a square with a circle", ["square", "circle"], [], "previous") == ([], "previous")
+    assert preset(LocInvOptions, "official").pair_source == "preceding"

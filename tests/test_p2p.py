@@ -151,3 +151,22 @@ def test_recorded_attention_of_a_plain_p2p_edit(bundle, ddim_traj):
     maps = res.stats["attention"]
     assert set(maps) == {"blue", "square"}
     assert all(m.ndim == 2 and m.sum() > 0 for m in maps.values())
+
+
+def test_a_word_swap_takes_reweighting_as_the_authors_code_allows(bundle):
+    """Issue 32: the authors' AttentionReweight(prev_controller=AttentionReplace) scales the swapped
+    maps: target = (source maps @ M_replace) * equalizer inside the window (alpha_words 1)."""
+    from locedit.control.alignment import replace_matrix
+
+    src, tgt = "a red cat", "a blue cat"
+    ctrl = Prompt2Prompt(P2POptions(mode="replace", reweight=(("blue", 2.5),)), bundle.tokenizer, src, tgt,
+                         num_steps=10, map_level=1, clock=StepClock(num_steps=10))
+    site = parse_site("up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor", 2)
+    probs = torch.rand(4, 2, 16, bundle.max_tokens).softmax(-1)
+    ctrl.clock.set(0, 900)
+    equalizer = torch.ones(bundle.max_tokens)
+    equalizer[2] = 2.5  # "blue"
+    expected = (probs[2] @ replace_matrix(bundle.tokenizer, src, tgt, bundle.max_tokens)) * equalizer
+    torch.testing.assert_close(ctrl.edit_probs(probs, site)[3], expected)
+    with pytest.raises(LoceditError, match="--reweight needs --p2p reweight"):
+        P2POptions(mode="refine", reweight=(("blue", 2.0),))

@@ -30,7 +30,7 @@ class P2POptions:
     mode: str = field(default="refine", metadata={
         "flag": "p2p", "choices": P2P_MODES,
         "help": "replace: word swap (same number of words); refine: aligned tokens take the source maps; "
-                "reweight: refine plus --reweight scales"})
+                "reweight: refine plus --reweight scales (--reweight also goes with replace)"})
     cross_replace: float = field(default=0.8, metadata={
         "flag": "cross-replace", "type": float, "help": "fraction of steps with cross-attention injection"})
     cross_window: str = field(default="n", metadata={
@@ -42,7 +42,8 @@ class P2POptions:
     self_min_level: int = 1  # self-attention injected at levels >= this (SD: maps of 32x32 and coarser)
     reweight: tuple[tuple[str, float], ...] = field(default=(), metadata={
         "flag": "reweight", "repeat": True, "type": parse_reweight, "metavar": "WORD=SCALE",
-        "help": "scale a target word's attention (repeatable; with --p2p reweight)"})
+        "help": "scale a target word's attention (repeatable; with --p2p reweight, or with --p2p replace: a word "
+                "swap with scales, the authors' AttentionReweight over AttentionReplace)"})
 
     PRESETS = {"official": {"cross_window": "n+1"}}
 
@@ -57,8 +58,9 @@ class P2POptions:
                 raise LoceditError(f"{name} must be in [0, 1], got {v}")
         if self.mode == "reweight" and not self.reweight:
             raise LoceditError("p2p mode 'reweight' needs at least one word=scale to reweight")
-        if self.reweight and self.mode != "reweight":
-            raise LoceditError("--reweight needs --p2p reweight")
+        if self.reweight and self.mode == "refine":
+            raise LoceditError("--reweight needs --p2p reweight (refine with scales) or --p2p replace (a word swap "
+                               "with scales)")
         for word, scale in self.reweight:
             if scale < 0:
                 raise LoceditError(f"reweight scale for {word!r} must be >= 0, got {scale}")

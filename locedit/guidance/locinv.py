@@ -77,15 +77,17 @@ def threshold(i: int, alpha: float, beta: float) -> float:
 _NOT_ADJECTIVES = {"a", "an", "the", "of", "on", "in", "and", "with", "to", "at", "by", "for", "from", "is", "are"}
 
 
-def previous_token_pairs(prompt: str, nouns: list[str]) -> list[tuple[str, str]]:
-    """The authors' code's rule: the word before each noun, unless it is an article or preposition."""
+def previous_token_pairs(prompt: str, nouns: list[str], skip_function_words: bool = True) -> list[tuple[str, str]]:
+    """The word before each noun: locedit's rule skips a noun whose previous word is an article or a
+    preposition (``skip_function_words``); the authors' code binds whatever precedes it, 'a' and
+    'with' too (``pair_source="preceding"``, ``--preset official``)."""
     words = [w.strip(",.").lower() for w in prompt.split()]
     pairs = []
     for noun in nouns:
         n = noun.split()[0].lower()
         if n in words:
             k = words.index(n)
-            if k > 0 and words[k - 1] not in _NOT_ADJECTIVES:
+            if k > 0 and not (skip_function_words and words[k - 1] in _NOT_ADJECTIVES):
                 pairs.append((words[k - 1], noun))
     return pairs
 
@@ -108,6 +110,8 @@ def adjective_pairs(prompt: str, nouns: list[str], user: list[tuple[str, str]], 
     """(pairs, where they came from)."""
     if user or source == "user":
         return list(user), "user"
+    if source == "preceding":
+        return previous_token_pairs(prompt, nouns, skip_function_words=False), "preceding"
     if source in ("auto", "parser"):
         found = parser_pairs(prompt, nouns)
         if found is not None:

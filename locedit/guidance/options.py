@@ -34,7 +34,7 @@ LOCINV_DEFAULTS = {
     "box": {"sim": (25.0, 0.5, 0.1), "ov": (25.0, 0.5, 1.0)},
     "adj": (50.0, 0.1, 2.0),
 }
-PAIR_SOURCES = ("auto", "user", "parser", "previous")
+PAIR_SOURCES = ("auto", "user", "parser", "previous", "preceding")
 NTI_MODES = ("carry", "restart")
 BOX_DEFAULTS = ("scripts", "det-script")
 RESTART_ITERATIONS = 31  # the code's fixed null-text iterations per step
@@ -58,7 +58,9 @@ class LocInvOptions:
                                     "--bind ADJ:NOUN gives them explicitly"})
     pair_source: str = field(default="auto", metadata={
         "flag": "pair-source", "choices": PAIR_SOURCES,
-        "help": "with --adj-bind: auto (spaCy when installed, else the word before each noun), parser, previous"})
+        "help": "with --adj-bind: auto (spaCy when installed, else previous), parser, previous (the word before "
+                "each noun unless an article or preposition), preceding (the authors' code: whatever word precedes "
+                "the noun, 'a' and 'with' too; --preset official)"})
     nti_mode: str = field(default="carry", metadata={
         "flag": "nti-mode", "choices": NTI_MODES,
         "help": "per-step null-text: carry (NTI, the paper) or restart (from the empty prompt, 31 iterations, the code)"})
@@ -79,7 +81,7 @@ class LocInvOptions:
                 "the paper is silent) or area (the mean of each cell, soft)"})
     nti: NullTextOptions = field(default_factory=NullTextOptions)
 
-    PRESETS = {"paper": {}, "official": {"nti_mode": "restart", "encode": "sample"}}
+    PRESETS = {"paper": {}, "official": {"nti_mode": "restart", "encode": "sample", "pair_source": "preceding"}}
 
     def __post_init__(self):
         if self.pair_source not in PAIR_SOURCES:
