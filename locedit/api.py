@@ -257,8 +257,8 @@ class Files:
     """The spec's file references, read from ``memory`` (name -> image or mask, what a web page
     holds) where a name is there, else from the filesystem with the input limits."""
 
-    def __init__(self, memory: dict | None, limits: dict):
-        self.memory, self.limits = memory or {}, limits
+    def __init__(self, memory: dict | None, limits: dict, rule: str = "half"):
+        self.memory, self.limits, self.rule = memory or {}, limits, rule
 
     def image(self, ref: str) -> torch.Tensor:
         from .fileio import load_image
@@ -268,7 +268,7 @@ class Files:
     def mask(self, ref: str) -> torch.Tensor:
         from .fileio import load_mask
 
-        return as_mask(self.memory[ref]) if ref in self.memory else load_mask(ref, **self.limits)
+        return as_mask(self.memory[ref]) if ref in self.memory else load_mask(ref, **self.limits, rule=self.rule)
 
     def check_sizes(self, spec) -> None:
         """Every mask file the same size as the image and not empty, every box inside it, before
@@ -295,7 +295,7 @@ class Files:
             h, w = header_size(where, "mask", **self.limits)
             if (h, w) != (height, width):
                 raise MaskError(f"mask {where!r} is {w}x{h} but the image is {width}x{height}")
-            if not mask_array(where, **self.limits).any():
+            if not mask_array(where, **self.limits, rule=self.rule).any():
                 raise MaskError(f"mask {where!r} is empty (no white pixel)")
 
     def region(self, text: str, height: int, width: int):
@@ -306,7 +306,7 @@ class Files:
             m = as_mask(self.memory[where])
             check_user_mask(m, where, height, width)
             return word.strip(), m
-        return region_spec(text, height, width, **self.limits)
+        return region_spec(text, height, width, **self.limits, rule=self.rule)
 
 
 def _check_saved(spec: EditSpec, trajectory) -> None:
@@ -331,7 +331,7 @@ def read_inputs(spec: EditSpec, memory: dict | None = None) -> _Inputs:
     from .fileio import box_mask, check_user_mask
     from .inversion import Trajectory
 
-    files = Files(memory, _limits(spec))
+    files = Files(memory, _limits(spec), spec.mask_rule)
     trajectory = manifest = None
     if spec.from_inversion:
         trajectory, manifest = Trajectory.load(spec.from_inversion)
@@ -415,7 +415,7 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
 
         check_grad_checkpointing(method, options, spec.inversion or method.inversion if uses_inversion else None,
                                  bool(spec.from_inversion))
-    Files(files, _limits(spec)).check_sizes(spec)  # the files' headers: nothing decoded yet
+    Files(files, _limits(spec), spec.mask_rule).check_sizes(spec)  # headers, masks by NumPy: torch not loaded yet
     if bundle is None and (spec.model or not spec.from_inversion):  # the model is known: check its words now
         check_vocabulary(spec.model or DEFAULT_MODEL, {"source": spec.source, "target": spec.target})
     check_text(spec, method, options, options_for_edit, bundle)

@@ -90,24 +90,30 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = 
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
-def load_mask(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
-    """PNG -> (1, 1, H, W) binary float: pixels brighter than half of the file's range are in (127 of
-    255 for 8-bit masks, 32767 of 65535 for 16-bit ones)."""
+MASK_RULES = ("half", "nonzero")
+
+
+def load_mask(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES, rule: str = "half"):
+    """PNG -> (1, 1, H, W) binary float. ``rule`` "half": pixels brighter than half of the file's
+    range are in (127 of 255 for 8-bit masks, 32767 of 65535 for 16-bit ones); "nonzero": every
+    pixel that is not black, as MAG-Edit's and MDE-Edit's scripts read masks (``--mask-rule``)."""
     import numpy as np
     import torch
 
-    return torch.from_numpy(mask_array(path, max_pixels, max_bytes).astype(np.float32))[None, None]
+    return torch.from_numpy(mask_array(path, max_pixels, max_bytes, rule).astype(np.float32))[None, None]
 
 
-def mask_array(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+def mask_array(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES, rule: str = "half"):
     """:func:`load_mask`'s pixels as an (H, W) bool array (NumPy only: torch not needed)."""
+    if rule not in MASK_RULES:
+        raise MaskError(f"mask rule must be one of {', '.join(MASK_RULES)}, got {rule!r}")
     im = _open_checked(path, "mask", MaskError, max_pixels, max_bytes)
     try:
         with im:
             arr = _to_float(im).mean(axis=2)
     except (OSError, ValueError):
         raise MaskError(f"mask {str(path)!r} cannot be read as an image") from None
-    return arr > 127.5 / 255
+    return arr > 0 if rule == "nonzero" else arr > 127.5 / 255
 
 
 def header_size(path: str | Path, what: str = "image", max_pixels: int = MAX_PIXELS,
@@ -153,12 +159,13 @@ def looks_like_box(where: str) -> bool:
     return len(parts) > 1 and all(p.strip().lstrip("-").replace(".", "").isdigit() for p in parts)
 
 
-def region_spec(spec: str, height: int, width: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+def region_spec(spec: str, height: int, width: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
+                rule: str = "half"):
     """'WORD=mask.png' or 'WORD=x0,y0,x1,y1' -> (word, (1, 1, H, W) mask)."""
     word, sep, where = spec.partition("=")
     if not sep or not word.strip() or not where:
         raise MaskError(f"region {spec!r} is not WORD=MASK.png or WORD=x0,y0,x1,y1")
-    m = box_mask(where, height, width) if looks_like_box(where) else load_mask(where, max_pixels, max_bytes)
+    m = box_mask(where, height, width) if looks_like_box(where) else load_mask(where, max_pixels, max_bytes, rule)
     check_user_mask(m, where, height, width)
     return word.strip(), m
 

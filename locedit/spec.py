@@ -52,6 +52,7 @@ class EditSpec:
     attention_words: tuple[str, ...] | None = None  # record these target words' maps (None: not recorded)
     max_pixels: int | None = None  # input limits (None: locedit.fileio's defaults)
     max_bytes: int | None = None
+    mask_rule: str = "half"  # which mask pixels are in: "half" of the range, or "nonzero" (MAG/MDE-Edit's code)
 
     def replace(self, **changes) -> "EditSpec":
         return dataclasses.replace(self, **changes)
@@ -77,7 +78,7 @@ class EditSpec:
                                      ("seed", self.seed, 0), ("fit", self.fit, "pad"),
                                      ("proximal", self.proximal, None),
                                      ("inversion-guidance", self.inversion_guidance, None),
-                                     ("max-image-pixels", self.max_pixels, None)):
+                                     ("max-image-pixels", self.max_pixels, None), ("mask-rule", self.mask_rule, "half")):
             if value != default:
                 out += [f"--{flag}", str(value)]
         if self.max_bytes is not None:

@@ -632,3 +632,28 @@ def test_lime_regularises_the_roi_resized_to_the_nearest_pixel_as_the_code():
         pick = np.floor(np.arange(side) * 32 / side).astype(int)
         expected = roi[np.ix_(pick, pick)].reshape(-1)
         assert np.array_equal(reg.roi_at(side, "cpu").numpy(), expected), side
+
+
+def test_masks_read_by_half_range_or_every_nonzero_pixel_as_mag_edits_code(tmp_path):
+    """Issue 32: locedit takes a mask pixel above half the file's range; MAG-Edit's and MDE-Edit's
+    scripts take every non-zero pixel (``mask > 0``): ``--mask-rule nonzero``. A spec with the rule
+    prints a command line that parses back to it."""
+    import numpy as np
+    from PIL import Image
+
+    from locedit import api
+    from locedit.cli import build_parser
+    from locedit.cli.edit import parse_edit
+    from locedit.spec import EditSpec
+
+    rng = np.random.default_rng(0)
+    values = rng.choice(np.array([0, 1, 60, 127, 128, 200, 255], np.uint8), size=(32, 32))
+    Image.fromarray(values).save(tmp_path / "m.png")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    for rule, expected in (("half", values > 127.5), ("nonzero", values > 0)):
+        spec = EditSpec("a blue square", image=str(tmp_path / "img.png"), source="a red square",
+                        masks=(str(tmp_path / "m.png"),), mask_rule=rule)
+        mask = api.read_inputs(spec).mask[0, 0].numpy() > 0.5
+        assert np.array_equal(mask, expected), rule
+        again = parse_edit(build_parser().parse_args(["edit", *spec.argv()]))
+        assert again.mask_rule == rule

@@ -107,6 +107,9 @@ def _edit_inputs_and_outputs(e) -> None:
     i.add_argument("--mask", action="append", default=[],
                    help="PNG mask of the region to edit (white = edit), the image's size; the local blend keeps "
                         "everything outside it (repeatable: the union is used)")
+    i.add_argument("--mask-rule", choices=["half", "nonzero"], default="half",
+                   help="which pixels of a mask PNG are in: half (brighter than half the file's range, default) or "
+                        "nonzero (every pixel that is not black, as MAG-Edit's and MDE-Edit's scripts read masks)")
     i.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="a box (input pixels, exclusive ends) used like --mask (repeatable)")
     i.add_argument("--mask-from", choices=["diffedit"],
@@ -219,7 +222,7 @@ def parse_edit(args):
         grad_checkpointing=args.grad_checkpointing,
         attention_words=tuple(args.attention_words or ()) if args.save_attention else None,
         max_pixels=None if args.max_image_pixels == MAX_PIXELS else args.max_image_pixels,
-        max_bytes=None if max_bytes == MAX_BYTES else max_bytes)
+        max_bytes=None if max_bytes == MAX_BYTES else max_bytes, mask_rule=args.mask_rule)
     api.check(spec)
     method = METHODS[args.method]
     inversion = args.inversion or method.inversion  # none named: the one its paper uses
