@@ -358,6 +358,11 @@ def load_spec_model(spec: EditSpec, bundle=None, trajectory=None):
         raise LoceditError("--vae applies when the model is loaded; this session's model is loaded already")
     name = spec.model or (trajectory.model if trajectory is not None and trajectory.model else DEFAULT_MODEL)
     bundle = bundle or load_model(name, spec.device, spec.dtype, vae=spec.vae)
+    from .diffusion.flow_model import check_family
+    from .methods import METHODS
+
+    if spec.method in METHODS:
+        check_family(bundle, METHODS[spec.method].families, f"--method {spec.method}")
     try:
         bundle.steps(spec.steps)
     except ValueError as exc:
@@ -576,6 +581,9 @@ def instruct(spec, *, files: dict | None = None, bundle=None, progress=None, bef
         bundle.steps(spec.steps)
     except ValueError as exc:
         raise LoceditError(f"--steps {spec.steps}: {exc}") from None
+    from .diffusion.flow_model import UNET_FAMILIES, check_family
+
+    check_family(bundle, UNET_FAMILIES, f"--method {spec.method}")
     bundle.token_ids(spec.instruction)
     if bundle.unet.config.in_channels != 8:
         raise LoceditError(f"model {bundle.name!r} is not an InstructPix2Pix model (its UNet takes "

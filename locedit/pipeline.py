@@ -19,6 +19,7 @@ import torch
 from .attention import AttentionController, BatchLayout, controlled_attention, map_level, unet_sites
 from .diffusion import ModelBundle
 from .diffusion.cfg import cfg
+from .diffusion.flow_model import UNET_FAMILIES, check_family
 from .errors import LoceditError, OptimisationError, PromptError
 from .imaging import Fit
 from .events import StepState, Subscriber, publish
@@ -237,6 +238,7 @@ def invert(bundle: ModelBundle, image, prompt: str, inversion: str = DEFAULT_INV
     ``trajectory=``, in memory, to edit the same image again without inverting it again."""
     if inversion not in INVERSIONS:
         raise LoceditError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    check_family(bundle, UNET_FAMILIES, f"--inversion {inversion}")
     opt_cls, fn = INVERSIONS[inversion].Options, INVERSIONS[inversion].run
     if grad_checkpointing and not getattr(opt_cls, "TAKES_GRADIENTS", False):
         raise LoceditError(f"--grad-checkpointing has no effect on --inversion {inversion}: it takes no gradients")
@@ -349,6 +351,7 @@ def _checked_request(bundle, image, source, target, method, options, inversion, 
     if method not in METHODS:
         raise LoceditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     m = METHODS[method]
+    check_family(bundle, m.families, f"--method {method}")
     inversion = inversion or m.inversion  # none named: the one its paper uses
     options = options if options is not None else m.Options()
     if not isinstance(options, m.Options):

@@ -140,6 +140,9 @@ def load_bundle(args):
     torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
     quiet_libraries(getattr(args, "verbose", False))
     bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
+    from ..diffusion.flow_model import UNET_FAMILIES, check_family
+
+    check_family(bundle, UNET_FAMILIES, f"locedit {getattr(args, 'command', 'invert')}")
     try:
         bundle.steps(args.steps)
     except ValueError as exc:

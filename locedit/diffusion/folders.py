@@ -24,7 +24,25 @@ COMPONENT_CLASSES = {
     "tokenizer": ("transformers", {"CLIPTokenizer", "CLIPTokenizerFast"}),
     "tokenizer_2": ("transformers", {"CLIPTokenizer", "CLIPTokenizerFast"}),
 }
-PIPELINES = {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionInstructPix2PixPipeline",
+# the flow families' components (locedit.diffusion.flow_model): the pipeline class -> component -> classes
+FLOW_CLASSES = {
+    "FluxPipeline": {
+        "transformer": ("diffusers", {"FluxTransformer2DModel"}), "vae": ("diffusers", {"AutoencoderKL"}),
+        "text_encoder": ("transformers", {"CLIPTextModel"}), "text_encoder_2": ("transformers", {"T5EncoderModel"}),
+        "tokenizer": ("transformers", {"CLIPTokenizer", "CLIPTokenizerFast"}),
+        "tokenizer_2": ("transformers", {"T5TokenizerFast", "T5Tokenizer"}),
+    },
+    "StableDiffusion3Pipeline": {
+        "transformer": ("diffusers", {"SD3Transformer2DModel"}), "vae": ("diffusers", {"AutoencoderKL"}),
+        "text_encoder": ("transformers", {"CLIPTextModelWithProjection"}),
+        "text_encoder_2": ("transformers", {"CLIPTextModelWithProjection"}),
+        "text_encoder_3": ("transformers", {"T5EncoderModel"}),
+        "tokenizer": ("transformers", {"CLIPTokenizer", "CLIPTokenizerFast"}),
+        "tokenizer_2": ("transformers", {"CLIPTokenizer", "CLIPTokenizerFast"}),
+        "tokenizer_3": ("transformers", {"T5TokenizerFast", "T5Tokenizer"}),
+    },
+}
+PIPELINES = set(FLOW_CLASSES) | {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionInstructPix2PixPipeline",
              "StableDiffusionXLInstructPix2PixPipeline", "StableDiffusionImg2ImgPipeline",
              "StableDiffusionXLImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionDiffEditPipeline"}
 # entries of model_index.json that locedit does not load: any of these libraries, a plain class name
@@ -47,6 +65,14 @@ def _plain_class(name) -> bool:
     return isinstance(name, str) and name.isidentifier()
 
 
+def classes_of(folder: Path) -> dict:
+    """The component classes the folder's family uses (the Stable Diffusion UNet families', or a flow
+    family's by its model_index.json)."""
+    path = folder / "model_index.json"
+    name = read_json(path, folder).get("_class_name") if path.is_file() else None
+    return FLOW_CLASSES.get(name, COMPONENT_CLASSES) if isinstance(name, str) else COMPONENT_CLASSES
+
+
 def check_index(folder: Path) -> None:
     """model_index.json (when present): a diffusers pipeline of the family, each component's entry
     the class the family uses, every other entry a plain class of a known library."""
@@ -54,6 +80,7 @@ def check_index(folder: Path) -> None:
     if not path.is_file():
         return
     index = read_json(path, folder)
+    component_classes = classes_of(folder)
     pipeline = index.get("_class_name")
     if not isinstance(pipeline, str) or pipeline not in PIPELINES:
         raise ModelLoadError(f"model folder {folder}: model_index.json names the pipeline {pipeline!r}, not one of "
@@ -66,8 +93,10 @@ def check_index(folder: Path) -> None:
             raise ModelLoadError(f"model folder {folder}: model_index.json entry {key!r} is {value!r}, not "
                                  "[library, class]")
         library, cls = value
-        if key in COMPONENT_CLASSES:
-            want_library, classes = COMPONENT_CLASSES[key]
+        if key in component_classes:
+            if library is None and cls is None and key in ("text_encoder_3", "tokenizer_3"):
+                continue  # SD3 without T5 (diffusers' text_encoder_3=None)
+            want_library, classes = component_classes[key]
             if library != want_library or cls not in classes:
                 raise ModelLoadError(f"model folder {folder}: model_index.json gives {key} the class "
                                      f"{library}.{cls}; locedit loads {want_library}.{'/'.join(sorted(classes))}")
@@ -83,8 +112,9 @@ def check_index(folder: Path) -> None:
 def check_configs(folder: Path, components: tuple[str, ...]) -> None:
     """Each component's config: readable JSON naming the family's class (diffusers' ``_class_name``,
     transformers' ``architectures`` / ``tokenizer_class``)."""
+    component_classes = classes_of(folder)
     for comp in components:
-        library, classes = COMPONENT_CLASSES.get(comp, ("diffusers", None))
+        library, classes = component_classes.get(comp, ("diffusers", None))
         if comp == "scheduler":
             path = folder / comp / "scheduler_config.json"
         elif comp.startswith("tokenizer"):

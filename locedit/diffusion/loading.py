@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import ModelLoadError
-from .folders import check_folder
+from .folders import FLOW_CLASSES, check_folder, read_json
 from .model import ModelBundle, finish_bundle
 from .names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
@@ -146,6 +146,9 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
                vae: str | None = None) -> ModelBundle:
     """Load a model by built-in name, local diffusers folder or hub id.
 
+    A FLUX or Stable Diffusion 3 folder (``model_index.json`` naming ``FluxPipeline`` or
+    ``StableDiffusion3Pipeline``) loads as a :class:`~locedit.diffusion.flow_model.FlowBundle`.
+
     Supports SD v1.x and v2.x layouts (epsilon and v-prediction, read from the scheduler config)
     and SDXL's (a folder with ``text_encoder_2``/``tokenizer_2``: base, or an InstructPix2Pix UNet
     with 8 input channels in the same layout). ``vae`` replaces the folder's VAE with another
@@ -164,6 +167,10 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
             raise ModelLoadError(f"--vae replaces a model folder's VAE; the built-in model {model!r} has its own")
         return BUILTIN_MODELS[model](dev, dt)
     folder = _locate(model)
+    from .flow_model import family_of
+
+    if (folder / "model_index.json").is_file() and family_of(read_json(folder / "model_index.json", folder)):
+        return _load_flow(model, folder, dev, dt, vae)
     check_safetensors(folder)
     xl = _is_sdxl(folder)
     check_folder(folder, COMPONENTS + (("text_encoder_2", "tokenizer_2") if xl else ()))
@@ -183,6 +190,50 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
                              f"(addition_embed_type {unet.config.addition_embed_type!r}, SDXL's is 'text_time')")
     return finish_bundle(unet, vae_net, text_encoder, tokenizer, scheduler_config, name=model, device=dev, dtype=dt,
                          **extra)
+
+
+def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae: str | None):
+    """A FLUX or SD3 diffusers folder as a :class:`~locedit.diffusion.flow_model.FlowBundle`: the
+    folder read and checked first (classes, no code, safetensors only), then diffusers' pipeline
+    class loads the components the index names, which the check held to the family's."""
+    from .flow_model import FlowBundle, family_of
+
+    index = read_json(folder / "model_index.json", folder)
+    name = index["_class_name"]
+    present = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
+    components = tuple(c for c in FLOW_CLASSES[name] if c in present) + ("scheduler",)
+    check_folder(folder, components)
+    for comp in components:
+        if comp.startswith(("transformer", "vae", "text_encoder")):
+            files = [f.name for f in (folder / comp).iterdir()] if (folder / comp).is_dir() else []
+            if not any(f.endswith(".safetensors") for f in files):
+                pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+                raise ModelLoadError(f"{folder / comp} holds no .safetensors weights" + (
+                    f" ({pickles[0]} is a pickle checkpoint; locedit loads safetensors only)" if pickles else ""))
+    import diffusers
+
+    pipeline_class = getattr(diffusers, name)
+    import inspect
+
+    # components the folder leaves out (SD3 without T5, no image encoder): None, as diffusers' pipelines take
+    extra = {k: None for k in inspect.signature(pipeline_class.__init__).parameters
+             if k not in ("self", "scheduler") and index.get(k) in (None, [None, None])}
+    if vae is not None:
+        from diffusers import AutoencoderKL
+
+        extra["vae"] = AutoencoderKL.from_pretrained(_locate(vae), use_safetensors=True, torch_dtype=dt)
+    try:
+        with _no_loading_bars():
+            pipe = pipeline_class.from_pretrained(folder, use_safetensors=True, dtype=dt, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"model {model!r} could not be loaded: {_load_failure(exc)}") from None
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    for part in (pipe.transformer, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                 getattr(pipe, "text_encoder_3", None)):
+        if part is not None:
+            part.eval().requires_grad_(False)
+    return FlowBundle(pipe, family_of(index), name=model)
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "

@@ -127,6 +127,7 @@ class Method(Entry):
 
     needs: ClassVar[frozenset[str]] = frozenset()  # inputs of ``uses`` it cannot run without (the bench gives them)
     missing: ClassVar[str] = ""  # the refusal when one of ``needs`` is absent (default: names the flag)
+    families: ClassVar[tuple[str, ...]] = ("sd", "sdxl")  # model families it runs on (ModelBundle.family)
     # the inversion its paper uses, run when none is named (a method that takes one)
     inversion: ClassVar[str] = "null-text"
     takes_gradients: ClassVar[bool] = False  # backpropagates through the UNet (what --grad-checkpointing acts on)

@@ -108,6 +108,14 @@ def checked_editor(gr, session: Session):
     return CheckedImageEditor
 
 
+def _choice_handler(gr, panels):
+    """The option panel of the chosen method and inversion shown, the others hidden."""
+    def on_choice(method_v, inversion_v):
+        return [gr.update(visible=(name == (method_v if kind == "method" else inversion_v))) for (kind, name) in panels]
+
+    return on_choice
+
+
 def _file_handler(session: Session, gr):
     def on_file(path):
         """An uploaded file (Gradio's own temporary copy) decoded by locedit's checked reader."""
@@ -244,12 +252,7 @@ def build(session: Session):
                   attribute_words, boxes, blend_words, attention_words, *option_boxes]
 
         on_edit, on_compare = _edit_handlers(session, gr, lambda values: _inputs_of(session, option_keys, values))
-        on_file = _file_handler(session, gr)
-
-        def on_choice(method_v, inversion_v):
-            return [gr.update(visible=(name == (method_v if kind == "method" else inversion_v)))
-                    for (kind, name) in panels]
-
+        on_file, on_choice = _file_handler(session, gr), _choice_handler(gr, panels)
         example.click(_example_value, outputs=[editor, source, target, upload_error])
         # reading the editor on upload runs its header check at once (a refusal is Gradio's error toast)
         editor.upload(lambda _v: "", inputs=[editor], outputs=[upload_error])

@@ -1,0 +1,160 @@
+"""Issue 33, item 1: the flow-matching sampler and the FLUX / SD3 families - the schedule equals
+diffusers' FlowMatchEulerDiscreteScheduler, Euler inversion then sampling reconstructs to solver
+error, and plain generation equals FluxPipeline's and StableDiffusion3Pipeline's own (1e-4) on tiny
+random models built in code, also after a save and a load through locedit's loader."""
+
+import pytest
+import torch
+from flow_models import tiny_flux, tiny_sd3
+
+from locedit.diffusion import flow
+from locedit.diffusion.flow_model import from_flow_pipeline, generate
+
+PROMPT = "a red circle and a blue striped square on a gray background"
+
+
+@pytest.mark.parametrize("config,tokens", [
+    (dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+          base_image_seq_len=256, max_image_seq_len=4096), 4096),
+    (dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+          base_image_seq_len=256, max_image_seq_len=4096), 16),
+    (dict(num_train_timesteps=1000, shift=3.0), None),
+    (dict(num_train_timesteps=1000, shift=1.0), None),
+])
+@pytest.mark.parametrize("steps", [1, 4, 28])
+def test_the_schedule_is_diffusers(config, tokens, steps):
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    s = FlowMatchEulerDiscreteScheduler(**config)
+    if config.get("use_dynamic_shifting"):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+        assert flow.calculate_shift(tokens, config) == pytest.approx(mu)
+        s.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    else:
+        s.set_timesteps(steps)
+    assert torch.equal(flow.flow_sigmas(config, steps, tokens), s.sigmas)
+    assert torch.equal(flow.timesteps(flow.flow_sigmas(config, steps, tokens), config), s.timesteps)
+
+
+def test_the_euler_step_is_the_schedulers():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    s = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    s.set_timesteps(5)
+    x, v = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    for k, t in enumerate(s.timesteps):
+        assert torch.equal(flow.euler_step(x, v, s.sigmas[k], s.sigmas[k + 1]), s.step(v, t, x).prev_sample)
+
+
+def test_pack_and_unpack_are_the_pipelines():
+    from diffusers import FluxPipeline
+
+    z = torch.randn(2, 4, 6, 8)
+    packed = FluxPipeline._pack_latents(z, 2, 4, 6, 8)
+    assert torch.equal(flow.pack(z), packed) and torch.equal(flow.unpack(packed, 6, 8), z)
+    assert torch.equal(flow.image_ids(3, 4), FluxPipeline._prepare_latent_image_ids(1, 3, 4, "cpu", torch.float32))
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_flux(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return tiny_sd3(seed=0)
+
+
+def test_flux_generation_equals_fluxpipeline(flux):
+    bundle = from_flow_pipeline(flux)
+    for guidance in (3.5, 1.0):
+        ours = generate(bundle, PROMPT, num_steps=3, guidance=guidance, seed=7, height=32, width=32)
+        theirs = flux(PROMPT, num_inference_steps=3, guidance_scale=guidance, height=32, width=32,
+                      generator=torch.Generator().manual_seed(7), output_type="latent").images
+        torch.testing.assert_close(flow.pack(ours), theirs, rtol=0, atol=1e-4)
+    ours = generate(bundle, PROMPT, num_steps=3, seed=7, height=32, width=32, true_cfg=2.0)
+    theirs = flux(PROMPT, negative_prompt="", true_cfg_scale=2.0, num_inference_steps=3, height=32, width=32,
+                  generator=torch.Generator().manual_seed(7), output_type="latent").images
+    torch.testing.assert_close(flow.pack(ours), theirs, rtol=0, atol=1e-4)
+    assert bundle.unet_calls == 3 * 2 + 3 * 2  # one call a step, two with true CFG
+
+
+def test_sd3_generation_equals_stablediffusion3pipeline(sd3):
+    bundle = from_flow_pipeline(sd3)
+    for guidance in (7.0, 1.0):
+        ours = generate(bundle, PROMPT, num_steps=3, guidance=guidance, seed=3, height=32, width=32)
+        theirs = sd3(PROMPT, num_inference_steps=3, guidance_scale=guidance, height=32, width=32,
+                     generator=torch.Generator().manual_seed(3), output_type="latent").images
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["flux", "sd3"])
+def test_euler_inversion_then_sampling_reconstructs_to_solver_error(which, flux, sd3):
+    """Inverting with Euler steps up the schedule and sampling back at the same prompt (no CFG)
+    returns the latent up to the solver's error, which shrinks as the steps grow."""
+    bundle = from_flow_pipeline(flux if which == "flux" else sd3)
+    torch.manual_seed(0)
+    x0 = torch.randn(1, bundle.latent_channels, 4, 4)
+    text = bundle.encode_text([PROMPT])
+    errors = []
+    for steps in (4, 16):
+        sigmas = bundle.sigmas(steps, 4, 4)
+        up, z = flow.inversion_sigmas(sigmas), x0
+        with torch.no_grad():
+            for k in range(steps):
+                z = flow.euler_step(z, bundle.velocity(z, up[k], text, 1.0), up[k], up[k + 1])
+            for k in range(steps):
+                z = flow.euler_step(z, bundle.velocity(z, sigmas[k], text, 1.0), sigmas[k], sigmas[k + 1])
+        errors.append((z - x0).abs().max().item())
+    assert errors[1] < errors[0] / 2, errors
+
+
+@pytest.mark.parametrize("which", ["flux", "sd3"])
+def test_a_saved_folder_loads_through_locedits_loader_and_generates_the_same(which, flux, sd3, tmp_path):
+    from locedit.diffusion import load_model
+    from locedit.diffusion.flow_model import FlowBundle
+
+    pipe = flux if which == "flux" else sd3
+    pipe.save_pretrained(tmp_path / which, safe_serialization=True)
+    bundle = load_model(str(tmp_path / which))
+    assert isinstance(bundle, FlowBundle) and bundle.family == which
+    ours = generate(bundle, PROMPT, num_steps=2, seed=1, height=32, width=32)
+    theirs = generate(from_flow_pipeline(pipe), PROMPT, num_steps=2, seed=1, height=32, width=32)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_a_flow_folder_of_other_classes_is_refused(flux, tmp_path, capsys):
+    import json
+
+    from locedit.diffusion import load_model
+    from locedit.errors import ModelLoadError
+
+    flux.save_pretrained(tmp_path / "f", safe_serialization=True)
+    index = json.loads((tmp_path / "f" / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "SD3Transformer2DModel"]
+    (tmp_path / "f" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="gives transformer the class diffusers.SD3Transformer2DModel"):
+        load_model(str(tmp_path / "f"))
+
+
+def test_the_unet_methods_refuse_a_flow_model_in_one_line(flux, sd3, scene_png, tmp_path, capsys):
+    from locedit import pipeline
+    from locedit.cli import main
+    from locedit.errors import LoceditError
+
+    bundle = from_flow_pipeline(sd3, name="tiny-sd3")
+    image = torch.rand(1, 3, 32, 32)
+    with pytest.raises(LoceditError, match="--method p2p runs on UNet models .* 'tiny-sd3' is a sd3 model"):
+        pipeline.edit(bundle, image, "a red square", "a blue square")
+    with pytest.raises(LoceditError, match="--inversion ddim runs on UNet models"):
+        pipeline.invert(bundle, image, "a red square", "ddim", num_steps=2)
+    assert bundle.unet_calls == 0
+    flux.save_pretrained(tmp_path / "f", safe_serialization=True)
+    capsys.readouterr()
+    code = main(["edit", scene_png[0], "--source", "a red square", "--target", "a blue square", "--model",
+                 str(tmp_path / "f"), "--steps", "2", "--quiet", "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a flux model" in err[0] and not (tmp_path / "o.png").exists()
