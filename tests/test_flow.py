@@ -158,3 +158,22 @@ def test_the_unet_methods_refuse_a_flow_model_in_one_line(flux, sd3, scene_png, 
                  str(tmp_path / "f"), "--steps", "2", "--quiet", "--out", str(tmp_path / "o.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is a flux model" in err[0] and not (tmp_path / "o.png").exists()
+
+
+def test_the_flow_sampler_behind_the_sampler_interface(flux):
+    """SAMPLERS["flow-euler"]: the schedule's levels are the sigmas, a step is the scheduler's, and
+    reverse() is Euler inversion: evaluated at the lower sigma, landing on the higher."""
+    from locedit.diffusion.sampler import SAMPLERS
+
+    bundle = from_flow_pipeline(flux)
+    sampler = SAMPLERS["flow-euler"](bundle.scheduler_config, tokens=bundle.tokens(4, 4))
+    steps = sampler.schedule(5)
+    sigmas = bundle.sigmas(5, 4, 4)
+    assert [s.at for s in steps] == sigmas[:-1].tolist() and [s.to for s in steps] == sigmas[1:].tolist()
+    x, v = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    for s in steps:
+        back = sampler.reverse(s)
+        assert (back.at, back.to, back.t) == (s.to, s.at, s.to * 1000)
+        assert torch.equal(sampler.step(x, v, s), x + (s.to - s.at) * v)
+        assert torch.equal(sampler.noised(x, v, s), (1 - s.at) * x + s.at * v)
+    assert sampler.prediction(v, x, steps[0]) is v
