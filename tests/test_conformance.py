@@ -458,7 +458,7 @@ def test_presets_are_data_and_differ_only_where_paper_and_code_differ():
     assert diffs["p2p"] == window and diffs["mag-edit"] == window
     assert set(diffs["mde-edit"]) == {"lambda_ccl", "oal_form", "ccl_form", "p2p.cross_window"}
     # DPL counts its windows in steps; its null-text restarts; _2_DDIM_inv.py samples the posterior
-    assert set(diffs["locinv"]) == {"locinv.nti_mode", "locinv.encode"}
+    assert set(diffs["locinv"]) == {"locinv.nti_mode", "locinv.encode", "locinv.pair_source"}  # + the code's pair rule
     assert diffs["blended"] == {"init": ("source", "noise")}  # Alg. 1's noised source; the script's pure noise
     assert diffs["sdedit"] == {} and diffs["masactrl"] == {}
     spd = differences(preset(INVERSIONS["spd"].Options, "paper"), preset(INVERSIONS["spd"].Options, "official"))
