@@ -4,6 +4,7 @@
     python bench/shapes_gates.py --n 20 --gates vae,t2i
     python bench/shapes_gates.py --gates flow-t2i --flow-model ~/.cache/locedit-train/shapes-flow/ema \
         --flow-vae locedit/models/shapes/vae   # F1 of shapes-flow (a FluxPipeline folder, or a run's ema/)
+    python bench/shapes_gates.py --gates flow-inversion --n 50 --flow-model checkpoints/shapes-flow   # F2
 
 Prints a Markdown table (measured, gate, met) and, with --json, the figures.
 """
@@ -48,18 +49,20 @@ def main(argv=None):
             figures.update(G.gate_p2p_colour(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "p2p-shape":
             figures.update(G.gate_p2p_shape(t2i, args.n, args.steps, progress=tqdm_progress))
-        elif name == "flow-t2i":
-            from locedit.world.train_flow import gate_flow_t2i, load_flow_pipeline
+        elif name in ("flow-t2i", "flow-inversion"):
+            from locedit.world.train_flow import gate_flow_inversion, gate_flow_t2i, load_flow_pipeline
 
             pipe = load_flow_pipeline(args.flow_model, args.flow_vae)
-            figures.update(gate_flow_t2i(pipe, args.n, args.flow_steps))
+            gate = gate_flow_t2i if name == "flow-t2i" else gate_flow_inversion
+            figures.update(gate(pipe, args.n, args.flow_steps))
         elif name == "instruct":
             figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
                                            progress=tqdm_progress))
         seconds[name] = time.time() - t0
         print(f"{name}: {time.time() - t0:.1f} s", file=sys.stderr)
-    steps = ", ".join([f"{args.steps} DDIM steps"] * bool(set(chosen) - {"flow-t2i"})
-                      + [f"{args.flow_steps} Euler steps (flow)"] * ("flow-t2i" in chosen))
+    flows = {"flow-t2i", "flow-inversion"}
+    steps = ", ".join([f"{args.steps} DDIM steps"] * bool(set(chosen) - flows)
+                      + [f"{args.flow_steps} Euler steps (flow)"] * bool(flows & set(chosen)))
     print(f"\n{args.n} held-out items, {steps}\n")
     print("| gate | measured | threshold | met |\n|---|---:|---:|---|")
     for key, threshold in G.GATES.items():

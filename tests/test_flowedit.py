@@ -81,3 +81,16 @@ def test_the_last_n_min_steps_sample_the_target(bundle):
     a = flowedit(bundle, x, SRC, TGT, FlowEditOptions(steps=6, n_max=4, n_min=0))
     b = flowedit(bundle, x, SRC, TGT, FlowEditOptions(steps=6, n_max=4, n_min=2))
     assert (a - b).abs().max() > 1e-5
+
+
+def test_a_mask_keeps_the_outside_on_the_source(bundle):
+    """locedit's localisation: outside the mask the result is the source latent (to rounding), inside
+    it is the unmasked edit's first step onwards moved (not the source)."""
+    x = _x(bundle)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1
+    for n_min in (0, 2):
+        out = flowedit(bundle, x, SRC, TGT, FlowEditOptions(steps=6, n_max=4, n_min=n_min), mask=mask)
+        outside = mask.expand_as(x) == 0
+        assert (out - x)[outside].abs().max() < 1e-5, n_min
+        assert (out - x)[~outside].abs().max() > 1e-3, n_min

@@ -44,6 +44,7 @@ class FlowBundle:
     name: str = ""
     unet_calls: int = 0  # transformer calls (the name the UNet bundles' counters share)
     offload_text: bool = False  # text encoders moved to the CPU after encoding
+    max_sequence_length: int | None = None  # T5's padded length (None: the pipeline's default, 512 / 256)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -109,13 +110,15 @@ class FlowBundle:
         if self.offload_text:
             for enc in encoders:
                 enc.to(dev)
+        length = {} if self.max_sequence_length is None else {"max_sequence_length": self.max_sequence_length}
         if self.family == "flux":
             states, pooled, ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=dev,
-                                                          num_images_per_prompt=1)
+                                                          num_images_per_prompt=1, **length)
             text = FlowText(states, pooled, ids)
         else:
             states, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=dev,
-                                                           num_images_per_prompt=1, do_classifier_free_guidance=False)
+                                                           num_images_per_prompt=1, do_classifier_free_guidance=False,
+                                                           **length)
             text = FlowText(states, pooled)
         if self.offload_text:
             for enc in encoders:

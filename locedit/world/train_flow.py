@@ -250,6 +250,35 @@ def gate_flow_t2i(pipe, n: int = 200, steps: int = 28, guidance: float = 4.0, se
     return {"f1_oracle": objects / n, "f1_oracle_with_texture": textures / n, "f1_background": backgrounds / n, "n": n}
 
 
+@torch.no_grad()
+def gate_flow_inversion(pipe, n: int = 50, steps: int = 28) -> dict:
+    """Gate F2: Euler inversion of each held-out scene under its caption, then Euler sampling back, both
+    at guidance 1 (no CFG, no distilled guidance): PSNR of the decoded result against the scene."""
+    import numpy as np
+
+    from ..diffusion import flow
+    from ..diffusion.flow_model import from_flow_pipeline
+    from .gates import held_out_scenes, psnr
+    from .data import to_tensor
+    from .scene import render
+
+    bundle = from_flow_pipeline(pipe)
+    bundle.max_sequence_length = MAX_TOKENS
+    values = []
+    for s in held_out_scenes(n, offset=20_000):
+        x = to_tensor([render(s, IMAGE_SIZE)[0]]).to(bundle.device)
+        z = bundle.encode_image(x)
+        text = bundle.encode_text([s.caption()])
+        sigmas = bundle.sigmas(steps, *z.shape[-2:])
+        up = flow.inversion_sigmas(sigmas)
+        for k in range(steps):
+            z = flow.euler_step(z, bundle.velocity(z, up[k], text), up[k], up[k + 1])
+        for k in range(steps):
+            z = flow.euler_step(z, bundle.velocity(z, sigmas[k], text), sigmas[k], sigmas[k + 1])
+        values.append(psnr(bundle.decode_latents(z), x))
+    return {"f2_inversion_psnr": float(np.mean(values)), "n": n}
+
+
 def _flow_curve(args, models, vae, out: Path):
     """The learning curve's point: gate F1 on ``--eval-n`` held-out captions with the EMA weights."""
     def evaluate(step):
