@@ -5,6 +5,7 @@
     python bench/shapes_gates.py --gates flow-t2i --flow-model ~/.cache/locedit-train/shapes-flow/ema \
         --flow-vae locedit/models/shapes/vae   # F1 of shapes-flow (a FluxPipeline folder, or a run's ema/)
     python bench/shapes_gates.py --gates flow-inversion --n 50 --flow-model checkpoints/shapes-flow   # F2
+    python bench/shapes_gates.py --gates flow-edit --n 100 --flow-model checkpoints/shapes-flow       # F3
 
 Prints a Markdown table (measured, gate, met) and, with --json, the figures.
 """
@@ -49,18 +50,19 @@ def main(argv=None):
             figures.update(G.gate_p2p_colour(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "p2p-shape":
             figures.update(G.gate_p2p_shape(t2i, args.n, args.steps, progress=tqdm_progress))
-        elif name in ("flow-t2i", "flow-inversion"):
-            from locedit.world.train_flow import gate_flow_inversion, gate_flow_t2i, load_flow_pipeline
+        elif name in ("flow-t2i", "flow-inversion", "flow-edit"):
+            from locedit.world import train_flow as TF
 
-            pipe = load_flow_pipeline(args.flow_model, args.flow_vae)
-            gate = gate_flow_t2i if name == "flow-t2i" else gate_flow_inversion
+            pipe = TF.load_flow_pipeline(args.flow_model, args.flow_vae)
+            gate = {"flow-t2i": TF.gate_flow_t2i, "flow-inversion": TF.gate_flow_inversion,
+                    "flow-edit": TF.gate_flow_edit}[name]
             figures.update(gate(pipe, args.n, args.flow_steps))
         elif name == "instruct":
             figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
                                            progress=tqdm_progress))
         seconds[name] = time.time() - t0
         print(f"{name}: {time.time() - t0:.1f} s", file=sys.stderr)
-    flows = {"flow-t2i", "flow-inversion"}
+    flows = {"flow-t2i", "flow-inversion", "flow-edit"}
     steps = ", ".join([f"{args.steps} DDIM steps"] * bool(set(chosen) - flows)
                       + [f"{args.flow_steps} Euler steps (flow)"] * bool(flows & set(chosen)))
     print(f"\n{args.n} held-out items, {steps}\n")

@@ -117,3 +117,44 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     ids[..., 1] = torch.arange(h)[:, None]
     ids[..., 2] = torch.arange(w)[None, :]
     return ids.reshape(h * w, 3)
+
+
+# ---- the solvers the flow editors invert and sample with -----------------------------------------------------
+SOLVERS = ("euler", "rf-solver", "fireflow")
+
+
+def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler") -> tuple[torch.Tensor, int]:
+    """Integrate dx/dt = v(x, t) over ``levels`` (sampling: from 1 down; inversion: the reversed
+    schedule, up), with ``velocity(x, t)`` the model; returns (x, model calls).
+
+    - ``euler``: x' = x + (t' - t) v(x, t); one call a step.
+    - ``rf-solver`` (Wang et al., "Taming Rectified Flow for Inversion and Editing", ICML 2025, Eq. 8):
+      the second-order Taylor step x' = x + D v + D^2/2 v', the derivative from a half step,
+      v' = (v(x + D/2 v, t + D/2) - v(x, t)) / (D/2), D = t' - t; two calls a step.
+    - ``fireflow`` (Deng et al., "FireFlow: Fast Inversion of Rectified Flow for Image Semantic
+      Editing", ICML 2025, Eq. 9-10): the midpoint step x' = x + D v(x + D/2 v~, t + D/2), where v~ is
+      the previous step's midpoint velocity (the model's own at the first step); one call a step
+      after the first.
+
+    Written from the papers' equations; the side-by-side runs of the authors' code (bench/peers) are
+    not done yet (docs/flow.md)."""
+    if solver not in SOLVERS:
+        raise LoceditError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    calls, reuse = 0, None
+    for t, t_next in zip(levels[:-1], levels[1:]):
+        d = float(t_next) - float(t)
+        if solver == "fireflow" and reuse is not None:
+            v = reuse
+        else:
+            v, calls = velocity(x, t), calls + 1
+        if solver == "euler":
+            x = euler_step(x, v, t, t_next)
+            continue
+        v_mid = velocity((x.float() + d / 2 * v.float()).to(x.dtype), float(t) + d / 2)
+        calls += 1
+        if solver == "rf-solver":
+            slope = (v_mid.float() - v.float()) / (d / 2)
+            x = (x.float() + d * v.float() + 0.5 * d * d * slope).to(x.dtype)
+        else:
+            x, reuse = euler_step(x, v_mid, t, t_next), v_mid
+    return x, calls

@@ -22,7 +22,8 @@ from .data import HELD_OUT_SEED, to_tensor
 GATES = {"vae_psnr": 30.0, "t2i_oracle": 0.80, "nti_psnr": 28.0, "instruct_oracle": 0.70, "instruct_outside_psnr": 25.0,
          "p2p_colour_oracle": 0.80, "p2p_colour_outside_psnr": 25.0, "p2p_shape_oracle": 0.60,
          "f1_oracle": 0.80,  # F1: shapes-flow text-to-image (locedit.world.train_flow.gate_flow_t2i)
-         "f2_inversion_psnr": 30.0}  # F2: its Euler inversion then sampling (gate_flow_inversion)
+         "f2_inversion_psnr": 30.0,  # F2: its Euler inversion then sampling (gate_flow_inversion)
+         "f3_flowedit_oracle": 0.80, "f3_flowedit_outside_psnr": 25.0}  # F3: FlowEdit colour edits
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
