@@ -1,6 +1,6 @@
-"""Write docs/reported/*.json from the papers' own text (issue 35: published numbers as data).
+"""Write locedit/bench/reported/*.json from the papers' own text (issue 35: published numbers as data).
 
-    python bench/reported_from_papers.py ../shared/papers     # rewrites docs/reported/
+    python bench/reported_from_papers.py ../shared/papers     # rewrites locedit/bench/reported/
 
 Each table is read from the paper's text (a Markdown table), its rows named with locedit's names,
 its values kept as printed (with the column's scale named), and written with the paper, table,
@@ -69,8 +69,8 @@ TABLES = {"spdinv-table1.json": spdinv_table1}
 def main(argv=None) -> None:
     papers = Path((argv or sys.argv[1:] or [str(ROOT.parent / "shared" / "papers")])[0])
     for name, build in TABLES.items():
-        (ROOT / "docs" / "reported" / name).write_text(json.dumps(build(papers), indent=1) + "\n")
-        print(f"wrote docs/reported/{name}", file=sys.stderr)
+        (ROOT / "locedit" / "bench" / "reported" / name).write_text(json.dumps(build(papers), indent=1) + "\n")
+        print(f"wrote locedit/bench/reported/{name}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Issue 35, item 2: published numbers ship as data (docs/reported/*.json, written from the papers'
+"""Issue 35, item 2: published numbers ship as data (locedit/bench/reported/*.json, written from the papers'
 text by bench/reported_from_papers.py). The schema holds: who, which table, with what settings, and
 every row named by locedit's registries and metrics, with a value and the scale it is printed at."""
 
@@ -9,7 +9,7 @@ from locedit.bench.report import METRICS
 from locedit.inversion import INVERSIONS
 from locedit.methods import METHODS
 
-REPORTED = Path(__file__).resolve().parents[1] / "docs" / "reported"
+REPORTED = Path(__file__).resolve().parents[1] / "locedit" / "bench" / "reported"
 EXTRA_METRICS = {"inversion_seconds"}  # reported beside the metrics; the runner's rows time the whole edit
 EXTRA_INVERSIONS = {"npi+proximal"}  # ProxEdit: NPI with the proximal guidance options
 
@@ -42,3 +42,31 @@ def test_spdinv_table_1_as_printed():
     spd = rows[("p2p", "spd")]
     assert (spd["structure_distance"]["value"], spd["bg_psnr"]["value"], spd["clip_whole"]["value"]) == (8.81, 28.6, 25.26)
     assert spd["structure_distance"]["scale"] == 1e3 and rows[("pnp", "aidi")]["bg_mse"]["value"] == 78.19
+
+
+def test_report_against_a_published_table(tmp_path, capsys):
+    """``locedit report RUN --against spdinv:table1``: the run's mean beside the published raw figure
+    (printed value / scale) and their difference, for the rows of the run's methods on its inversion,
+    and the settings that differ from the table's."""
+    from locedit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"dataset": "pie:x", "model": "tiny-random", "steps": 50,
+                                              "guidance": 7.5, "inversion": "spd"}))
+    rows = [{"id": str(k), "method": "p2p", "edit_type": "0", "bg_psnr": 27.0 + k, "structure_distance": 0.01}
+            for k in range(2)]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(run), "--against", "spdinv:table1", "--quiet"]) == 0
+    md = (run / "report.md").read_text()
+    section = md[md.index("## Against"):]
+    table = json.loads((REPORTED / "spdinv-table1.json").read_text())
+    published = next(r for r in table["rows"] if r["method"] == "p2p" and r["inversion"] == "spd")["values"]
+    psnr = published["bg_psnr"]["value"] / published["bg_psnr"]["scale"]
+    dino = published["structure_distance"]["value"] / published["structure_distance"]["scale"]
+    assert f"| bg_psnr | {psnr:.6g} | {27.5:.6g} | {27.5 - psnr:+.6g} |" in section
+    assert f"| structure_distance | {dino:.6g} | {0.01:.6g} | {0.01 - dino:+.6g} |" in section
+    assert "model `tiny-random` (the table: `CompVis/stable-diffusion-v1-4`)" in section and "steps `50`" not in section
+    capsys.readouterr()
+    assert main(["report", str(run), "--against", "nopaper:table9"]) == 2
+    assert "no reported table 'nopaper:table9'; shipped: spdinv:table1" in capsys.readouterr().err

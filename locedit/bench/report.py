@@ -167,8 +167,12 @@ def gallery(rows: list[dict], out: Path) -> Path:
     return path
 
 
-def write_report(folder: str | Path) -> dict[str, Path]:
+def write_report(folder: str | Path, against_table: str | None = None) -> dict[str, Path]:
+    """report.md, plots and gallery of a bench folder; ``against_table`` (``paper:table``, one of
+    :func:`reported_tables`) adds the run beside that published table."""
     folder = Path(folder)
+    if against_table is not None and against_table not in reported_tables():
+        raise LoceditError(f"no reported table {against_table!r}; shipped: {', '.join(reported_tables())}")
     if not folder.is_dir():
         raise LoceditError(f"{folder} is not a folder written by 'locedit bench'")
     malformed: list = []
@@ -176,7 +180,7 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     if not rows:
         raise LoceditError(f"{folder} holds no results*.jsonl rows (run 'locedit bench' first)")
     summary = summarise(rows)
-    settings = ""
+    settings, info = "", {}
     run_file = folder / "run.json"
     if run_file.exists():
         import json
@@ -192,8 +196,50 @@ def write_report(folder: str | Path) -> dict[str, Path]:
         where = ", ".join(f"{f}:{n}" for f, n in malformed[:10]) + (" ..." if len(malformed) > 10 else "")
         skipped = f"{len(malformed)} line(s) without an id and a method were skipped: {where}\n\n"
     md.write_text("# Benchmark report\n\n" + settings + skipped + "## Per method\n\n" + markdown_tables(summary, edit_types=False)
-                  + "\n\n## Per method and edit type\n\n" + markdown_tables(summary) + "\n")
+                  + "\n\n## Per method and edit type\n\n" + markdown_tables(summary) + "\n"
+                  + ("\n" + against(folder, against_table, summary, info) if against_table else ""))
     written = {"markdown": md, "gallery": gallery(rows, folder)}
     for p in plots(summary, folder):
         written[p.stem] = p
     return written
+
+
+REPORTED = Path(__file__).with_name("reported")
+
+
+def reported_tables() -> dict[str, Path]:
+    """``paper:table`` -> the shipped file (``spdinv-table1.json`` is ``spdinv:table1``)."""
+    return {p.stem.replace("-", ":", 1): p for p in sorted(REPORTED.glob("*.json"))}
+
+
+def against(folder: Path, spec: str, summary: dict, info: dict) -> str:
+    """Markdown: the run beside the published rows of ``spec`` with the same method and inversion,
+    metric by metric (published as raw figures: the printed value over its scale), and the settings
+    in which the run differs from the table's."""
+    import json
+
+    tables = reported_tables()
+    if spec not in tables:
+        raise LoceditError(f"no reported table {spec!r}; shipped: {', '.join(tables) or 'none'}")
+    table = json.loads(tables[spec].read_text())
+    inversion = info.get("inversion")
+    lines = [f"## Against {table['paper']}, {table['table']}\n"]
+    differ = [f"{k} `{info.get(k)}` (the table: `{table[k]}`)" for k in ("model", "steps", "guidance")
+              if info.get(k) is not None and str(info.get(k)) != str(table[k])]
+    lines.append("Settings that differ: " + ("; ".join(differ) if differ else "none of model, steps, guidance") +
+                 f". The table's benchmark: {table['benchmark']} ({table['subset']}).\n")
+    matched = False
+    for (method, kind), stats in sorted(summary.items()):
+        row = next((r for r in table["rows"] if r["method"] == method and r["inversion"] == inversion), None)
+        if kind != "all" or row is None:
+            continue
+        matched = True
+        lines.append(f"\n{method} on {inversion}:\n\n| metric | published | this run | difference |\n|---|---:|---:|---:|")
+        for metric, v in row["values"].items():
+            published = v["value"] / v["scale"]
+            ours = stats.get(metric, (float("nan"), 0, 0))[0]
+            lines.append(f"| {metric} | {published:.6g} | {ours:.6g} | {ours - published:+.6g} |")
+    if not matched:
+        lines.append(f"\nNo row of the table has this run's methods ({', '.join(sorted({m for m, _ in summary}))}) "
+                     f"on its inversion `{inversion}`.")
+    return "\n".join(lines) + "\n"

@@ -60,6 +60,9 @@ def register(sub) -> None:
 
     rp = sub.add_parser("report", help="average a bench folder per method and edit type; table, plots, gallery")
     rp.add_argument("folder", help="a folder written by 'locedit bench'")
+    rp.add_argument("--against", metavar="PAPER:TABLE",
+                    help="put the run beside a published table shipped with locedit (e.g. spdinv:table1; "
+                         "docs/reported/README.md lists them)")
     add_output_flags(rp)
 
     bn.set_defaults(run=cmd_bench)
@@ -110,7 +113,7 @@ def cmd_bench(args) -> dict:
 def cmd_report(args) -> dict:
     from ..bench.report import write_report
 
-    written = write_report(args.folder)
+    written = write_report(args.folder, args.against)
     return {"out": str(written["markdown"]), **{k: str(v) for k, v in written.items()}}
 
 
