@@ -65,8 +65,34 @@ def test_report_against_a_published_table(tmp_path, capsys):
     psnr = published["bg_psnr"]["value"] / published["bg_psnr"]["scale"]
     dino = published["structure_distance"]["value"] / published["structure_distance"]["scale"]
     assert f"| bg_psnr | {psnr:.6g} | {27.5:.6g} | {27.5 - psnr:+.6g} |" in section
+    assert "| clip_whole | 25.26 | not measured | - |" in section
     assert f"| structure_distance | {dino:.6g} | {0.01:.6g} | {0.01 - dino:+.6g} |" in section
     assert "model `tiny-random` (the table: `CompVis/stable-diffusion-v1-4`)" in section and "steps `50`" not in section
     capsys.readouterr()
     assert main(["report", str(run), "--against", "nopaper:table9"]) == 2
     assert "no reported table 'nopaper:table9'; shipped: spdinv:table1" in capsys.readouterr().err
+
+
+def test_reproduce_runs_a_table_end_to_end_on_the_tiny_model(tmp_path):
+    """bench/reproduce.py spdinv:table1 on tiny-random and a synthetic PIE-Bench folder: one run per
+    inversion of the table with its methods, each report beside the table; ProxEdit skipped, said so."""
+    import sys
+
+    from test_metrics_bench import _pie_folder
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import reproduce
+
+    out = tmp_path / "out"
+    assert reproduce.main(["spdinv:table1", "--model", "tiny-random", "--data", str(_pie_folder(tmp_path)),
+                           "--steps", "6", "--limit", "1", "--out-dir", str(out)]) == 0
+    table = json.loads((REPORTED / "spdinv-table1.json").read_text())
+    expected = reproduce.plan(table)
+    assert set(expected) == {"ddim", "null-text", "npi", "aidi", "nmg", "direct", "spd"}
+    for inversion, methods in expected.items():
+        rows = [json.loads(line) for line in (out / inversion / "results.jsonl").read_text().splitlines()]
+        assert sorted(r["method"] for r in rows) == sorted(methods) and all("error" not in r for r in rows), rows
+        md = (out / inversion / "report.md").read_text()
+        assert "## Against" in md and "steps `6` (the table: `50`)" in md, inversion
+        assert "| lpips_squeeze | " in md and "| not measured | - |" in md  # no LPIPS weights here
+    assert "Skipped (not a registry inversion, no bench flags): npi+proximal" in (out / "README.md").read_text()

@@ -237,7 +237,10 @@ def against(folder: Path, spec: str, summary: dict, info: dict) -> str:
         lines.append(f"\n{method} on {inversion}:\n\n| metric | published | this run | difference |\n|---|---:|---:|---:|")
         for metric, v in row["values"].items():
             published = v["value"] / v["scale"]
-            ours = stats.get(metric, (float("nan"), 0, 0))[0]
+            if metric not in stats or stats[metric][1] == 0:  # not measured (e.g. no weights for the network)
+                lines.append(f"| {metric} | {published:.6g} | not measured | - |")
+                continue
+            ours = stats[metric][0]
             lines.append(f"| {metric} | {published:.6g} | {ours:.6g} | {ours - published:+.6g} |")
     if not matched:
         lines.append(f"\nNo row of the table has this run's methods ({', '.join(sorted({m for m, _ in summary}))}) "
