@@ -1,4 +1,4 @@
-"""Command line: ``locedit edit|invert|instruct|bench|report|world|methods|ui``.
+"""Command line: ``locedit edit|invert|instruct|flowedit|bench|report|world|methods|ui``.
 
 The edge of the package: files, PIL images, flags, progress bars and exit codes live here, one
 module per subcommand. Errors the user can fix exit with code 2 and one ``error: ...`` line on
@@ -16,7 +16,7 @@ from pathlib import Path
 from ..fileio import load_image, load_mask, save_png  # noqa: F401  (public: the README's Python example)
 from .common import EXIT_USAGE, Parser
 
-SUBCOMMANDS = ("edit", "instruct", "bench", "world", "methods", "ui")  # modules; edit also registers invert, bench report
+SUBCOMMANDS = ("edit", "instruct", "flow", "bench", "world", "methods", "ui")  # modules; edit also registers invert, bench report
 
 
 def build_parser() -> Parser:
