@@ -170,3 +170,10 @@ def test_out_in_a_dangling_link_and_a_short_box_are_refused_before_the_run(scene
             "is a broken symbolic link", tmp_path / "nowhere")
     refused(["edit", scene_png[0], *EDIT, *FAST, "--method", "mag-edit", "--region", "blue=10,10,5", "--out",
              str(tmp_path / "o.png")], capsys, "box '10,10,5' is not four numbers x0,y0,x1,y1", tmp_path / "o.png")
+
+
+def test_a_dataset_row_naming_a_file_that_is_not_an_image_is_refused_before_run_json(tmp_path, scene_png, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    spec = _jsonl(tmp_path, scene_png, GOOD, {**GOOD, "id": "b", "image": "notes.png"})
+    refused(BENCH + ["--dataset", f"jsonl:{spec}", "--methods", "p2p", "--out", str(tmp_path / "b")], capsys,
+            "edits.jsonl:2: image", tmp_path / "b")

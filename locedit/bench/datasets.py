@@ -55,6 +55,17 @@ def strip_brackets(prompt: str) -> str:
     return re.sub(r"\s+", " ", prompt.replace("[", "").replace("]", "")).strip()
 
 
+def _readable(path: Path, where: str) -> None:
+    """The file's image header (format, size limits), nothing decoded: every row is checked before the
+    run writes anything."""
+    from ..fileio import header_size
+
+    try:
+        header_size(path, "image")
+    except LoceditError as exc:
+        raise LoceditError(f"{where}: {exc}") from None
+
+
 def _load_image(path: Path) -> torch.Tensor:
     from ..fileio import load_image
 
@@ -91,6 +102,7 @@ def load_pie_bench(folder: str | Path, any_path: bool = False) -> Iterator[EditI
                                "(--any-path allows it)")
         if not (images / row["image_path"]).is_file():
             raise LoceditError(f"{mapping}: entry {key!r} names a missing image {row['image_path']!r}")
+        _readable(images / row["image_path"], f"{mapping}: entry {key!r}")
     if not data:
         raise LoceditError(f"{mapping}: no entry in it")
     return _pie_items(folder, data)
@@ -152,6 +164,8 @@ def load_jsonl(path: str | Path, any_path: bool = False) -> Iterator[EditItem]:
                 raise LoceditError(f"{path}:{n}: names a file outside {base}: {f!r} (--any-path allows it)")
             if f is not None and (not isinstance(f, str) or not (base / f).is_file()):
                 raise LoceditError(f"{path}:{n}: names a missing file {f!r}")
+            if f is not None:
+                _readable(base / f, f"{path}:{n}")
         rows.append((n, row))
     if not rows:
         raise LoceditError(f"{path}: no edit in it")
