@@ -224,3 +224,32 @@ def test_second_order_solvers_invert_more_exactly_than_euler(flux):
             back, _ = flow.walk(v, up, levels, solver)
             errors[solver] = (back - x0).abs().max().item()
     assert errors["rf-solver"] < errors["euler"] and errors["fireflow"] < errors["euler"], errors
+
+
+def test_flux_word_maps_leave_the_output_alone_and_cover_every_block(flux):
+    """Recording the joint attention changes nothing in the model's output (bitwise), sees every
+    double- and single-stream block once per call, gives maps on the packed grid, and finds a word's
+    T5 tokens where the tokenizer puts them; the model's processors come back after."""
+    from locedit.flow.maps import recording, t5_positions
+
+    bundle = from_flow_pipeline(flux)
+    torch.manual_seed(0)
+    z = torch.randn(1, bundle.latent_channels, 8, 8)
+    text = bundle.encode_text([PROMPT])
+    before = {k: type(v) for k, v in bundle.transformer.attn_processors.items()}
+    with torch.no_grad():
+        plain = bundle.velocity(z, 0.5, text)
+        with recording(bundle.transformer, text.states.shape[1]) as store:
+            recorded = bundle.velocity(z, 0.5, text)
+    assert torch.equal(plain, recorded)
+    cfg = bundle.transformer.config
+    assert store.count == cfg.num_layers + cfg.num_single_layers
+    positions = t5_positions(flux.tokenizer_2, PROMPT, "circle")
+    ids = flux.tokenizer_2(PROMPT).input_ids
+    assert [flux.tokenizer_2.convert_ids_to_tokens(ids[p]) for p in positions] == ["\u2581circle"]
+    maps = store.maps(positions, 4, 4)
+    assert maps.shape == (1, 4, 4)
+    # each image query's softmax runs over text and image keys: the text's whole share is below 1
+    everything = store.maps(list(range(text.states.shape[1])), 4, 4)
+    assert (everything < 1).all() and (everything > maps).all()
+    assert {k: type(v) for k, v in bundle.transformer.attn_processors.items()} == before
