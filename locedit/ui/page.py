@@ -84,28 +84,35 @@ def _example_value():
     return ({"background": rgba, "layers": [], "composite": rgba}, EXAMPLE_SOURCE, EXAMPLE_TARGET, "")
 
 
-def checked_editor(gr, session: Session):
-    """gr.ImageEditor whose files are checked by their header, as the file picker's, before Gradio
+def checked_editor(gr, session: Session, **kwargs):
+    """A gr.ImageEditor whose files are checked by their header, as the file picker's, before Gradio
     decodes them (it decodes every upload when an event reads the editor: a 12000x12000 PNG cost 53 s
     and 1.6 GiB before locedit saw it, a 20000x20000 one ended in PIL's decompression error and a
-    server traceback, a text file in Gradio's own error). A refused file is one readable message."""
+    server traceback, a text file in Gradio's own error). A refused file is one readable message.
+
+    The check is this instance's ``convert_and_format_image`` (the method Gradio's preprocess calls
+    for each file), not a subclass: Gradio writes a ``.pyi`` stub beside the source of every component
+    class it sees defined, which would write into the installed package."""
+    import types
+
     from ..errors import LoceditError
     from ..fileio import header_size
 
-    class CheckedImageEditor(gr.ImageEditor):
-        is_template = True  # the page draws it as Gradio's own ImageEditor
+    editor = gr.ImageEditor(**kwargs)
+    decode = editor.convert_and_format_image
 
-        def convert_and_format_image(self, file, flatten_on_white: bool = False):
-            if file is not None and not isinstance(file, (bytes, bytearray, memoryview)):
-                name = os.path.basename(str(getattr(file, "orig_name", None) or "the image"))
-                try:
-                    session.check_size(*header_size(file.path, "image", max_pixels=1 << 62,
-                                                    max_bytes=session.config.max_bytes))
-                except LoceditError as exc:  # the server's cache path is not shown, only the file's name
-                    raise gr.Error(str(exc).replace(str(file.path), name), print_exception=False) from None
-            return super().convert_and_format_image(file, flatten_on_white)
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if file is not None and not isinstance(file, (bytes, bytearray, memoryview)):
+            name = os.path.basename(str(getattr(file, "orig_name", None) or "the image"))
+            try:
+                session.check_size(*header_size(file.path, "image", max_pixels=1 << 62,
+                                                max_bytes=session.config.max_bytes))
+            except LoceditError as exc:  # the server's cache path is not shown, only the file's name
+                raise gr.Error(str(exc).replace(str(file.path), name), print_exception=False) from None
+        return decode(file, flatten_on_white)
 
-    return CheckedImageEditor
+    editor.convert_and_format_image = types.MethodType(convert_and_format_image, editor)
+    return editor
 
 
 def _choice_handler(gr, panels):
@@ -201,7 +208,7 @@ def build(session: Session):
         gr.Markdown(HELP)
         with gr.Row():
             with gr.Column(scale=1):  # the image, its masks and the settings
-                editor = checked_editor(gr, session)(
+                editor = checked_editor(gr, session,
                                         label="image and mask layers (brush over the region to edit)", type="numpy",
                                         image_mode="RGBA", sources=["upload"], layers=True, elem_id="editor",
                                         # translucent, so a red object stays visible under its mask
