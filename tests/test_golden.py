@@ -6,9 +6,9 @@ whose operation order a change legitimately reordered, with the reason.
 
 Bitwise holds on a machine whose CPU kernels are the recording's (``torch.backends.cpu.
 get_cpu_capability()``, stored in ``tests/golden/machine.json`` by ``bench/golden.py``): GEMMs
-vectorised for AVX-512 sum in another order than AVX2's. Elsewhere the latents must agree within
-:data:`CROSS_MACHINE` of their largest magnitude (measured on an AVX-512 machine against the AVX2
-recording, 2026-12-06: at most 2.6e-5 over the 236 cases, every call count equal), and the call
+vectorised for another instruction set (AVX-512 here) sum in another order. Elsewhere the latents must agree within
+:data:`CROSS_MACHINE` of their largest magnitude (measured on an AVX-512 machine against the
+recording, whose CPU was not stored, 2026-12-06: at most 2.6e-5 over the 236 cases, every call count equal), and the call
 counts exactly."""
 
 import json
