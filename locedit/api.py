@@ -231,15 +231,11 @@ def _limits(spec) -> dict:
 
 
 def as_image(value) -> torch.Tensor:
-    """An in-memory image: (H, W, 3) uint8 array or (1, 3, H, W) float tensor -> (1, 3, H, W) in [0, 1]."""
-    import torch
+    """An in-memory image: (H, W, 3 or 4) uint8 array, PIL image or (1, 3, H, W) float tensor ->
+    (1, 3, H, W) float in [0, 1] (:func:`locedit.pipeline.as_input`)."""
+    from .pipeline import as_input
 
-    if isinstance(value, torch.Tensor):
-        return value.float()
-    import numpy as np
-
-    a = np.asarray(value)
-    return torch.from_numpy(a[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+    return as_input(value).float()
 
 
 def as_mask(value) -> torch.Tensor:

@@ -208,11 +208,12 @@ def generate(bundle: FlowBundle, prompt: str, num_steps: int = 28, guidance: flo
                         dtype=torch.float32)
     z = noise.to(bundle.device, bundle.dtype)
     sigmas = bundle.sigmas(num_steps, h, w)
-    text = bundle.encode_text([prompt])
-    if bundle.family == "sd3":
-        scale = 7.0 if guidance is None else float(guidance)
-        both = bundle.encode_text(["", prompt]) if scale > 1 else text
-    elif true_cfg > 1:
+    scale = 7.0 if guidance is None else float(guidance)  # SD3's classifier-free scale
+    if bundle.family == "sd3" and scale > 1:
+        both = bundle.encode_text(["", prompt])  # one batched call of the two rows a step
+    else:
+        text = bundle.encode_text([prompt])
+    if bundle.family == "flux" and true_cfg > 1:
         empty = bundle.encode_text([""])
     for k in track(progress, range(num_steps), f"{bundle.family} sampling"):
         if bundle.family == "sd3" and scale > 1:

@@ -20,7 +20,7 @@ import torch
 from ..errors import ModelLoadError
 from .folders import FLOW_CLASSES, check_folder, read_json
 from .model import ModelBundle, finish_bundle
-from .names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
+from .names import BUILTIN_MODEL_NAMES, BUNDLED_DIR, DTYPE_NAMES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -35,7 +35,6 @@ def _tiny_random(device, dtype) -> ModelBundle:
     return tiny_bundle(seed=0, device=device, dtype=dtype)
 
 
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 def _bundled(name: str) -> Callable[[torch.device, torch.dtype], ModelBundle]:
@@ -120,10 +119,15 @@ def _model_index(folder: Path) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
 
 
-def check_safetensors(folder: Path) -> None:
-    """Refuse a diffusers folder whose weight components are missing or pickle-only."""
+def check_safetensors(folder: Path, weights: tuple[str, ...] | None = None, others: tuple[str, ...] | None = None) -> None:
+    """Refuse a diffusers folder whose weight components are missing or pickle-only (``weights``:
+    the components with weights, ``others`` those without; default: the UNet families')."""
     xl = _is_sdxl(folder)
-    for comp in _WEIGHT_FOLDERS + (("text_encoder_2",) if xl else ()):
+    if weights is None:
+        weights = _WEIGHT_FOLDERS + (("text_encoder_2",) if xl else ())
+    if others is None:
+        others = ("tokenizer", "scheduler") + (("tokenizer_2",) if xl else ())
+    for comp in weights:
         sub = folder / comp
         if not sub.is_dir():
             raise ModelLoadError(f"model folder {folder} has no {comp}/ component")
@@ -137,7 +141,7 @@ def check_safetensors(folder: Path) -> None:
                 "(convert it with diffusers' save_pretrained(..., safe_serialization=True))"
             )
         raise ModelLoadError(f"{sub} holds no .safetensors weights")
-    for comp in ("tokenizer", "scheduler") + (("tokenizer_2",) if xl else ()):
+    for comp in others:
         if not (folder / comp).is_dir():
             raise ModelLoadError(f"model folder {folder} has no {comp}/ component")
 
@@ -202,14 +206,9 @@ def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae
     name = index["_class_name"]
     present = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
     components = tuple(c for c in FLOW_CLASSES[name] if c in present) + ("scheduler",)
+    weighted = tuple(c for c in components if c.startswith(("transformer", "vae", "text_encoder")))
+    check_safetensors(folder, weighted, tuple(c for c in components if c not in weighted))
     check_folder(folder, components)
-    for comp in components:
-        if comp.startswith(("transformer", "vae", "text_encoder")):
-            files = [f.name for f in (folder / comp).iterdir()] if (folder / comp).is_dir() else []
-            if not any(f.endswith(".safetensors") for f in files):
-                pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
-                raise ModelLoadError(f"{folder / comp} holds no .safetensors weights" + (
-                    f" ({pickles[0]} is a pickle checkpoint; locedit loads safetensors only)" if pickles else ""))
     import diffusers
 
     pipeline_class = getattr(diffusers, name)

@@ -41,10 +41,10 @@ def tokenizer_folder(model: str) -> Path | None:
     """The folder of ``model``'s (first) tokenizer when it is on this disk: a built-in bundled model or
     a local diffusers folder; None for a hub id or a model built in code (their checks wait for the
     load)."""
-    from .names import BUILTIN_MODEL_NAMES
+    from .names import BUILTIN_MODEL_NAMES, BUNDLED_DIR
 
     if model in BUILTIN_MODEL_NAMES:
-        folder = Path(__file__).resolve().parents[1] / "models" / model / "tokenizer"
+        folder = BUNDLED_DIR / model / "tokenizer"
     else:
         folder = Path(model).expanduser() / "tokenizer"
     return folder if (folder / "tokenizer_config.json").is_file() else None

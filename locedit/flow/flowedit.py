@@ -28,7 +28,7 @@ for SD3 casts with an undefined name (a plain bug, not reproduced: the step is t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,19 +48,15 @@ FLOWEDIT_DEFAULTS = {
 
 @dataclass(frozen=True)
 class FlowEditOptions:
-    """FlowEdit's settings; None takes the family's default (:data:`FLOWEDIT_DEFAULTS`)."""
+    """FlowEdit's settings; None takes the family's default (:data:`FLOWEDIT_DEFAULTS`). The command
+    line's flags are ``locedit flowedit``'s (``--steps``, ``--n-max``, ...)."""
 
-    steps: int | None = field(default=None, metadata={"flag": "steps", "type": int, "help": "T: the schedule's steps"})
-    n_max: int | None = field(default=None, metadata={
-        "flag": "flowedit-n-max", "type": int, "help": "edit over the last n_max steps (SD3 33 of 50, FLUX 24 of 28)"})
-    n_min: int = field(default=0, metadata={
-        "flag": "flowedit-n-min", "type": int, "help": "the last n_min steps sample the target plainly (0)"})
-    n_avg: int = field(default=1, metadata={
-        "flag": "flowedit-n-avg", "type": int, "help": "noise draws averaged per step (1)"})
-    src_guidance: float | None = field(default=None, metadata={
-        "flag": "flowedit-src-guidance", "type": float, "help": "source scale (SD3 3.5, FLUX 1.5)"})
-    tar_guidance: float | None = field(default=None, metadata={
-        "flag": "flowedit-tar-guidance", "type": float, "help": "target scale (SD3 13.5, FLUX 5.5)"})
+    steps: int | None = None  # T, the schedule's steps
+    n_max: int | None = None  # edit over the last n_max steps
+    n_min: int = 0  # the last n_min steps sample the target plainly
+    n_avg: int = 1  # noise draws averaged per step
+    src_guidance: float | None = None  # the source branch's scale
+    tar_guidance: float | None = None  # the target branch's scale
 
     def __post_init__(self):
         if self.n_avg < 1 or self.n_min < 0 or (self.n_max is not None and self.n_max < 1):

@@ -6,14 +6,16 @@
      common side, concatenated over layers and L2-normalised per pixel; k-means (k = 8,
      scikit-learn, seeded) clusters the pixels;
    - attention: the cross-attention of the instruction tokens in the text row (eps(c_I, c_T)),
-     averaged over heads, layers, attention steps and the kept tokens (start-of-text, stop words,
-     end-of-text and padding are ignored);
+     averaged over heads, layers, attention steps and the kept tokens (tested one by one as the
+     code does: start-of-text, stop words, punctuation and padding are ignored; the end token is
+     kept, as the code keeps it: ``keep_end_token``);
    - the RoI is the union of the clusters that the top ``points`` attention pixels fall in (100 at a
      512-pixel image, the same fraction of the image at other sizes: :func:`points_at`).
 2. Edit (Sec. 3.2, Eq. 3): IP2P again from the same noise; during the regularised steps, in every
-   cross-attention layer of the text row, the logits of unrelated tokens (everything but the kept
-   instruction tokens) are set to -inf at RoI pixels, so their probability there is exactly zero.
-   A user mask may replace the found RoI.
+   cross-attention layer and (by default, the code's) all three guidance rows, the logits of
+   unrelated tokens (the start token, stop words and padding; ``padding_related`` keeps padding,
+   locedit's option) are set to -inf at RoI pixels (the RoI resized to each layer by nearest pixel),
+   so their probability there is exactly zero. A user mask may replace the found RoI.
 
 Defaults are the paper's where it is explicit: 100 steps, features fused from every resolution
 (Fig. 2: 16, 32 and 64) taken over steps 30-50, attention from steps 1-75, top 100 points, s_I 1.5

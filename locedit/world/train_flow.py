@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.flow import calculate_shift, image_ids, pack, unpack  # noqa: F401 (pack/unpack/image_ids: this module's names too)
 from .scene import VOCABULARY
 from .data import IMAGE_SIZE
 from .trainloop import (MAX_TOKENS, LatentCache, diffusion_loop, encode_prompts, load_vae, pick_device, provenance,
@@ -77,32 +78,9 @@ def make_flow_transformer(arch: str = "f1", latent_channels: int = 4):
                                   pooled_projection_dim=TEXT_DIM, guidance_embeds=False, **FLOW_ARCHS[arch])
 
 
-def image_ids(h: int, w: int) -> torch.Tensor:
-    """(h * w, 3) position ids of the packed latent tokens: (0, row, column), FluxPipeline's layout."""
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
-    return ids.reshape(h * w, 3)
-
-
-def pack(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) latents -> (B, H/2 * W/2, 4C) tokens, FLUX's 2x2 packing (FluxPipeline._pack_latents)."""
-    b, c, h, w = z.shape
-    z = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return z.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`pack` for latents of height ``h`` and width ``w``."""
-    b, _, d = x.shape
-    x = x.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, d // 4, h, w)
-
-
 def flow_shift_mu(tokens: int, config: dict = FLOW_SCHEDULER_CONFIG) -> float:
     """FLUX's mu for ``tokens`` image tokens (diffusers' ``calculate_shift``: linear in the count)."""
-    m = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
-    return tokens * m + config["base_shift"] - m * config["base_image_seq_len"]
+    return calculate_shift(tokens, config)
 
 
 def shift_sigmas(t: torch.Tensor, mu: float) -> torch.Tensor:
