@@ -8,7 +8,8 @@ from flow_models import tiny_flux, tiny_sd3
 from locedit.diffusion import flow
 from locedit.diffusion.flow_model import from_flow_pipeline
 from locedit.errors import LoceditError
-from locedit.flow import FlowEditOptions, flowedit
+from locedit.flow import FlowEditOptions
+from locedit.flow.flowedit import flowedit
 
 SRC = "a red circle on a gray background"
 TGT = "a green circle on a gray background"

@@ -294,3 +294,49 @@ def test_efficiency_script_runs_the_locedit_side_alone_and_divides_plain_unet_ti
     fig = json.loads((tmp_path / "lime" / "efficiency" / "lime-edit-mask-64-3-0.json").read_text())
     assert fig["unet_efficiency"] == pytest.approx(row["plain_unet_seconds"] / fig["seconds"])
     assert efficiency.main(["lime", "--work", str(tmp_path), "--methods", "lime-nothing"]) == 2
+
+
+def test_flux_weights_map_one_to_one_onto_the_reference_layout():
+    """Every diffusers FLUX parameter lands in exactly one reference tensor (numbers conserved), with
+    the reference shapes: fused q/k/v (3 x width rows), the single blocks' q/k/v + MLP input
+    (3 x width + 4 x width rows), and the final modulation's halves swapped (shift first)."""
+    from flux_reference import reference_state
+
+    from locedit.diffusion.tiny_flow import tiny_flux
+
+    t = tiny_flux(0, num_layers=2, num_single_layers=3, latent_channels=16).transformer
+    sd = t.state_dict()
+    ref = reference_state(sd, 2, 3)
+    assert sum(v.numel() for v in ref.values()) == sum(v.numel() for v in sd.values())
+    width = t.config.num_attention_heads * t.config.attention_head_dim
+    assert ref["double_blocks.1.img_attn.qkv.weight"].shape == (3 * width, width)
+    assert torch.equal(ref["double_blocks.1.txt_attn.qkv.weight"][width:2 * width],
+                       sd["transformer_blocks.1.attn.add_k_proj.weight"])
+    assert ref["single_blocks.2.linear1.weight"].shape == (7 * width, width)
+    assert torch.equal(ref["single_blocks.2.linear1.weight"][3 * width:], sd["single_transformer_blocks.2.proj_mlp.weight"])
+    scale, shift = sd["norm_out.linear.weight"].chunk(2)
+    assert torch.equal(ref["final_layer.adaLN_modulation.1.weight"], torch.cat([shift, scale]))
+
+
+def test_flux_peers_locedit_side_runs_each_editor_on_the_shared_inputs(tmp_path):
+    """bench/peers/flux_run.py's shared inputs and locedit's driver, in a fresh process as the runner
+    calls it: one transformer call, and KV-Edit with the shared mask (background exact)."""
+    import flux_run
+
+    base = {**flux_run.make_inputs(tmp_path, 32), "device": "cpu", "seed": 0, "source": flux_run.SOURCE,
+            "target": flux_run.TARGET, "threads": 1}
+    probe = common.run_process(sys.executable, common.DRIVERS / "flux_locedit.py",
+                               {**base, "editor": "model", "options": {}}, tmp_path / "model.json")
+    assert probe["unet_calls"] == {"1": 1}
+    assert np.load(tmp_path / "model.npz")["latents"].shape == (1, 64, 64)
+    run = flux_run.PEERS["kv-edit"][1](3)["kv-edit"]
+    fig = common.run_process(sys.executable, common.DRIVERS / "flux_locedit.py",
+                             {**base, "editor": run.editor, "options": run.locedit, "mask": True}, tmp_path / "kv.json")
+    assert fig["unet_calls"] == {"1": 4}  # (3 - skip 1) inversion + edit steps
+    x = np.load(base["inputs"])["x"]
+    z = np.load(tmp_path / "kv.npz")["latents"]
+    from locedit.flow.kvedit import latent_mask
+
+    m = latent_mask(torch.from_numpy(np.load(base["inputs"])["mask"]), 16, 16).numpy()
+    outside = np.broadcast_to(m == 0, x.shape)
+    assert np.array_equal(z[outside], x[outside]) and np.abs(z - x).max() > 1e-3

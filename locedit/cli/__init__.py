@@ -1,4 +1,4 @@
-"""Command line: ``locedit edit|invert|instruct|flowedit|bench|report|world|methods|ui``.
+"""Command line: ``locedit edit|invert|instruct|flow|bench|report|world|methods|ui``.
 
 The edge of the package: files, PIL images, flags, progress bars and exit codes live here, one
 module per subcommand. Errors the user can fix exit with code 2 and one ``error: ...`` line on

@@ -1,4 +1,4 @@
-"""``locedit methods``: every editing method and inversion, with its inputs, options, defaults,
+"""``locedit methods``: every editing method, inversion and flow editor, with its inputs, options, defaults,
 the two presets' differences, and its papers and equations, read from the registries."""
 
 from __future__ import annotations
@@ -65,9 +65,14 @@ def describe_registries() -> dict:
     from ..inversion import INVERSIONS
     from ..methods import METHODS
 
+    from ..flow import FLOW_EDITORS
+
     methods = {name: describe_entry(m) for name, m in METHODS.items()}
     methods.update({name: describe_entry(m, " (locedit instruct)") for name, m in INSTRUCT_METHODS.items()})
-    return {"methods": methods, "inversions": {name: describe_entry(inv) for name, inv in INVERSIONS.items()}}
+    flow = {name: {**describe_entry(e, " (locedit flow)"), "families": list(e.families), "needs_mask": e.needs_mask}
+            for name, e in FLOW_EDITORS.items()}
+    return {"methods": methods, "inversions": {name: describe_entry(inv) for name, inv in INVERSIONS.items()},
+            "flow_editors": flow}
 
 
 def cmd_methods(args) -> dict:
@@ -78,7 +83,7 @@ def cmd_methods(args) -> dict:
         print(json.dumps(info, indent=2, default=str))
         return {"out": "-"}
     lines = []
-    for kind in ("methods", "inversions"):
+    for kind in ("methods", "inversions", "flow_editors"):
         lines.append(f"{kind}:")
         for name, d in info[kind].items():
             lines.append(f"  {name}" + (f": {d['summary']}" if d.get("summary") else ""))
@@ -88,6 +93,8 @@ def cmd_methods(args) -> dict:
                 lines.append(f"      built on: {', '.join(d['built_on'])} (papers listed there)")
             if d.get("inputs"):
                 lines.append(f"      inputs: {', '.join(d['inputs'])}")
+            if d.get("families"):
+                lines.append(f"      models: {', '.join(d['families'])}" + ("; needs --mask" if d["needs_mask"] else ""))
             for row in d["options"]:
                 extra = "".join(f", {k} {row[k]}" for k in ("paper", "official") if k in row)
                 lines.append(f"      {row['flag']:<20} default {row['default']}{extra}")

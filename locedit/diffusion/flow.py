@@ -123,9 +123,13 @@ def image_ids(h: int, w: int) -> torch.Tensor:
 SOLVERS = ("euler", "rf-solver", "fireflow")
 
 
-def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler") -> tuple[torch.Tensor, int]:
+def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler", clock=None,
+         after_step=None) -> tuple[torch.Tensor, int]:
     """Integrate dx/dt = v(x, t) over ``levels`` (sampling: from 1 down; inversion: the reversed
-    schedule, up), with ``velocity(x, t)`` the model; returns (x, model calls).
+    schedule, up), with ``velocity(x, t)`` the model; returns (x, model calls). ``clock(i, stage)``,
+    if given, is called before each model call of step i, stage "first" (at the step's start) or
+    "mid" (the second-order solvers' midpoint): an editor's attention control keys its caches on it.
+    ``after_step(i, x)`` may replace the latent after step i (a mask's blend).
 
     - ``euler``: x' = x + (t' - t) v(x, t); one call a step.
     - ``rf-solver`` (Wang et al., "Taming Rectified Flow for Inversion and Editing", ICML 2025, Eq. 8):
@@ -141,20 +145,26 @@ def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler") 
     if solver not in SOLVERS:
         raise LoceditError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     calls, reuse = 0, None
-    for t, t_next in zip(levels[:-1], levels[1:]):
+    for i, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
         d = float(t_next) - float(t)
         if solver == "fireflow" and reuse is not None:
             v = reuse
         else:
+            if clock is not None:
+                clock(i, "first")
             v, calls = velocity(x, t), calls + 1
         if solver == "euler":
             x = euler_step(x, v, t, t_next)
-            continue
-        v_mid = velocity((x.float() + d / 2 * v.float()).to(x.dtype), float(t) + d / 2)
-        calls += 1
-        if solver == "rf-solver":
-            slope = (v_mid.float() - v.float()) / (d / 2)
-            x = (x.float() + d * v.float() + 0.5 * d * d * slope).to(x.dtype)
         else:
-            x, reuse = euler_step(x, v_mid, t, t_next), v_mid
+            if clock is not None:
+                clock(i, "mid")
+            v_mid = velocity((x.float() + d / 2 * v.float()).to(x.dtype), float(t) + d / 2)
+            calls += 1
+            if solver == "rf-solver":
+                slope = (v_mid.float() - v.float()) / (d / 2)
+                x = (x.float() + d * v.float() + 0.5 * d * d * slope).to(x.dtype)
+            else:
+                x, reuse = euler_step(x, v_mid, t, t_next), v_mid
+        if after_step is not None:
+            x = after_step(i, x)
     return x, calls

@@ -135,17 +135,33 @@ class FlowBundle:
         states, pooled = text.states, text.pooled
         if states.shape[0] != b:
             states, pooled = states.expand(b, -1, -1), pooled.expand(b, -1)
-        self.unet_calls += 1
         if self.family == "flux":
-            g = None
-            if self.transformer.config.guidance_embeds:
-                g = torch.full((b,), 3.5 if guidance is None else float(guidance), device=z.device, dtype=torch.float32)
-            out = self.transformer(hidden_states=flow.pack(z), timestep=t / 1000, guidance=g, pooled_projections=pooled,
-                                   encoder_hidden_states=states, txt_ids=text.ids,
-                                   img_ids=flow.image_ids(h // 2, w // 2).to(z.device, z.dtype), return_dict=False)[0]
-            return flow.unpack(out, h, w)
+            ids = flow.image_ids(h // 2, w // 2).to(z.device, z.dtype)
+            return flow.unpack(self.velocity_tokens(flow.pack(z), ids, sigma, text, guidance), h, w)
+        self.unet_calls += 1
         return self.transformer(hidden_states=z, timestep=t, encoder_hidden_states=states, pooled_projections=pooled,
                                 return_dict=False)[0]
+
+    def velocity_tokens(self, tokens: torch.Tensor, ids: torch.Tensor, sigma: float, text: FlowText,
+                        guidance: float | None = None) -> torch.Tensor:
+        """FLUX's v on packed tokens (B, N, 4C) at position ``ids`` (N, 3): any subset of the image's
+        tokens (KV-Edit runs the transformer on the masked tokens alone)."""
+        b = tokens.shape[0]
+        t = torch.full((b,), float(sigma) * self.scheduler_config.get("num_train_timesteps", 1000),
+                       device=tokens.device, dtype=tokens.dtype)
+        states, pooled = text.states, text.pooled
+        if states.shape[0] != b:
+            states, pooled = states.expand(b, -1, -1), pooled.expand(b, -1)
+        g = None
+        if self.transformer.config.guidance_embeds:
+            g = torch.full((b,), 3.5 if guidance is None else float(guidance), device=tokens.device, dtype=torch.float32)
+        self.unet_calls += 1
+        return self.transformer(hidden_states=tokens, timestep=t / 1000, guidance=g, pooled_projections=pooled,
+                                encoder_hidden_states=states, txt_ids=text.ids, img_ids=ids, return_dict=False)[0]
+
+    def rotary(self, text: FlowText, ids: torch.Tensor):
+        """FLUX's rotary embedding (cos, sin) of the joint sequence [text tokens, image tokens at ``ids``]."""
+        return self.transformer.pos_embed(torch.cat([text.ids.to(ids), ids], dim=0))
 
     # ---- images ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,5 +1,10 @@
-"""Editors for the flow-matching transformers (FLUX, SD3): issue 33. FlowEdit so far."""
+"""Editors for the flow-matching transformers (FLUX, SD3): issue 33. The registry is
+:data:`FLOW_EDITORS` (:mod:`.editors`), the options :mod:`.options`; importing this package loads no
+torch. The editors themselves: :func:`.flowedit.flowedit`, :func:`.rfsolver_edit.rf_solver_edit`
+(RF-Solver-Edit, FireFlow), :func:`.kvedit.kv_edit`."""
 
-from .flowedit import FLOWEDIT_DEFAULTS, FlowEditOptions, flowedit
+from .editors import FLOW_EDITORS
+from .options import FLOWEDIT_DEFAULTS, FireFlowEditOptions, FlowEditOptions, KVEditOptions, RFSolverEditOptions
 
-__all__ = ["FLOWEDIT_DEFAULTS", "FlowEditOptions", "flowedit"]
+__all__ = ["FLOWEDIT_DEFAULTS", "FLOW_EDITORS", "FireFlowEditOptions", "FlowEditOptions", "KVEditOptions",
+           "RFSolverEditOptions"]

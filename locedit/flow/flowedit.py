@@ -28,48 +28,15 @@ for SD3 casts with an undefined name (a plain bug, not reproduced: the step is t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 
 from ..diffusion import flow
 from ..diffusion.cfg import cfg
-from ..errors import LoceditError
-from ..options import Citation
-
-PAPER = Citation("Kulikov et al., FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow Models, "
-                 "ICCV 2025", "Alg. 1", "fallenshock/FlowEdit (FlowEdit_utils.py: FlowEditSD3, FlowEditFLUX)")
-
-FLOWEDIT_DEFAULTS = {
-    "sd3": dict(steps=50, n_max=33, src_guidance=3.5, tar_guidance=13.5),
-    "flux": dict(steps=28, n_max=24, src_guidance=1.5, tar_guidance=5.5),
-}
+from .options import FlowEditOptions
 
 
-@dataclass(frozen=True)
-class FlowEditOptions:
-    """FlowEdit's settings; None takes the family's default (:data:`FLOWEDIT_DEFAULTS`). The command
-    line's flags are ``locedit flowedit``'s (``--steps``, ``--n-max``, ...)."""
 
-    steps: int | None = None  # T, the schedule's steps
-    n_max: int | None = None  # edit over the last n_max steps
-    n_min: int = 0  # the last n_min steps sample the target plainly
-    n_avg: int = 1  # noise draws averaged per step
-    src_guidance: float | None = None  # the source branch's scale
-    tar_guidance: float | None = None  # the target branch's scale
 
-    def __post_init__(self):
-        if self.n_avg < 1 or self.n_min < 0 or (self.n_max is not None and self.n_max < 1):
-            raise LoceditError("flowedit needs n_avg >= 1, n_min >= 0 and n_max >= 1")
-
-    def resolved(self, family: str) -> "FlowEditOptions":
-        """Every None replaced by ``family``'s default; n_min <= n_max <= steps checked."""
-        if family not in FLOWEDIT_DEFAULTS:
-            raise LoceditError(f"flowedit runs on FLUX and SD3 models, not {family}")
-        out = replace(self, **{k: v for k, v in FLOWEDIT_DEFAULTS[family].items() if getattr(self, k) is None})
-        if not out.n_min <= out.n_max <= out.steps:
-            raise LoceditError(f"flowedit needs n_min <= n_max <= steps, got {out.n_min}, {out.n_max}, {out.steps}")
-        return out
 
 
 def _levels(bundle, steps: int, h: int, w: int) -> list[float]:

@@ -266,7 +266,8 @@ def gate_flow_edit(pipe, n: int = 100, steps: int = 28) -> dict:
 
     import numpy as np
 
-    from ..flow import FlowEditOptions, flowedit
+    from ..flow import FlowEditOptions
+    from ..flow.flowedit import flowedit
     from ..diffusion.flow_model import from_flow_pipeline
     from .data import to_tensor
     from .edits import sample_edit

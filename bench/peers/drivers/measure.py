@@ -52,19 +52,21 @@ def touch(*nets) -> None:
 class Meter:
     """``with Meter(unet, device, [unet, vae, text_encoder]) as m: work()``; then ``m.figures()``."""
 
-    def __init__(self, unet, device: str, nets=()):
+    def __init__(self, unet, device: str, nets=(), sample_key: str = "sample",
+                 context_key: str = "encoder_hidden_states"):
         touch(*nets)
+        self.sample_key, self.context_key = sample_key, context_key  # the network's keyword names (FLUX: img, txt)
         self.device = torch.device(device)
         self.calls: Counter = Counter()
         self.shapes: dict = {}
         self._hook = unet.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs[self.sample_key]
         b = int(sample.shape[0])
         self.calls[b] += 1
         if b not in self.shapes:
-            ctx = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+            ctx = kwargs.get(self.context_key, args[2] if len(args) > 2 else None)
             self.shapes[b] = (tuple(sample.shape), tuple(ctx.shape), sample.dtype)
 
     def plain_seconds(self, unet, repeats: int = 3) -> dict:

@@ -1,0 +1,101 @@
+"""The flow editors' registry (issue 33, item 6): one entry per editor, the registries' one shape
+(:class:`locedit.registry.Entry`) plus what a flow editor declares - the model families it runs on,
+whether it needs a mask, the rule that takes a user's mask to the latent grid, and ``run``.
+
+``locedit flow --method NAME`` (alias ``locedit flowedit``), ``locedit methods`` and the FLUX peers'
+side-by-side runs (``bench/peers/flux_run.py``) read it; a new editor is a module and one line in
+:data:`FLOW_EDITORS`. Torch-free at import (the command line refuses bad flags from it before
+torch loads): each ``run`` imports its editor's module.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..registry import Entry
+from .options import (FIREFLOW, FLOWEDIT_PAPER, KVEDIT_PAPER, RFSOLVER_PAPER, FireFlowEditOptions, FlowEditOptions,
+                      KVEditOptions, RFSolverEditOptions)
+
+
+class FlowEditor(Entry):
+    families: ClassVar[tuple[str, ...]] = ("flux",)
+    needs_mask: ClassVar[bool] = False  # the editor is defined by a mask (KV-Edit)
+
+    @staticmethod
+    def latent_mask(mask, h: int, w: int):
+        """A (1, 1, H, W) user mask on the (h, w) latent grid: the area average above one half (locedit's
+        rule for the editors whose code has no mask)."""
+        import torch.nn.functional as F
+
+        return (F.interpolate(mask.float(), size=(h, w), mode="area") > 0.5).float()
+
+    @staticmethod
+    def resolve(options, family: str):
+        """The options as run on ``family`` (FlowEdit fills its per-family defaults)."""
+        return options
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        raise NotImplementedError
+
+
+class FlowEdit(FlowEditor):
+    name = "flowedit"
+    summary = "FlowEdit: inversion-free ODE from the image to the target prompt (SD3, FLUX)"
+    Options = FlowEditOptions
+    papers = (FLOWEDIT_PAPER,)
+    families = ("sd3", "flux")
+
+    @staticmethod
+    def resolve(options, family: str):
+        return options.resolved(family)
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        from .flowedit import flowedit
+
+        return flowedit(bundle, x, source, target, options, seed, progress, mask)
+
+
+class RFSolverEdit(FlowEditor):
+    name = "rf-solver-edit"
+    summary = "RF-Solver-Edit: second-order inversion and sampling, values of the last single blocks shared"
+    Options = RFSolverEditOptions
+    papers = (RFSOLVER_PAPER,)
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        from .rfsolver_edit import rf_solver_edit
+
+        return rf_solver_edit(bundle, x, source, target, options, seed, progress, mask)
+
+
+class FireFlowEdit(RFSolverEdit):
+    name = "fireflow-edit"
+    summary = "FireFlow: RF-Solver-Edit's value sharing on FireFlow's one-call midpoint solver"
+    Options = FireFlowEditOptions
+    papers = (FIREFLOW,)
+    built_on = ("rf-solver-edit",)
+
+
+class KVEdit(FlowEditor):
+    name = "kv-edit"
+    summary = "KV-Edit: the background's keys and values cached by the inversion, the foreground regenerated"
+    Options = KVEditOptions
+    papers = (KVEDIT_PAPER,)
+    needs_mask = True
+
+    @staticmethod
+    def latent_mask(mask, h: int, w: int):
+        from .kvedit import latent_mask
+
+        return latent_mask(mask, h, w)
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        from .kvedit import kv_edit
+
+        return kv_edit(bundle, x, source, target, options, seed, progress, mask)
+
+
+FLOW_EDITORS = {e.name: e for e in (FlowEdit, RFSolverEdit, FireFlowEdit, KVEdit)}

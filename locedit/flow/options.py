@@ -1,0 +1,138 @@
+"""The flow editors' options and citations (torch-free: the command line builds its flags and refuses
+bad ones from these before torch is imported). Each editor's module documents its rule and cites
+these; the registry is :mod:`.editors`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import LoceditError
+from ..options import Citation
+
+SOLVERS = ("euler", "rf-solver", "fireflow")  # locedit.diffusion.flow.walk's (tested equal)
+
+FLOWEDIT_PAPER = Citation("Kulikov et al., FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow "
+                          "Models, ICCV 2025", "Alg. 1",
+                          "fallenshock/FlowEdit (FlowEdit_utils.py: FlowEditSD3, FlowEditFLUX)")
+RFSOLVER_PAPER = Citation("Wang et al., Taming Rectified Flow for Inversion and Editing, ICML 2025", "Eq. 8, Sec. 4.2",
+                          "wangjiangshan0725/RF-Solver-Edit (FLUX_Image_Edit/src: sampling.py denoise, layers.py)")
+FIREFLOW = Citation("Deng et al., FireFlow: Fast Inversion of Rectified Flow for Image Semantic Editing, ICML 2025",
+                    "Eq. 9-10", "HolmesShuan/FireFlow (src: sampling.py denoise_fireflow, layers.py, run_*.sh)")
+KVEDIT_PAPER = Citation("Zhu et al., KV-Edit: Training-Free Image Editing for Precise Background Preservation, 2025",
+                        "Sec. 3", "Xilluill/KV-Edit (models/kv_edit.py, flux/sampling.py denoise_kv, flux/modules/layers.py)")
+
+FLOWEDIT_DEFAULTS = {
+    "sd3": dict(steps=50, n_max=33, src_guidance=3.5, tar_guidance=13.5),
+    "flux": dict(steps=28, n_max=24, src_guidance=1.5, tar_guidance=5.5),
+}
+
+
+@dataclass(frozen=True)
+class FlowEditOptions:
+    """FlowEdit's settings; None takes the family's default (:data:`FLOWEDIT_DEFAULTS`)."""
+
+    steps: int | None = field(default=None, metadata={"flag": "steps", "type": int,
+                                                      "help": "T, the schedule's steps (None: the family's)"})
+    n_max: int | None = field(default=None, metadata={"flag": "n-max", "type": int,
+                                                      "help": "edit over the last n_max steps (None: the family's)"})
+    n_min: int = field(default=0, metadata={"flag": "n-min", "type": int,
+                                            "help": "the last n_min steps sample the target plainly"})
+    n_avg: int = field(default=1, metadata={"flag": "n-avg", "type": int, "help": "noise draws averaged per step"})
+    src_guidance: float | None = field(default=None, metadata={"flag": "src-guidance", "type": float,
+                                                               "help": "the source branch's scale (None: the family's)"})
+    tar_guidance: float | None = field(default=None, metadata={"flag": "tar-guidance", "type": float,
+                                                               "help": "the target branch's scale (None: the family's)"})
+
+    def __post_init__(self):
+        if self.n_avg < 1 or self.n_min < 0 or (self.n_max is not None and self.n_max < 1):
+            raise LoceditError("flowedit needs n_avg >= 1, n_min >= 0 and n_max >= 1")
+
+    def resolved(self, family: str) -> "FlowEditOptions":
+        """Every None replaced by ``family``'s default; n_min <= n_max <= steps checked."""
+        if family not in FLOWEDIT_DEFAULTS:
+            raise LoceditError(f"flowedit runs on FLUX and SD3 models, not {family}")
+        out = replace(self, **{k: v for k, v in FLOWEDIT_DEFAULTS[family].items() if getattr(self, k) is None})
+        if not out.n_min <= out.n_max <= out.steps:
+            raise LoceditError(f"flowedit needs n_min <= n_max <= steps, got {out.n_min}, {out.n_max}, {out.steps}")
+        return out
+
+
+@dataclass(frozen=True)
+class RFSolverEditOptions:
+    """RF-Solver-Edit's settings; the defaults are the authors' ``edit.py``'s."""
+
+    steps: int = field(default=25, metadata={"flag": "steps", "type": int, "help": "inversion and sampling steps"})
+    inject: int = field(default=20, metadata={"flag": "inject", "type": int,
+                                              "help": "the first sampling steps that share the inversion's values"})
+    guidance: float = field(default=5.0, metadata={"flag": "guidance", "type": float,
+                                                   "help": "FLUX's distilled guidance of the target's sampling "
+                                                           "(the inversion runs at 1)"})
+    single_from: int = field(default=20, metadata={"flag": "single-from", "type": int,
+                                                   "help": "share the values of single-stream blocks from this index "
+                                                           "on (RF-Solver's code: id > 19)"})
+    single_to: int | None = field(default=None, metadata={"flag": "single-to", "type": int,
+                                                          "help": "... up to this index, inclusive (None: the last)"})
+    solver: str = field(default="rf-solver", metadata={"flag": "solver", "choices": SOLVERS,
+                                                       "help": "the inversion's and sampling's solver"})
+
+    def __post_init__(self):
+        if self.steps < 1 or self.inject < 0 or self.inject > self.steps or self.single_from < 0:
+            raise LoceditError("value sharing needs steps >= 1, 0 <= inject <= steps and single_from >= 0")
+        if self.single_to is not None and self.single_to < self.single_from:
+            raise LoceditError(f"single_to ({self.single_to}) is below single_from ({self.single_from})")
+        if self.solver not in SOLVERS:
+            raise LoceditError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+
+
+@dataclass(frozen=True)
+class FireFlowEditOptions(RFSolverEditOptions):
+    """FireFlow's editing (Deng et al., ICML 2025; HolmesShuan/FireFlow ``src/edit.py`` with
+    ``--sampling_strategy fireflow``): RF-Solver-Edit's value sharing (``reuse_v`` 1, ``replace_v``)
+    on FireFlow's solver, over the single-stream blocks ``start_layer_index`` ..
+    ``end_layer_index``. Defaults: the repository's editing scripts (``run_*.sh``, "Fast Editing"):
+    8 steps, inject 1, guidance 2, blocks 0 to the last (37 of FLUX.1's 38); its ``edit.py``'s own
+    defaults (25 steps, inject 20, guidance 5, blocks 20-37, the rf_solver strategy) are
+    RF-Solver-Edit's."""
+
+    steps: int = field(default=8, metadata={"flag": "steps", "type": int, "help": "inversion and sampling steps"})
+    inject: int = field(default=1, metadata={"flag": "inject", "type": int,
+                                             "help": "the first sampling steps that share the inversion's values"})
+    guidance: float = field(default=2.0, metadata={"flag": "guidance", "type": float,
+                                                   "help": "FLUX's distilled guidance of the target's sampling "
+                                                           "(the inversion runs at 1)"})
+    single_from: int = field(default=0, metadata={"flag": "single-from", "type": int,
+                                                  "help": "share the values of single-stream blocks from this index on"})
+    solver: str = field(default="fireflow", metadata={"flag": "solver", "choices": SOLVERS,
+                                                      "help": "the inversion's and sampling's solver"})
+
+
+@dataclass(frozen=True)
+class KVEditOptions:
+    """KV-Edit's settings; the defaults are the authors' demo's."""
+
+    steps: int = field(default=28, metadata={"flag": "steps", "type": int,
+                                             "help": "the schedule's steps before skipping"})
+    skip: int = field(default=4, metadata={"flag": "skip", "type": int,
+                                           "help": "levels dropped from the top of the schedule"})
+    inversion_guidance: float = field(default=1.5, metadata={"flag": "inversion-guidance", "type": float,
+                                                             "help": "FLUX's distilled guidance of the inversion"})
+    guidance: float = field(default=5.5, metadata={"flag": "guidance", "type": float,
+                                                   "help": "FLUX's distilled guidance of the edit"})
+    attn_scale: float = field(default=1.0, metadata={"flag": "attn-scale", "type": float,
+                                                     "help": "added to the logits of background keys while editing "
+                                                             "(0: off)"})
+    re_init: bool = field(default=False, metadata={"flag": "re-init",
+                                                   "help": "start the foreground from the source noised by a fresh "
+                                                           "draw instead of the inversion"})
+    attn_mask: bool = field(default=False, metadata={"flag": "attn-mask",
+                                                     "help": "keep foreground and background apart in the "
+                                                             "inversion's attention"})
+    inversion_free: bool = field(default=False, metadata={"flag": "inversion-free",
+                                                          "help": "the code's inversion-free editor (FlowEdit's ODE on "
+                                                                  "the foreground)"})
+
+    def __post_init__(self):
+        if self.steps < 1 or not 0 <= self.skip < self.steps:
+            raise LoceditError(f"kv-edit needs steps >= 1 and 0 <= skip < steps, got {self.steps} and {self.skip}")
+        if self.inversion_free and self.re_init:
+            raise LoceditError("kv-edit's re_init starts the inversion-based editor; the inversion-free one has none")

@@ -1,0 +1,322 @@
+"""Issue 33, items 2, 4 and 6: the joint-attention control on diffusers' processor API, RF-Solver-Edit
+and FireFlow's value sharing, KV-Edit, the flow editors' registry and ``locedit flow``, on tiny random
+FLUX (and SD3, for the refusals) models. Equality with the authors' own code is
+bench/peers/flux_run.py's (docs/peers.md); here each defining property is computed from its rule."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flow_models import tiny_flux, tiny_sd3
+from PIL import Image
+
+from locedit.diffusion import flow
+from locedit.diffusion.flow_model import from_flow_pipeline
+from locedit.errors import LoceditError
+from locedit.flow import FLOW_EDITORS, FireFlowEditOptions, KVEditOptions, RFSolverEditOptions
+from locedit.flow.rfsolver_edit import rf_solver_edit
+from locedit.flow.attention import JointControl, controlled
+from locedit.flow.kvedit import KVCache, _inversion_mask, kv_edit
+
+SRC, TGT = "a red circle on a gray background", "a green circle on a gray background"
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return from_flow_pipeline(tiny_flux(0, num_layers=1, num_single_layers=3), name="flux")
+
+
+def _x(bundle, size=8, seed=1):
+    torch.manual_seed(seed)
+    return torch.randn(1, bundle.latent_channels, size, size)
+
+
+def test_the_joint_processor_is_diffusers_own_and_is_restored(flux):
+    """Installed with the pass-through control, every block's output is bitwise the model's own; the
+    model's processors come back after the block, also when the call inside fails."""
+    x, text = _x(flux), flux.encode_text([SRC])
+    plain = flux.velocity(x, 0.6, text, 2.0)
+    before = {k: type(v) for k, v in flux.transformer.attn_processors.items()}
+    with controlled(flux.transformer, JointControl(text.states.shape[1])):
+        assert torch.equal(flux.velocity(x, 0.6, text, 2.0), plain)
+    with pytest.raises(RuntimeError):
+        with controlled(flux.transformer, JointControl(text.states.shape[1])):
+            raise RuntimeError("inside")
+    assert {k: type(v) for k, v in flux.transformer.attn_processors.items()} == before
+
+
+class _Values(JointControl):
+    """The test's own recorder/injector of single-block values (not the editor's class)."""
+
+    def __init__(self, text_len, inject=None):
+        super().__init__(text_len)
+        self.seen, self.inject = {}, inject
+
+    def attend(self, site, q, k, v, rotary, mask):
+        if site.kind == "single":
+            self.seen[site.index] = v.clone()
+            if self.inject is not None:
+                v = self.inject[site.index]
+        return q, k, v, rotary, rotary, mask
+
+
+def test_rf_solver_edit_shares_the_values_of_the_paired_inversion_call(flux):
+    """Euler, 2 steps, inject 1, every single block shared: the inversion goes 0 -> t_1 -> t_0; the
+    first sampling step (t_0 -> t_1) runs the target with the values of the inversion's call at t_1 on
+    its latent there (the code's pairing by step: keyed by t_0 on both sides), the second step runs
+    plainly. Computed here call by call from that rule."""
+    x = _x(flux)
+    src, tar = flux.encode_text([SRC]), flux.encode_text([TGT])
+    n_text = src.states.shape[1]
+    levels = flux.sigmas(2, 8, 8).tolist()  # [t_0, t_1, 0]
+    z1 = flow.euler_step(x, flux.velocity(x, 0.0, src, 1.0), 0.0, levels[1])
+    rec = _Values(n_text)
+    with controlled(flux.transformer, rec):
+        v_up = flux.velocity(z1, levels[1], src, 1.0)
+    z0 = flow.euler_step(z1, v_up, levels[1], levels[0])
+    with controlled(flux.transformer, _Values(n_text, inject=rec.seen)):
+        v_down = flux.velocity(z0, levels[0], tar, 3.0)
+    z = flow.euler_step(z0, v_down, levels[0], levels[1])
+    expected = flow.euler_step(z, flux.velocity(z, levels[1], tar, 3.0), levels[1], 0.0)
+    got = rf_solver_edit(flux, x, SRC, TGT, RFSolverEditOptions(steps=2, inject=1, guidance=3.0, single_from=0,
+                                                                solver="euler"))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    plain = rf_solver_edit(flux, x, SRC, TGT, RFSolverEditOptions(steps=2, inject=0, guidance=3.0, solver="euler"))
+    assert (plain - got).abs().max() > 1e-4  # the sharing acted
+
+
+@pytest.mark.parametrize("solver", ["rf-solver", "fireflow"])
+def test_without_sharing_the_edit_is_inversion_then_sampling(flux, solver):
+    """inject 0 (or no block in range) leaves the solver's inversion with the source at guidance 1 and
+    its sampling with the target (flow.walk) - and sharing changes the result."""
+    x = _x(flux)
+    src, tar = flux.encode_text([SRC]), flux.encode_text([TGT])
+    levels = flux.sigmas(4, 8, 8).tolist()
+    z, _ = flow.walk(lambda z, t: flux.velocity(z, t, src, 1.0), x, levels[::-1], solver)
+    expected, _ = flow.walk(lambda z, t: flux.velocity(z, t, tar, 2.5), z, levels, solver)
+    for o in (RFSolverEditOptions(steps=4, inject=0, guidance=2.5, solver=solver),
+              RFSolverEditOptions(steps=4, inject=4, guidance=2.5, single_from=3, solver=solver)):  # no block 3
+        torch.testing.assert_close(rf_solver_edit(flux, x, SRC, TGT, o), expected, rtol=0, atol=1e-6)
+    shared = rf_solver_edit(flux, x, SRC, TGT, RFSolverEditOptions(steps=4, inject=2, guidance=2.5, single_from=1,
+                                                                   solver=solver))
+    assert (shared - expected).abs().max() > 1e-4
+
+
+def test_a_mask_keeps_rf_solver_edits_outside_on_the_inversion(flux):
+    """locedit's localisation: after every sampling step the outside is put back on the inversion's
+    latent of the level reached; the last level's is the source itself, so the outside ends exactly
+    on it, while the inside moves."""
+    x = _x(flux)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 2:6, 2:6] = 1
+    o = FireFlowEditOptions(steps=4, inject=1, guidance=3.0)
+    masked = rf_solver_edit(flux, x, SRC, TGT, o, mask=m)
+    out = (m == 0).expand_as(x)
+    assert torch.equal(masked[out], x[out])
+    assert (masked - x)[~out].abs().max() > 1e-3
+
+
+def test_the_kv_splice_is_exact_attention(flux):
+    """Keys and values recorded by a full call, then the foreground tokens alone replayed at the same
+    latent, level and prompt with no logit bias: every block attends to exactly the full sequence's
+    keys and values, so the foreground's velocities are the full call's at those tokens."""
+    x = _x(flux)
+    text = flux.encode_text([SRC])
+    ids = flow.image_ids(4, 4)
+    tokens = flow.pack(x)
+    fg = torch.zeros(16, dtype=torch.bool)
+    fg[[1, 2, 5, 6, 11]] = True
+    idx = fg.nonzero()[:, 0]
+    cache = KVCache(text.states.shape[1], idx, flux.rotary(text, ids))
+    with controlled(flux.transformer, cache):
+        cache.clock, cache.mode = (0, "first"), "record"
+        full = flux.velocity_tokens(tokens, ids, 0.4, text, 2.0)
+        cache.mode = "replay"
+        part = flux.velocity_tokens(tokens[:, idx], ids[idx], 0.4, text, 2.0)
+    torch.testing.assert_close(part, full[:, idx], rtol=0, atol=1e-5)
+    plain = flux.velocity_tokens(tokens[:, idx], ids[idx], 0.4, text, 2.0)  # without the cache: another result
+    assert (plain - full[:, idx]).abs().max() > 1e-3
+
+
+def test_the_inversion_attention_mask_is_the_codes_rule():
+    """create_attention_mask as the authors' code executes it, restated with boolean index writes:
+    rows = queries; the first write opens the text rows entirely."""
+    t, fg = 3, torch.tensor([True, False, False, True, True])
+    s = t + fg.numel()
+    want = torch.zeros(s, s, dtype=torch.bool)
+    text = torch.arange(t)
+    mask_tok = fg.nonzero()[:, 0] + t
+    back = (~fg).nonzero()[:, 0] + t
+    want[text] = True
+    want[mask_tok[:, None], text] = True
+    want[mask_tok[:, None], mask_tok] = True
+    want[back[:, None], text] = True
+    want[back[:, None], back] = True
+    assert torch.equal(_inversion_mask(t, fg)[0, 0], want)
+
+
+@pytest.mark.parametrize("options", [KVEditOptions(steps=5, skip=1), KVEditOptions(steps=5, skip=0, re_init=True,
+                                                                                  attn_mask=True),
+                                     KVEditOptions(steps=5, skip=1, inversion_free=True, attn_mask=True)],
+                         ids=["inversion", "re-init+attn-mask", "inversion-free"])
+def test_kv_edit_leaves_every_background_latent_exactly(flux, options):
+    x = _x(flux)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 1:4, 3:7] = 1  # covers whole and partial 2x2 tokens
+    calls = flux.unet_calls
+    out = kv_edit(flux, x, SRC, TGT, options, mask=m)
+    outside = (m == 0).expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    assert (out - x)[~outside].abs().max() > 1e-3
+    n = options.steps - options.skip
+    assert flux.unet_calls - calls == 2 * n  # inversion + edit, or two branches a step
+
+
+def test_kv_edit_refuses_what_it_cannot_do(flux):
+    x = _x(flux)
+    with pytest.raises(LoceditError, match="needs a mask"):
+        kv_edit(flux, x, SRC, TGT)
+    with pytest.raises(LoceditError, match="covers no latent token"):
+        kv_edit(flux, x, SRC, TGT, mask=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(LoceditError, match="re_init"):
+        KVEditOptions(inversion_free=True, re_init=True)
+    sd3 = from_flow_pipeline(tiny_sd3(0), name="sd3")
+    with pytest.raises(LoceditError, match="runs on FLUX"):
+        kv_edit(sd3, torch.zeros(1, 4, 8, 8), SRC, TGT, mask=torch.ones(1, 1, 8, 8))
+    with pytest.raises(LoceditError, match="runs on FLUX"):
+        rf_solver_edit(sd3, torch.zeros(1, 4, 8, 8), SRC, TGT)
+
+
+def test_the_registry_and_locedit_methods_list_the_flow_editors(capsys):
+    from locedit.cli import main
+
+    assert set(FLOW_EDITORS) == {"flowedit", "rf-solver-edit", "fireflow-edit", "kv-edit"}
+    assert main(["methods", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)["flow_editors"]
+    assert info["kv-edit"]["needs_mask"] and info["flowedit"]["families"] == ["sd3", "flux"]
+    assert {r["flag"] for r in info["kv-edit"]["options"]} >= {"--skip", "--attn-scale", "--re-init"}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flowcli")
+    tiny_flux(0).save_pretrained(d / "flux", safe_serialization=True)
+    tiny_sd3(0).save_pretrained(d / "sd3", safe_serialization=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(d / "img.png")
+    mask = np.zeros((24, 40), np.uint8)
+    mask[4:16, 8:24] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    return d
+
+
+@pytest.mark.parametrize("method,flags", [("kv-edit", ["--steps", "4", "--skip", "1", "--attn-scale", "0.5"]),
+                                          ("rf-solver-edit", ["--steps", "3", "--inject", "1", "--single-from", "0"]),
+                                          ("fireflow-edit", ["--steps", "3"])])
+def test_locedit_flow_runs_each_editor_with_a_mask(saved, method, flags):
+    from locedit.cli import main
+
+    out = saved / f"{method}.png"
+    assert main(["flow", str(saved / "img.png"), "--method", method, "--model", str(saved / "flux"), "--source", SRC,
+                 "--target", TGT, "--mask", str(saved / "mask.png"), "--out", str(out), "--quiet", *flags]) == 0
+    im = Image.open(out)
+    assert im.size == (40, 24) and im.text["locedit:method"] == method
+    opts = json.loads(im.text["locedit:options"])
+    assert opts["steps"] == int(flags[1])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "kv-edit"], "--method kv-edit needs --mask"),
+    (["--inject", "3"], "--inject is not used by --method flowedit"),
+    (["--method", "kv-edit", "--mask", "MASK", "--n-max", "2"], "--n-max is not used by --method kv-edit"),
+])
+def test_locedit_flow_refuses_bad_flags_before_loading(saved, capsys, argv, message):
+    from locedit.cli import main
+
+    argv = [a.replace("MASK", str(saved / "mask.png")) for a in argv]
+    out = saved / "never.png"
+    assert main(["flow", str(saved / "img.png"), "--model", "no/such-model", "--source", SRC, "--target", TGT,
+                 "--out", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_locedit_flow_refuses_a_flux_only_editor_on_sd3(saved, capsys):
+    from locedit.cli import main
+
+    assert main(["flow", str(saved / "img.png"), "--method", "rf-solver-edit", "--model", str(saved / "sd3"),
+                 "--source", SRC, "--target", TGT, "--out", str(saved / "no.png"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rf-solver-edit runs on flux models" in err[0]
+
+
+def test_the_blend_words_mask_is_p2ps_rule_on_the_recorded_maps(flux):
+    """The mask = union over (prompt, word) of the word's maps recorded at the blend levels on the
+    noised source, max-pooled (radius 1), max-normalised, thresholded (0.3 by default), taken to the
+    latent grid by nearest."""
+    import torch.nn.functional as F
+
+    from locedit.flow.maps import BLEND_LEVELS, blend_words_mask, recording, t5_positions
+
+    x = _x(flux, size=16)
+    pairs = [(SRC, "red circle"), (TGT, "green")]
+    got = blend_words_mask(flux, x, pairs, seed=4, threshold=0.9)  # the random model's maps are flat: 0.3 keeps all
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    want = torch.zeros(1, 1, 8, 8)
+    for prompt, word in pairs:
+        text = flux.encode_text([prompt])
+        with recording(flux.transformer, text.states.shape[1]) as store:
+            for s in BLEND_LEVELS:
+                flux.velocity((1 - s) * x + s * noise, s, text)
+        m = F.max_pool2d(store.maps(t5_positions(flux.pipe.tokenizer_2, prompt, word), 8, 8)[:, None], 3, 1, 1)
+        want = torch.maximum(want, (m / m.max() > 0.9).float())
+    assert torch.equal(got, want.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    assert 0 < got.mean() < 1
+
+
+def test_locedit_flow_with_blend_words(saved, capsys):
+    from locedit.cli import main
+
+    base = ["flow", str(saved / "img.png"), "--model", str(saved / "flux"), "--source", SRC, "--target", TGT, "--quiet"]
+    out = saved / "words.png"
+    assert main(base + ["--method", "kv-edit", "--steps", "3", "--skip", "0", "--blend-words", "red", "green",
+                        "--out", str(out)]) == 0
+    assert json.loads(Image.open(out).text["locedit:blend_words"]) == ["red", "green"]
+    capsys.readouterr()
+    for extra, message in ((["--blend-words", "cat", "green"], "'cat' is not a word of --source"),
+                           (["--blend-words", "red", "green", "--mask", str(saved / "mask.png")], "not both")):
+        assert main(base + extra + ["--out", str(saved / "never.png")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not (saved / "never.png").exists()
+    sd3 = saved / "sd3-words.png"
+    assert main(["flow", str(saved / "img.png"), "--model", str(saved / "sd3"), "--source", SRC, "--target", TGT,
+                 "--blend-words", "red", "green", "--steps", "3", "--n-max", "2", "--out", str(sd3), "--quiet"]) == 0
+    assert json.loads(Image.open(sd3).text["locedit:blend_words"]) == ["red", "green"]
+
+
+def test_sd3_joint_attention_under_the_control_and_its_word_maps():
+    """SD3's joint blocks through the control: the output is bitwise diffusers' own; the maps see every
+    joint block once per call, and a word's CLIP tokens (start token at 0) are where the tokenizer
+    puts them; the image queries' share of all text keys is below 1 and above the word's."""
+    from locedit.flow.maps import recording, word_positions
+
+    sd3 = from_flow_pipeline(tiny_sd3(0), name="sd3")
+    x = _x(sd3)
+    text = sd3.encode_text([SRC])
+    plain = sd3.velocity(x, 0.6, text)
+    with recording(sd3.transformer, text.states.shape[1]) as store:
+        assert torch.equal(sd3.velocity(x, 0.6, text), plain)
+    assert store.count == sd3.transformer.config.num_layers
+    pos = word_positions(sd3, SRC, "circle")
+    ids = sd3.pipe.tokenizer(SRC).input_ids
+    assert [sd3.pipe.tokenizer.convert_ids_to_tokens(ids[p]) for p in pos] == ["circle</w>"]
+    word = store.maps(pos, 4, 4)
+    everything = store.maps(list(range(text.states.shape[1])), 4, 4)
+    assert (everything < 1).all() and (everything > word).all()
+
+
+def test_the_options_module_names_the_solvers_walk_runs():
+    from locedit.flow.options import SOLVERS
+
+    assert SOLVERS == flow.SOLVERS
