@@ -6,6 +6,7 @@
         --flow-vae locedit/models/shapes/vae   # F1 of shapes-flow (a FluxPipeline folder, or a run's ema/)
     python bench/shapes_gates.py --gates flow-inversion --n 50 --flow-model checkpoints/shapes-flow   # F2
     python bench/shapes_gates.py --gates flow-edit --n 100 --flow-model checkpoints/shapes-flow       # F3
+    python bench/shapes_gates.py --gates flow-kv-edit,flow-blend-words --n 100 --flow-model checkpoints/shapes-flow  # F4, F5
 
 Prints a Markdown table (measured, gate, met) and, with --json, the figures.
 """
@@ -20,6 +21,10 @@ import time
 from locedit.diffusion import load_model
 from locedit.progress import tqdm_progress
 from locedit.world import gates as G
+
+
+FLOW_GATES = {"flow-t2i": "gate_flow_t2i", "flow-inversion": "gate_flow_inversion", "flow-edit": "gate_flow_edit",
+              "flow-kv-edit": "gate_kv_edit", "flow-blend-words": "gate_blend_words"}  # F1-F5
 
 
 def main(argv=None):
@@ -50,19 +55,18 @@ def main(argv=None):
             figures.update(G.gate_p2p_colour(t2i, args.n, args.steps, progress=tqdm_progress))
         elif name == "p2p-shape":
             figures.update(G.gate_p2p_shape(t2i, args.n, args.steps, progress=tqdm_progress))
-        elif name in ("flow-t2i", "flow-inversion", "flow-edit"):
+        elif name in FLOW_GATES:
             from locedit.world import train_flow as TF
 
             pipe = TF.load_flow_pipeline(args.flow_model, args.flow_vae)
-            gate = {"flow-t2i": TF.gate_flow_t2i, "flow-inversion": TF.gate_flow_inversion,
-                    "flow-edit": TF.gate_flow_edit}[name]
+            gate = getattr(TF, FLOW_GATES[name])
             figures.update(gate(pipe, args.n, args.flow_steps))
         elif name == "instruct":
             figures.update(G.gate_instruct(load_model(args.instruct_model, args.device), args.n, args.steps,
                                            progress=tqdm_progress))
         seconds[name] = time.time() - t0
         print(f"{name}: {time.time() - t0:.1f} s", file=sys.stderr)
-    flows = {"flow-t2i", "flow-inversion", "flow-edit"}
+    flows = set(FLOW_GATES)
     steps = ", ".join([f"{args.steps} DDIM steps"] * bool(set(chosen) - flows)
                       + [f"{args.flow_steps} Euler steps (flow)"] * bool(flows & set(chosen)))
     print(f"\n{args.n} held-out items, {steps}\n")

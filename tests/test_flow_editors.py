@@ -191,7 +191,7 @@ def test_kv_edit_refuses_what_it_cannot_do(flux):
 def test_the_registry_and_locedit_methods_list_the_flow_editors(capsys):
     from locedit.cli import main
 
-    assert set(FLOW_EDITORS) == {"flowedit", "rf-solver-edit", "fireflow-edit", "kv-edit"}
+    assert set(FLOW_EDITORS) == {"flowedit", "rf-solver-edit", "fireflow-edit", "kv-edit", "rf-inversion", "uniedit-flow"}
     assert main(["methods", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)["flow_editors"]
     assert info["kv-edit"]["needs_mask"] and info["flowedit"]["families"] == ["sd3", "flux"]
@@ -213,7 +213,9 @@ def saved(tmp_path_factory):
 
 @pytest.mark.parametrize("method,flags", [("kv-edit", ["--steps", "4", "--skip", "1", "--attn-scale", "0.5"]),
                                           ("rf-solver-edit", ["--steps", "3", "--inject", "1", "--single-from", "0"]),
-                                          ("fireflow-edit", ["--steps", "3"])])
+                                          ("fireflow-edit", ["--steps", "3"]),
+                                          ("rf-inversion", ["--steps", "3", "--gamma", "0.3", "--eta", "0.8"]),
+                                          ("uniedit-flow", ["--steps", "4", "--alpha", "0.5", "--omega", "3"])])
 def test_locedit_flow_runs_each_editor_with_a_mask(saved, method, flags):
     from locedit.cli import main
 
@@ -320,3 +322,91 @@ def test_the_options_module_names_the_solvers_walk_runs():
     from locedit.flow.options import SOLVERS
 
     assert SOLVERS == flow.SOLVERS
+
+
+def test_rf_inversion_is_algorithms_1_and_2_written_out(flux):
+    """Two steps, as diffusers' community pipeline runs them: the forward ODE calls the model at
+    t_i = i / (N + 1) on the empty prompt at guidance 0 and moves by the schedule's gaps from the top;
+    the reverse ODE calls it at s_i with the target, eta pulling towards y_0 on steps [start, stop)."""
+    from locedit.flow.options import RFInversionOptions
+    from locedit.flow.rf_inversion import rf_inversion_edit
+
+    x = _x(flux)
+    o = RFInversionOptions(steps=2, gamma=0.4, eta=0.7, start=0.0, stop=0.5, guidance=2.0)
+    got = rf_inversion_edit(flux, x, SRC, TGT, o, seed=5)
+    s = flux.sigmas(2, 8, 8).tolist()
+    ids = flow.image_ids(4, 4)
+    y0 = flow.pack(x)
+    y1 = torch.randn(y0.shape, generator=torch.Generator().manual_seed(5))
+    empty, tar = flux.encode_text([""]), flux.encode_text([TGT])
+    y = y0
+    for i in range(2):
+        t = i / 3
+        u = flux.velocity_tokens(y, ids, t, empty, 0.0)
+        y = y + (u + 0.4 * ((y1 - y) / (1 - t) - u)) * (s[i] - s[i + 1])
+    for i in range(2):
+        v = -flux.velocity_tokens(y, ids, s[i], tar, 2.0)
+        if i == 0:  # int(0.5 * 2) = 1: only the first step is pulled
+            v = v + 0.7 * ((y0 - y) / s[i] - v)
+        y = y + v * (s[i] - s[i + 1])
+    torch.testing.assert_close(got, flow.unpack(y, 8, 8), rtol=0, atol=1e-6)
+
+
+def test_rf_inversion_with_eta_1_everywhere_lands_on_the_image_and_a_mask_keeps_the_outside(flux):
+    """eta 1 on every step: v = (y_0 - X) / s_i, so the last step (s_N = 0) lands on y_0; with a mask
+    the outside ends on y_0 whatever eta does, while the inside moves."""
+    from locedit.flow.options import RFInversionOptions
+    from locedit.flow.rf_inversion import rf_inversion_edit
+
+    x = _x(flux)
+    back = rf_inversion_edit(flux, x, SRC, TGT, RFInversionOptions(steps=4, eta=1.0, stop=1.0))
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., :4, :4] = 1
+    edited = rf_inversion_edit(flux, x, SRC, TGT, RFInversionOptions(steps=4, eta=0.0), mask=m)
+    out = (m == 0).expand_as(x)
+    assert torch.equal(edited[out], x[out]) and (edited - x)[~out].abs().max() > 1e-2
+
+
+def test_uni_inv_is_the_predictor_corrector_written_out(flux):
+    """flow.walk's uni-inv: x~ = x + D v(x, t) (then the previous corrector velocity), x' = x + D v(x~, t')."""
+    x = _x(flux)
+    text = flux.encode_text([SRC])
+
+    def v(z, t):
+        return flux.velocity(z, t, text, 1.0)
+
+    levels = [0.0, 0.3, 0.7]
+    got, calls = flow.walk(v, x, levels, "uni-inv")
+    v1 = v(x + 0.3 * v(x, 0.0), 0.3)
+    x1 = x + 0.3 * v1
+    v2 = v(x1 + 0.4 * v1, 0.7)
+    torch.testing.assert_close(got, x1 + 0.4 * v2, rtol=0, atol=1e-6)
+    assert calls == 3
+
+
+def test_uniedit_flow_with_identical_prompts_is_delayed_inversion_then_sampling(flux):
+    """v_tar = v_src: the map is 0 (the code's 0/0 is not kept), the fused velocity is the source's, so
+    UniEdit-Flow is Uni-Inv over k = round(alpha N) steps (empty prompt, guidance 1) then k Euler steps
+    back with the source at its guidance: k + 1 + 2k calls; another target moves it; a mask keeps the
+    outside exactly on the source."""
+    from locedit.flow.options import UniEditOptions
+    from locedit.flow.uniedit import uniedit_flow
+
+    x = _x(flux)
+    o = UniEditOptions(steps=5, alpha=0.6, omega=5.0, guidance=2.0)  # k = 3
+    calls = flux.unet_calls
+    same = uniedit_flow(flux, x, SRC, SRC, o)
+    assert flux.unet_calls - calls == 3 + 1 + 2 * 3
+    levels = flux.sigmas(5, 8, 8).tolist()
+    empty, src = flux.encode_text([""]), flux.encode_text([SRC])
+    z, _ = flow.walk(lambda z, t: flux.velocity(z, t, empty, 1.0), x, levels[::-1][:4], "uni-inv")
+    want, _ = flow.walk(lambda z, t: flux.velocity(z, t, src, 2.0), z, levels[2:], "euler")
+    torch.testing.assert_close(same, want, rtol=0, atol=1e-5)
+    edited = uniedit_flow(flux, x, SRC, TGT, o)
+    assert (edited - same).abs().max() > 1e-3 and torch.isfinite(edited).all()
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 4:, :] = 1
+    masked = uniedit_flow(flux, x, SRC, TGT, o, mask=m)
+    out = (m == 0).expand_as(x)
+    assert torch.equal(masked[out], x[out]) and (masked - x)[~out].abs().max() > 1e-3

@@ -1,9 +1,11 @@
 """locedit's flow editors side by side with their authors' code, on one random-weight FLUX model:
 
     python bench/peers/flux_run.py flowedit --checkout ~/src/FlowEdit
+    python bench/peers/flux_run.py rf-inversion --checkout ~/src/diffusers      # its community pipeline
     python bench/peers/flux_run.py rf-solver-edit --checkout ~/src/RF-Solver-Edit
     python bench/peers/flux_run.py fireflow --checkout ~/src/FireFlow
     python bench/peers/flux_run.py kv-edit --checkout ~/src/KV-Edit --steps 6 --repeats 3
+    python bench/peers/flux_run.py uniedit-flow --checkout ~/src/UniEdit-Flow
     python bench/peers/flux_run.py table FIGURES.json
 
 RF-Solver-Edit, FireFlow and KV-Edit run FLUX through Black Forest Labs' reference ``flux`` package
@@ -64,6 +66,11 @@ def _fireflow_patches(size, device, steps):
                   why="device: the stored features come back to the model's device (the code assumes CUDA)")]
 
 
+def _uniedit_patches(size, device, steps):
+    return [Patch("UniEdit-Flow_FLUX/src/flux/modules/layers.py", ".cuda()", ".to(x.device)", 7,
+                  why="device: the stored features come back to the model's device (the code assumes CUDA)")]
+
+
 def _kv_patches(size, device, steps):
     return [Patch("models/kv_edit.py", "attention_scale = torch.zeros(1, seq_len, dtype=torch.bfloat16, device=device)",
                   "attention_scale = torch.zeros(1, seq_len, dtype=torch.float32, device=device)",
@@ -84,7 +91,36 @@ def _flowedit(steps: int, family: str) -> Run:
     return Run("flowedit", o, o, family=family)
 
 
+def _rf_inversion(steps: int) -> Run:
+    o = {"steps": steps, "gamma": 0.5, "inversion_guidance": 0.0, "eta": 0.9, "start": 0.0, "stop": 0.38,
+         "guidance": 3.5}
+    return Run("rf-inversion", o, o)
+
+
 PEERS = {
+    "uniedit-flow": (
+        Peer(name="uniedit-flow", repository="https://github.com/DSL-Lab/UniEdit-Flow", requirements=REQUIREMENTS,
+             adjustments=(), patches=_uniedit_patches, methods=("uniedit-flow", "uniedit-flow-zero-init"),
+             python_path=("UniEdit-Flow_FLUX/src",)),
+        lambda steps: {"uniedit-flow": Run("uniedit-flow", {"steps": steps, "alpha": 0.6, "omega": 5.0, "guidance": 1.5},
+                                           {"steps": steps, "alpha": 0.6, "omega": 5.0, "guidance": 1.5}),
+                       "uniedit-flow-zero-init": Run("uniedit-flow",
+                                                     {"steps": steps, "alpha": 0.8, "omega": 5.0, "guidance": 1.0,
+                                                      "zero_init": True},
+                                                     {"steps": steps, "alpha": 0.8, "omega": 5.0, "guidance": 1.0,
+                                                      "zero_init": True})}),
+    "rf-inversion": (
+        Peer(name="rf-inversion", repository="https://github.com/huggingface/diffusers (examples/community/"
+                                             "pipeline_flux_rf_inversion.py)",
+             requirements=("diffusers==0.42.1", "transformers==5.25.0", "sentencepiece", "protobuf", "safetensors",
+                           "numpy", "tqdm"),
+             adjustments=(), patches=lambda size, device, steps: [], methods=("rf-inversion",),
+             python_path=("examples/community",),
+             notes=("the community pipeline on the diffusers and transformers releases locedit runs on (the file "
+                    "follows diffusers' main branch and pins nothing); its `encode_image` is replaced by the shared "
+                    "latent (its VAE `sample()` would draw from the global generator before the pipeline's noise "
+                    "draw, and the VAE is not what is compared)",)),
+        lambda steps: {"rf-inversion": _rf_inversion(steps)}),
     "flowedit": (
         Peer(name="flowedit", repository="https://github.com/fallenshock/FlowEdit",
              requirements=("diffusers==0.30.1", "transformers==4.44.2", "sentencepiece", "protobuf", "safetensors",
@@ -93,7 +129,13 @@ PEERS = {
                                                       "(later ones drop names it imports)"),),
              patches=lambda size, device, steps: [], methods=("flowedit-flux", "flowedit-sd3"),
              notes=("the README's install line (`torch diffusers transformers accelerate sentencepiece protobuf`) "
-                    "with its tested `diffusers==0.30.1`; accelerate left out (loading only)",)),
+                    "with its tested `diffusers==0.30.1`; accelerate left out (loading only)",
+                    "the FLUX folder it reads is a copy adapted to transformers 4.x (`_legacy_copy`: tokenizer class "
+                    "name, CLIP weights under `text_model.`)",
+                    "SD3 without its T5 encoder: diffusers 0.30 pads the absent T5 with `tokenizer_max_length` zero "
+                    "tokens (77 on SD3), diffusers 0.42 with `max_sequence_length` (256); the SD3 row runs locedit "
+                    "with the 0.30 length so that both encodings agree - a difference of diffusers' releases, not "
+                    "of FlowEdit's")),
         lambda steps: {"flowedit-flux": _flowedit(steps, "flux"), "flowedit-sd3": _flowedit(steps, "sd3")}),
     "rf-solver-edit": (
         Peer(name="rf-solver-edit", repository="https://github.com/wangjiangshan0725/RF-Solver-Edit",
@@ -123,6 +165,41 @@ PEERS = {
 }
 
 
+def _legacy_clip_files(*folders: Path) -> None:
+    """``vocab.json`` + ``merges.txt`` beside a CLIP tokenizer's ``tokenizer.json`` (what the slow
+    ``CLIPTokenizer`` of older transformers - FlowEdit's environment - reads), from the same BPE."""
+    for folder in folders:
+        bpe = json.loads((folder / "tokenizer.json").read_text())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+        (folder / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
+
+
+def _legacy_copy(model: Path) -> Path:
+    """The FLUX folder as transformers 4.x reads it (FlowEdit's environment): the T5 tokenizer named
+    ``T5TokenizerFast`` (4.x's ``T5Tokenizer`` is the sentencepiece one, and the word-level tokenizer
+    has only its ``tokenizer.json``) and the CLIP text encoder's weights under ``text_model.`` (4.x
+    leaves the unprefixed ones unloaded, randomly initialised); the same weights otherwise."""
+    import shutil
+
+    legacy = model.with_name(model.name + "-legacy")
+    if not (legacy / "model_index.json").exists():
+        shutil.copytree(model, legacy, dirs_exist_ok=True)
+        index = json.loads((legacy / "model_index.json").read_text())
+        index["tokenizer_2"] = ["transformers", "T5TokenizerFast"]
+        (legacy / "model_index.json").write_text(json.dumps(index, indent=2))
+        cfg = json.loads((legacy / "tokenizer_2" / "tokenizer_config.json").read_text())
+        cfg["tokenizer_class"] = "T5TokenizerFast"
+        (legacy / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+        from safetensors.torch import load_file, save_file
+
+        path = legacy / "text_encoder" / "model.safetensors"  # transformers 5 drops CLIPTextModel's text_model. prefix
+        state = load_file(path)
+        save_file({(k if k.startswith("text_model.") else "text_model." + k): v.contiguous() for k, v in state.items()},
+                  str(path), metadata={"format": "pt"})
+    return legacy
+
+
 def make_inputs(work: Path, size: int) -> dict:
     """The model folder and the shared inputs (``inputs-<size>.npz``), written when missing."""
     import numpy as np
@@ -138,8 +215,10 @@ def make_inputs(work: Path, size: int) -> dict:
     if not (model / "model_index.json").exists():
         tiny_flux(0, num_layers=2, num_single_layers=22, latent_channels=16).save_pretrained(model,
                                                                                            safe_serialization=True)
+        _legacy_clip_files(model / "tokenizer")
     if not (sd3 / "model_index.json").exists():
         tiny_sd3(0).save_pretrained(sd3, safe_serialization=True)
+        _legacy_clip_files(sd3 / "tokenizer", sd3 / "tokenizer_2")
     path = work / f"inputs-{size}.npz"
     if not path.exists():
         bundle = load_model(str(model), "cpu", "fp32")
@@ -150,12 +229,13 @@ def make_inputs(work: Path, size: int) -> dict:
         picture = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         x = bundle.encode_image(picture)
         _, masks = render(scene, 8 * x.shape[-1])  # the mask at the size the KV-Edit code expects (VAE factor 8)
-        s, t = bundle.encode_text([SOURCE]), bundle.encode_text([TARGET])
+        s, t, e = bundle.encode_text([SOURCE]), bundle.encode_text([TARGET]), bundle.encode_text([""])
         np.savez(path, x=x.numpy(), x_sd3=load_model(str(sd3), "cpu", "fp32").encode_image(picture).numpy(),
                  src_states=s.states.numpy(), src_pooled=s.pooled.numpy(),
+                 empty_states=e.states.numpy(), empty_pooled=e.pooled.numpy(),
                  tar_states=t.states.numpy(), tar_pooled=t.pooled.numpy(),
                  mask=masks[0][None, None].astype(np.float32))
-    return {"model": str(model), "model_sd3": str(sd3), "inputs": str(path)}
+    return {"model": str(model), "model_legacy": str(_legacy_copy(model)), "model_sd3": str(sd3), "inputs": str(path)}
 
 
 def run(args) -> dict:
@@ -167,8 +247,9 @@ def run(args) -> dict:
     bad = [m for m in chosen if m not in peer.methods]
     if bad:
         raise PeerError(f"{peer.name} has no method {bad[0]!r}; choose from {', '.join(peer.methods)}")
-    # one environment for the three reference-package peers; FlowEdit's (diffusers) is its own
-    python = build_env(peer if peer.name == "flowedit" else replace(peer, name="flux-reference"), work)
+    # one environment for the three reference-package peers; the diffusers peers have their own
+    python = build_env(peer if peer.name in ("flowedit", "rf-inversion") else replace(peer, name="flux-reference"),
+                       work)
     src = prepare_checkout(peer, checkout, work, args.size, args.device, args.steps)
     base = {**make_inputs(work, args.size), "device": args.device, "seed": 0, "source": SOURCE, "target": TARGET}
     if args.threads:
@@ -182,7 +263,7 @@ def run(args) -> dict:
     official_path = [*(src / p for p in peer.python_path), *([shims] if peer.shims else [])]
     runs = work / peer.name / "runs"
     model_diff = {}
-    if peer.name != "flowedit":  # FlowEdit's side loads the diffusers pipeline itself: its rows compare it all
+    if peer.name not in ("flowedit", "rf-inversion"):  # the diffusers peers load the pipeline: their rows compare it
         probe = {**base, "method": "model", "options": {}, "editor": "model"}
         run_process(python, DRIVERS / "flux_official.py", probe, runs / "model-official.json",
                     python_path=official_path)
@@ -200,10 +281,15 @@ def run(args) -> dict:
                 family = {"family": r.family} if r.family == "flux" else {"family": "sd3", "model": base["model_sd3"]}
                 if side == "official":
                     spec = {**base, **family, "method": r.editor, "options": r.official}
+                    if peer.name == "flowedit" and r.family == "flux":
+                        spec["model"] = base["model_legacy"]
                     fig = run_process(python, DRIVERS / "flux_official.py", spec, out, env_extra=MALLOC[args.malloc],
                                       python_path=official_path)
                 else:
                     spec = {**base, **family, "editor": r.editor, "options": r.locedit, "mask": r.mask}
+                    if peer.name == "flowedit" and r.family == "sd3":  # diffusers 0.30's zero T5 length (see notes)
+                        spec["t5_absent_length"] = json.loads(
+                            (Path(base["model_sd3"]) / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"]
                     fig = run_process(sys.executable, DRIVERS / "flux_locedit.py", spec, out,
                                       env_extra=MALLOC[args.malloc])
                 sides[side].append(fig)

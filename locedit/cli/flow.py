@@ -31,7 +31,7 @@ def register(sub) -> None:
                     "Diffusion 3 diffusers model. Unset settings take the editor's defaults (the paper's, or its "
                     "authors' code's: docs/conformance.md). --mask keeps everything outside it on the source "
                     "(locedit's addition for FlowEdit, RF-Solver-Edit and FireFlow; KV-Edit needs one); --blend-words "
-                    "makes that mask from the words' attention maps (FLUX).\n\n"
+                    "makes that mask from the words' attention maps.\n\n"
                     "editors:\n" + lines,
         epilog="examples:\n"
                "  locedit flow cat.png --model black-forest-labs/FLUX.1-dev --source 'a cat on the grass' "
@@ -46,7 +46,7 @@ def register(sub) -> None:
     f.add_argument("--model", required=True, help="a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
     f.add_argument("--mask", help="PNG mask (white = may change), the image's size: the outside stays the source's")
     f.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
-                   help="a mask from the words' joint-attention maps instead of --mask (FLUX): the source word in "
+                   help="a mask from the words' joint-attention maps instead of --mask: the source word in "
                         "--source and the target word in --target, P2P's local-blend rule (docs/flow.md)")
     f.add_argument("--out", required=True, help="the edited image (.png with metadata, .jpg, .webp)")
     f.add_argument("--seed", type=seed, default=0, help="the noise draws' seed (default 0)")

@@ -120,15 +120,16 @@ def image_ids(h: int, w: int) -> torch.Tensor:
 
 
 # ---- the solvers the flow editors invert and sample with -----------------------------------------------------
-SOLVERS = ("euler", "rf-solver", "fireflow")
+SOLVERS = ("euler", "rf-solver", "fireflow", "uni-inv")
 
 
 def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler", clock=None,
          after_step=None) -> tuple[torch.Tensor, int]:
     """Integrate dx/dt = v(x, t) over ``levels`` (sampling: from 1 down; inversion: the reversed
     schedule, up), with ``velocity(x, t)`` the model; returns (x, model calls). ``clock(i, stage)``,
-    if given, is called before each model call of step i, stage "first" (at the step's start) or
-    "mid" (the second-order solvers' midpoint): an editor's attention control keys its caches on it.
+    if given, is called before each model call of step i, stage "first" (at the step's start), "mid"
+    (the second-order solvers' midpoint) or "next" (Uni-Inv's corrector at the step's end): an
+    editor's attention control keys its caches on it.
     ``after_step(i, x)`` may replace the latent after step i (a mask's blend).
 
     - ``euler``: x' = x + (t' - t) v(x, t); one call a step.
@@ -140,14 +141,19 @@ def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler", 
       the previous step's midpoint velocity (the model's own at the first step); one call a step
       after the first.
 
-    Written from the papers' equations; the side-by-side runs of the authors' code (bench/peers) are
-    not done yet (docs/flow.md)."""
+    - ``uni-inv`` (Jiao et al., "UniEdit-Flow: Unleashing Inversion and Editing in the Era of Flow
+      Models", 2025; DSL-Lab/UniEdit-Flow ``denoise_uniinv``): predictor-corrector, x~ = x + D v~,
+      x' = x + D v(x~, t'), where v~ is the previous step's corrector velocity (the model's own at the
+      first step); one call a step after the first.
+
+    The second-order steps run in RF-Solver-Edit's, FireFlow's and UniEdit-Flow's side-by-side runs
+    (bench/peers/flux_run.py, equal to the authors' code to float rounding)."""
     if solver not in SOLVERS:
         raise LoceditError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     calls, reuse = 0, None
     for i, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
         d = float(t_next) - float(t)
-        if solver == "fireflow" and reuse is not None:
+        if solver in ("fireflow", "uni-inv") and reuse is not None:
             v = reuse
         else:
             if clock is not None:
@@ -155,6 +161,12 @@ def walk(velocity, x: torch.Tensor, levels: list[float], solver: str = "euler", 
             v, calls = velocity(x, t), calls + 1
         if solver == "euler":
             x = euler_step(x, v, t, t_next)
+        elif solver == "uni-inv":
+            if clock is not None:
+                clock(i, "next")
+            reuse = velocity(euler_step(x, v, t, t_next), t_next)
+            calls += 1
+            x = euler_step(x, reuse, t, t_next)
         else:
             if clock is not None:
                 clock(i, "mid")

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..registry import Entry
-from .options import (FIREFLOW, FLOWEDIT_PAPER, KVEDIT_PAPER, RFSOLVER_PAPER, FireFlowEditOptions, FlowEditOptions,
-                      KVEditOptions, RFSolverEditOptions)
+from .options import (FIREFLOW, FLOWEDIT_PAPER, KVEDIT_PAPER, RFINVERSION_PAPER, RFSOLVER_PAPER, UNIEDIT_PAPER,
+                      FireFlowEditOptions, FlowEditOptions, KVEditOptions, RFInversionOptions, RFSolverEditOptions,
+                      UniEditOptions)
 
 
 class FlowEditor(Entry):
@@ -98,4 +99,30 @@ class KVEdit(FlowEditor):
         return kv_edit(bundle, x, source, target, options, seed, progress, mask)
 
 
-FLOW_EDITORS = {e.name: e for e in (FlowEdit, RFSolverEdit, FireFlowEdit, KVEdit)}
+class RFInversion(FlowEditor):
+    name = "rf-inversion"
+    summary = "RF-Inversion: controlled forward ODE (gamma) to noise, controlled reverse ODE (eta) to the target"
+    Options = RFInversionOptions
+    papers = (RFINVERSION_PAPER,)
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        from .rf_inversion import rf_inversion_edit
+
+        return rf_inversion_edit(bundle, x, source, target, options, seed, progress, mask)
+
+
+class UniEditFlow(FlowEditor):
+    name = "uniedit-flow"
+    summary = "UniEdit-Flow: delayed Uni-Inv, then velocity fusion guided by the target-source difference"
+    Options = UniEditOptions
+    papers = (UNIEDIT_PAPER,)
+
+    @staticmethod
+    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        from .uniedit import uniedit_flow
+
+        return uniedit_flow(bundle, x, source, target, options, seed, progress, mask)
+
+
+FLOW_EDITORS = {e.name: e for e in (FlowEdit, RFSolverEdit, FireFlowEdit, KVEdit, RFInversion, UniEditFlow)}

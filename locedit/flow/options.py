@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import LoceditError
 from ..options import Citation
 
-SOLVERS = ("euler", "rf-solver", "fireflow")  # locedit.diffusion.flow.walk's (tested equal)
+SOLVERS = ("euler", "rf-solver", "fireflow", "uni-inv")  # locedit.diffusion.flow.walk's (tested equal)
 
 FLOWEDIT_PAPER = Citation("Kulikov et al., FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow "
                           "Models, ICCV 2025", "Alg. 1",
@@ -136,3 +136,64 @@ class KVEditOptions:
             raise LoceditError(f"kv-edit needs steps >= 1 and 0 <= skip < steps, got {self.steps} and {self.skip}")
         if self.inversion_free and self.re_init:
             raise LoceditError("kv-edit's re_init starts the inversion-based editor; the inversion-free one has none")
+
+
+RFINVERSION_PAPER = Citation("Rout et al., Semantic Image Inversion and Editing using Rectified Stochastic "
+                             "Differential Equations, ICLR 2025", "Alg. 1 (Eq. 8), Alg. 2 (Eq. 17)",
+                             "diffusers examples/community/pipeline_flux_rf_inversion.py (RFInversionFluxPipeline)")
+
+
+@dataclass(frozen=True)
+class RFInversionOptions:
+    """RF-Inversion's settings; the defaults are diffusers' community pipeline's (``invert``: 28 steps,
+    gamma 0.5, guidance 0 on the empty prompt; ``__call__``: eta 1.0 from 0 to 0.25 of the steps,
+    guidance 3.5)."""
+
+    steps: int = field(default=28, metadata={"flag": "steps", "type": int, "help": "inversion and editing steps"})
+    gamma: float = field(default=0.5, metadata={"flag": "gamma", "type": float,
+                                                "help": "the forward ODE's pull towards its noise draw (Eq. 8)"})
+    inversion_guidance: float = field(default=0.0, metadata={"flag": "inversion-guidance", "type": float,
+                                                             "help": "FLUX's distilled guidance of the inversion"})
+    inversion_prompt: str = field(default="empty", metadata={"flag": "inversion-prompt", "choices": ("empty", "source"),
+                                                             "help": "the inversion's prompt: empty (the pipeline's "
+                                                                     "default, the paper's) or --source"})
+    eta: float = field(default=1.0, metadata={"flag": "eta", "type": float,
+                                              "help": "the reverse ODE's pull towards the image (Eq. 17)"})
+    start: float = field(default=0.0, metadata={"flag": "start-timestep", "type": float,
+                                                "help": "eta acts from this share of the steps"})
+    stop: float = field(default=0.25, metadata={"flag": "stop-timestep", "type": float,
+                                                "help": "... until this share"})
+    guidance: float = field(default=3.5, metadata={"flag": "guidance", "type": float,
+                                                   "help": "FLUX's distilled guidance of the edit"})
+
+    def __post_init__(self):
+        if self.steps < 1 or not 0 <= self.start <= self.stop or self.stop > 1:
+            raise LoceditError(f"rf-inversion needs steps >= 1 and 0 <= start <= stop <= 1, got {self.steps}, "
+                               f"{self.start}, {self.stop}")
+
+
+UNIEDIT_PAPER = Citation("Jiao et al., UniEdit-Flow: Unleashing Inversion and Editing in the Era of Flow Models, 2025",
+                         "Uni-Inv (predictor-corrector inversion), Uni-Edit (delayed injection, velocity fusion)",
+                         "DSL-Lab/UniEdit-Flow (UniEdit-Flow_FLUX/src/flux/sampling.py: denoise_uniinv, edit_uniedit)")
+
+
+@dataclass(frozen=True)
+class UniEditOptions:
+    """UniEdit-Flow's settings; the defaults are its FLUX ``edit.py``'s (15 steps, alpha 0.6, omega 5,
+    guidance 1; its README recommends alpha 0.6-0.8, omega 5, 8-30 steps, guidance 1-2)."""
+
+    steps: int = field(default=15, metadata={"flag": "steps", "type": int, "help": "the schedule's steps"})
+    alpha: float = field(default=0.6, metadata={"flag": "alpha", "type": float,
+                                                "help": "the delay rate: invert and edit over round(alpha * steps) "
+                                                        "steps"})
+    omega: float = field(default=5.0, metadata={"flag": "omega", "type": float,
+                                                "help": "the guidance strength of the velocity difference"})
+    guidance: float = field(default=1.0, metadata={"flag": "guidance", "type": float,
+                                                   "help": "FLUX's distilled guidance of the edit (the inversion "
+                                                           "runs at 1)"})
+    zero_init: bool = field(default=False, metadata={"flag": "zero-init",
+                                                     "help": "Uni-Inv's first predictor velocity is zero"})
+
+    def __post_init__(self):
+        if self.steps < 1 or not 0 < self.alpha <= 1:
+            raise LoceditError(f"uniedit-flow needs steps >= 1 and 0 < alpha <= 1, got {self.steps}, {self.alpha}")

@@ -23,7 +23,9 @@ GATES = {"vae_psnr": 30.0, "t2i_oracle": 0.80, "nti_psnr": 28.0, "instruct_oracl
          "p2p_colour_oracle": 0.80, "p2p_colour_outside_psnr": 25.0, "p2p_shape_oracle": 0.60,
          "f1_oracle": 0.80,  # F1: shapes-flow text-to-image (locedit.world.train_flow.gate_flow_t2i)
          "f2_inversion_psnr": 30.0,  # F2: its Euler inversion then sampling (gate_flow_inversion)
-         "f3_flowedit_oracle": 0.80, "f3_flowedit_outside_psnr": 25.0}  # F3: FlowEdit colour edits
+         "f3_flowedit_oracle": 0.80, "f3_flowedit_outside_psnr": 25.0,  # F3: FlowEdit colour edits
+         "f4_kv_edit_oracle": 0.80, "f4_kv_edit_outside_psnr": 30.0,  # F4: KV-Edit with the object's mask
+         "f5_blend_words_oracle": 0.80, "f5_blend_words_outside_psnr": 27.0}  # F5: FlowEdit in the blend-words mask
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:

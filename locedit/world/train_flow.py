@@ -287,6 +287,62 @@ def gate_flow_edit(pipe, n: int = 100, steps: int = 28) -> dict:
     return {"f3_flowedit_oracle": seen / n, "f3_flowedit_outside_psnr": float(np.mean(outside)), "n": n}
 
 
+def _flow_edit_gate(pipe, n: int, steps: int, run, prefix: str, seed_offset: int) -> dict:
+    """A masked flow editor on held-out colour edits: ``run(bundle, edit, z)`` returns the edited latent;
+    (the oracle sees the edit, PSNR outside the edited object)."""
+    import random
+
+    import numpy as np
+
+    from ..diffusion.flow_model import from_flow_pipeline
+    from .data import to_tensor
+    from .edits import sample_edit
+    from .gates import HELD_OUT_SEED, _to_uint8, change_seen, psnr, read_scene
+
+    bundle = from_flow_pipeline(pipe)
+    bundle.max_sequence_length = MAX_TOKENS
+    rng = random.Random(HELD_OUT_SEED + seed_offset)
+    seen, outside = 0, []
+    for e in [sample_edit(rng, "colour") for _ in range(n)]:
+        src = to_tensor([e.render_source(IMAGE_SIZE)]).to(bundle.device)
+        edited = bundle.decode_latents(run(bundle, e, bundle.encode_image(src))).cpu()
+        seen += change_seen(read_scene(_to_uint8(edited)), e)
+        outside.append(psnr(edited, src.cpu(), torch.from_numpy(~e.mask(IMAGE_SIZE))))
+    return {f"{prefix}_oracle": seen / n, f"{prefix}_outside_psnr": float(np.mean(outside)), "n": n}
+
+
+def gate_kv_edit(pipe, n: int = 100, steps: int = 28) -> dict:
+    """Gate F4: KV-Edit with the edited object's mask (its demo's settings at ``steps``: skip 4 of 28
+    scaled, guidance 1.5 / 5.5) on held-out colour edits."""
+    from ..flow import KVEditOptions
+    from ..flow.kvedit import kv_edit, latent_mask
+
+    options = KVEditOptions(steps=steps, skip=round(4 * steps / 28))
+
+    def run(bundle, e, z):
+        mask = torch.from_numpy(e.mask(IMAGE_SIZE)).float()[None, None]
+        return kv_edit(bundle, z, e.source_caption, e.target_caption, options, mask=latent_mask(mask, *z.shape[-2:]))
+
+    return _flow_edit_gate(pipe, n, steps, run, "f4_kv_edit", 41_000)
+
+
+def gate_blend_words(pipe, n: int = 100, steps: int = 28) -> dict:
+    """Gate F5: FlowEdit (F3's settings) inside the ``--blend-words`` mask of the edited object's word
+    in the source and target captions (P2P's rule on the joint-attention maps)."""
+    from ..flow import FlowEditOptions
+    from ..flow.flowedit import flowedit
+    from ..flow.maps import blend_words_mask
+
+    options = FlowEditOptions(steps=steps, n_max=round(24 * steps / 28))
+
+    def run(bundle, e, z):
+        src_word, tgt_word = e.words()[0]
+        mask = blend_words_mask(bundle, z, [(e.source_caption, src_word), (e.target_caption, tgt_word)])
+        return flowedit(bundle, z, e.source_caption, e.target_caption, options, mask=mask)
+
+    return _flow_edit_gate(pipe, n, steps, run, "f5_blend_words", 42_000)
+
+
 def _flow_curve(args, models, vae, out: Path):
     """The learning curve's point: gate F1 on ``--eval-n`` held-out captions with the EMA weights."""
     def evaluate(step):

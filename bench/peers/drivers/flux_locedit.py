@@ -14,7 +14,9 @@ from locedit.diffusion import load_model  # noqa: E402
 from locedit.flow import FLOW_EDITORS  # noqa: E402
 
 bundle = load_model(spec["model"], spec["device"], "fp32")
-bundle.max_sequence_length = 512 if bundle.family == "flux" else None  # FLUX: what the reference code pads to
+# FLUX: the 512 T5 tokens the reference code hard-codes; SD3 without T5: the zero-token length of the official
+# side's diffusers release (flux_run.py's FlowEdit notes)
+bundle.max_sequence_length = 512 if bundle.family == "flux" else spec.get("t5_absent_length")
 inputs = np.load(spec["inputs"])
 x = torch.from_numpy(inputs["x_sd3" if bundle.family == "sd3" else "x"])
 if spec["editor"] == "model":  # one plain transformer call (the weights as locedit reads them)

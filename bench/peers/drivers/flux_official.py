@@ -1,8 +1,9 @@
 """Runs a flow editor's official code inside its environment, on the random-weight model that
 locedit's side loads, and records :mod:`measure`'s figures: RF-Solver-Edit, FireFlow and KV-Edit on
-Black Forest Labs' reference ``flux`` package (each repository with its own copy), FlowEdit on the
+Black Forest Labs' reference ``flux`` package (each repository with its own copy; UniEdit-Flow too), FlowEdit on the
 diffusers pipeline of the shared folder (FLUX or SD3; its ``FlowEditFLUX`` / ``FlowEditSD3`` as its
-``run_script.py`` calls them, prompts encoded by the pipeline in its own environment).
+``run_script.py`` calls them, prompts encoded by the pipeline in its own environment), RF-Inversion
+by diffusers' community ``RFInversionFluxPipeline`` (``invert`` then ``__call__``).
 
 The weights: the diffusers folder's ``transformer/diffusion_pytorch_model.safetensors`` renamed to
 the reference layout (:func:`reference_state`, the inverse of diffusers' FLUX conversion: fused
@@ -92,7 +93,9 @@ with torch.inference_mode():
         from FlowEdit_utils import FlowEditFLUX, FlowEditSD3
 
         sd3 = spec.get("family") == "sd3"
-        pipe = (StableDiffusion3Pipeline if sd3 else FluxPipeline).from_pretrained(spec["model"])
+        # the random SD3 has no T5 encoder: diffusers' documented way to drop it is to pass None
+        pipe = (StableDiffusion3Pipeline.from_pretrained(spec["model"], text_encoder_3=None, tokenizer_3=None) if sd3
+                else FluxPipeline.from_pretrained(spec["model"]))
         pipe.set_progress_bar_config(disable=True)
         meter = measure.Meter(pipe.transformer, spec["device"], [pipe.transformer], sample_key="hidden_states")
         torch.manual_seed(spec["seed"])  # run_script.py seeds the global generator per experiment
@@ -100,6 +103,40 @@ with torch.inference_mode():
             result = (FlowEditSD3 if sd3 else FlowEditFLUX)(
                 pipe, pipe.scheduler, x, spec["source"], spec["target"], "", o["steps"], o["n_avg"],
                 o["src_guidance"], o["tar_guidance"], o["n_min"], o["n_max"])
+    elif method == "rf-inversion":  # the community pipeline's invert() then __call__, as its docstring example
+        from pipeline_flux_rf_inversion import RFInversionFluxPipeline
+
+        pipe = RFInversionFluxPipeline.from_pretrained(spec["model"])
+        pipe.set_progress_bar_config(disable=True)
+        pipe.encode_image = lambda image, dtype=None, height=None, width=None, **kw: (x.clone(), None)  # shared latent
+        size = dict(height=h * pipe.vae_scale_factor, width=w * pipe.vae_scale_factor)
+        meter = measure.Meter(pipe.transformer, spec["device"], [pipe.transformer], sample_key="hidden_states")
+        torch.manual_seed(spec["seed"])
+        with meter:
+            inv, lat, ids = pipe.invert(image=None, source_prompt="", source_guidance_scale=o["inversion_guidance"],
+                                        num_inversion_steps=o["steps"], gamma=o["gamma"], **size)
+            edited = pipe(prompt=spec["target"], inverted_latents=inv, image_latents=lat, latent_image_ids=ids,
+                          eta=o["eta"], start_timestep=o["start"], stop_timestep=o["stop"],
+                          num_inference_steps=o["steps"], guidance_scale=o["guidance"], output_type="latent", **size).images
+        result = unpacked(edited)
+    elif method == "uniedit-flow":  # edit.py --sampling_strategy uniedit: edit_uniedit up (empty prompt), then down
+        from flux.model import Flux, FluxParams
+        from flux.sampling import edit_uniedit, get_schedule
+
+        model = load_model(Flux, FluxParams)
+        info = {"feature_path": tempfile.mkdtemp(), "feature": {}, "inject_step": 0, "start_layer_index": 0,
+                "end_layer_index": 0, "reuse_v": 1, "editing_strategy": "replace_v", "qkv_ratio": [1.0, 1.0, 1.0],
+                "alpha": o["alpha"], "omega": o["omega"], "zero_init": o.get("zero_init", False)}
+        target = inp("tar")
+        source = inp("src")
+        target.update(src_txt=source["txt"], src_txt_ids=source["txt_ids"], src_vec=source["vec"])
+        meter = measure.Meter(model, spec["device"], [model], sample_key="img", context_key="txt")
+        with meter:
+            timesteps = get_schedule(o["steps"], packed.shape[1], shift=True)
+            z, info = edit_uniedit(model, **inp("empty"), timesteps=timesteps, guidance=1, inverse=True, info=info)
+            target["img"] = z
+            z, _ = edit_uniedit(model, **target, timesteps=timesteps, guidance=o["guidance"], inverse=False, info=info)
+        result = unpacked(z)
     elif method in ("rf-solver-edit", "fireflow-edit"):
         from flux.model import Flux, FluxParams
         from flux.sampling import get_schedule
