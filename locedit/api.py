@@ -419,6 +419,10 @@ def edit(spec: EditSpec, *, files: dict | None = None, bundle=None, progress=Non
     Files(files, _limits(spec), spec.mask_rule).check_sizes(spec)  # headers, masks by NumPy: torch not loaded yet
     if bundle is None and (spec.model or not spec.from_inversion):  # the model is known: check its words now
         check_vocabulary(spec.model or DEFAULT_MODEL, {"source": spec.source, "target": spec.target})
+    if bundle is not None:  # a model the caller holds: refuse another family before reading its tokenizer
+        from .diffusion.flow_model import check_family
+
+        check_family(bundle, method.families, f"--method {spec.method}")
     check_text(spec, method, options, options_for_edit, bundle)
     import torch  # the checks that need no pixel are done
 

@@ -4,6 +4,7 @@ FLUX (and SD3, for the refusals) models. Equality with the authors' own code is
 bench/peers/flux_run.py's (docs/peers.md); here each defining property is computed from its rule."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -410,3 +411,28 @@ def test_uniedit_flow_with_identical_prompts_is_delayed_inversion_then_sampling(
     masked = uniedit_flow(flux, x, SRC, TGT, o, mask=m)
     out = (m == 0).expand_as(x)
     assert torch.equal(masked[out], x[out]) and (masked - x)[~out].abs().max() > 1e-3
+
+
+def test_the_bench_runs_flow_editors_on_a_flow_model(tmp_path):
+    """``locedit bench`` rows for flow editors: KV-Edit in the item's mask, FlowEdit with ``-mask`` and
+    without; their background metrics; a UNet method on the flow model is a row with its refusal."""
+    from locedit.bench import BenchConfig, load_rows, open_dataset, run_bench
+    from locedit.bench.names import bench_methods
+
+    assert {"kv-edit", "flowedit-mask", "uniedit-flow-mask"} <= set(bench_methods())
+    assert "kv-edit-mask" not in bench_methods()
+    b = from_flow_pipeline(tiny_flux(0), name="tiny-flux")
+    b.pipe.default_sample_size = 16  # a 32 px square: a 16 x 16 latent
+    run_bench(open_dataset("shapes:n=2,seed=3"), ["kv-edit", "flowedit-mask", "flowedit", "p2p"], tmp_path, b, None,
+              BenchConfig())
+    rows = {(r["id"], r["method"]): r for r in load_rows(tmp_path)}
+    assert len(rows) == 8
+    for (item, method), r in rows.items():
+        if method == "p2p":
+            assert "runs on UNet models" in r["error"]
+            continue
+        assert "error" not in r, r
+        assert r["unet_calls"] > 0 and math.isfinite(r["bg_psnr"])
+    kv = [r for (_, m), r in rows.items() if m == "kv-edit"]
+    free = [r for (_, m), r in rows.items() if m == "flowedit"]
+    assert all(r["unet_calls"] == 2 * (28 - 4) for r in kv) and all(r["unet_calls"] == 2 * 24 for r in free)

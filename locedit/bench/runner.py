@@ -27,7 +27,7 @@ from .datasets import EditItem
 
 from ..instruct import INSTRUCT_METHODS
 from ..methods import METHODS
-from .names import INSTRUCT, MASK_SUFFIX, bench_methods  # noqa: F401 (re-exported)
+from .names import INSTRUCT, MASK_SUFFIX, bench_methods, flow_editor  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -174,6 +174,9 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig,
     if bundle is None:
         raise LoceditError(f"method {method!r} needs {'an instruct' if method in INSTRUCT else 'a text-to-image'} model")
     calls0 = bundle.unet_calls
+    entry = flow_editor(method)
+    if entry is not None:
+        return run_flow_editor(entry, method, item, bundle, config, progress), bundle.unet_calls - calls0, {}
     if method not in INSTRUCT_METHODS:
         from .. import api
 
@@ -195,6 +198,30 @@ def run_method(method: str, item: EditItem, t2i, ip2p, config: BenchConfig,
         roi = res.roi.cpu()
         extra["roi_iou"] = float((roi & gt).sum() / (roi | gt).sum().clamp_min(1))
     return fit.from_model(out.float().cpu()), bundle.unet_calls - calls0, extra
+
+
+def run_flow_editor(entry, method: str, item: EditItem, bundle, config: BenchConfig,
+                    progress: Callable | None = None) -> torch.Tensor:
+    """One item with a flow editor at its defaults (its paper's or its authors' steps and scales: the
+    bench's --steps, --guidance, --inversion and --preset are the UNet methods'), inside the item's
+    mask for a ``-mask`` name and for KV-Edit; the image at the item's size."""
+    from ..diffusion.flow_model import FlowBundle
+
+    if not isinstance(bundle, FlowBundle) or bundle.family not in entry.families:
+        raise LoceditError(f"{entry.name} runs on {', '.join(entry.families)} models; {bundle.name!r} is a "
+                           f"{bundle.family} model")
+    h, w = item.image.shape[-2:]
+    fit = Fit.plan(h, w, bundle.image_size, config.fit)
+    z = bundle.encode_image(fit.to_model(item.image))
+    mask = None
+    if method.endswith(MASK_SUFFIX) or entry.needs_mask:
+        if item.mask is None:
+            raise LoceditError(f"item {item.id} has no mask for {method}")
+        mask = entry.latent_mask(fit.to_model(item.mask, binary=True), *z.shape[-2:])
+    options = entry.resolve(entry.Options(), bundle.family)
+    with torch.no_grad():
+        out = entry.run(bundle, z, item.source_prompt, item.target_prompt, options, config.seed, progress, mask)
+        return fit.from_model(bundle.decode_latents(out).float().cpu())
 
 
 def item_spec(bench_name: str, item: EditItem, config: BenchConfig, model: str):

@@ -52,7 +52,7 @@ class ValueSharing(JointControl):
         if self.mode != "off" and site.kind == "single" and site.index in self.blocks and self.clock[0] in self.steps:
             key = (self.clock, site.index)
             if self.mode == "record":
-                self.values[key] = v.detach()
+                self.values[key] = v.detach().to("cpu")  # as the code: CPU RAM (GBs at 1024 px)
             elif key in self.values:  # FireFlow's first sampling call has no inversion twin (its guard, kept)
                 v = self.values[key].to(v)
         return q, k, v, rotary, rotary, mask
