@@ -147,7 +147,7 @@ def check_safetensors(folder: Path, weights: tuple[str, ...] | None = None, othe
 
 
 def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-               vae: str | None = None) -> ModelBundle:
+               vae: str | None = None, offload_text: bool = False, quantize: str | None = None) -> ModelBundle:
     """Load a model by built-in name, local diffusers folder or hub id.
 
     A FLUX or Stable Diffusion 3 folder (``model_index.json`` naming ``FluxPipeline`` or
@@ -163,10 +163,16 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
     SDXL at fp16/bf16: its VAE overflows in half precision, so the VAE stays float32 when its config
     says ``force_upcast`` (as the SDXL pipelines upcast it to decode) unless a replacement ``vae``
     is given, which runs in the requested dtype.
+
+    FLUX and SD3 folders only: ``offload_text`` keeps the text encoders on the CPU (moved to the
+    device for each encoding), ``quantize`` ("int8") quantises the transformer's weights on the CPU
+    before it moves (torchao; :mod:`.quantize`).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     if model in BUILTIN_MODELS:
+        if offload_text or quantize:
+            raise ModelLoadError(f"--quantize and --offload-text apply to FLUX and SD3 models, not {model!r}")
         if vae is not None:
             raise ModelLoadError(f"--vae replaces a model folder's VAE; the built-in model {model!r} has its own")
         return BUILTIN_MODELS[model](dev, dt)
@@ -174,7 +180,9 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
     from .flow_model import family_of
 
     if (folder / "model_index.json").is_file() and family_of(read_json(folder / "model_index.json", folder)):
-        return _load_flow(model, folder, dev, dt, vae)
+        return _load_flow(model, folder, dev, dt, vae, offload_text, quantize)
+    if offload_text or quantize:
+        raise ModelLoadError(f"--quantize and --offload-text apply to FLUX and SD3 models; {model!r} is a UNet model")
     check_safetensors(folder)
     xl = _is_sdxl(folder)
     check_folder(folder, COMPONENTS + (("text_encoder_2", "tokenizer_2") if xl else ()))
@@ -196,10 +204,14 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
                          **extra)
 
 
-def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae: str | None):
+def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae: str | None,
+               offload_text: bool = False, quantize: str | None = None):
     """A FLUX or SD3 diffusers folder as a :class:`~locedit.diffusion.flow_model.FlowBundle`: the
     folder read and checked first (classes, no code, safetensors only), then diffusers' pipeline
-    class loads the components the index names, which the check held to the family's."""
+    class loads the components the index names, which the check held to the family's - on the CPU;
+    ``quantize`` quantises the transformer's weights there (:mod:`.quantize`), then the transformer
+    and the VAE go to ``dev``, and the text encoders too unless ``offload_text`` (they then come to
+    ``dev`` only for each encoding), so the accelerator never holds more than it will use."""
     from .flow_model import FlowBundle, family_of
 
     index = read_json(folder / "model_index.json", folder)
@@ -226,13 +238,19 @@ def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae
             pipe = pipeline_class.from_pretrained(folder, use_safetensors=True, dtype=dt, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"model {model!r} could not be loaded: {_load_failure(exc)}") from None
-    pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
-    for part in (pipe.transformer, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
-                 getattr(pipe, "text_encoder_3", None)):
+    encoders = [getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+    for part in (pipe.transformer, pipe.vae, *encoders):
         if part is not None:
             part.eval().requires_grad_(False)
-    return FlowBundle(pipe, family_of(index), name=model)
+    if quantize is not None:
+        from .quantize import quantize as quantize_weights
+
+        quantize_weights(pipe, quantize)
+    for part in (pipe.transformer, pipe.vae, *([] if offload_text else encoders)):
+        if part is not None:
+            part.to(dev)
+    return FlowBundle(pipe, family_of(index), name=model, offload_text=offload_text)
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
