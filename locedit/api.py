@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import LoceditError
-from .spec import DEFAULT_MODEL, EditSpec
+from .spec import DEFAULT_MODEL, EditSpec, FlowSpec
 
 if TYPE_CHECKING:  # torch is imported where the work starts: a bad input is refused before it loads
     import torch
@@ -609,3 +609,131 @@ def instruct(spec, *, files: dict | None = None, bundle=None, progress=None, bef
     if res.roi is not None:
         stats["roi_fraction"] = round(float(res.roi.float().mean()), 4)
     return Instructed(spec, edited, image, roi, meta, stats)
+
+
+# ---- the flow editors (issue 33) ----------------------------------------------------------------------
+@dataclass
+class FlowEdited(_Saves):
+    """A flow edit's result at the input's size: ``edited`` and ``source`` (1, 3, H, W) in [0, 1];
+    ``mask`` (1, 1, H, W) the user's or the blend words' mask, if any; ``meta`` what the PNG records;
+    ``model_calls`` the transformer calls."""
+
+    spec: FlowSpec
+    edited: torch.Tensor
+    source: torch.Tensor
+    mask: torch.Tensor | None
+    meta: dict
+    model_calls: int
+
+    def panel(self) -> torch.Tensor:
+        """(1, 3, H, 3W): source | edit | mask (or the edit's change, normalised, without one)."""
+        import torch
+
+        mask = self.mask
+        if mask is None:
+            diff = (self.edited - self.source).abs().amax(dim=1, keepdim=True)
+            mask = diff / diff.max().clamp_min(1e-6)
+        return torch.cat([self.source, self.edited, mask.expand(-1, 3, -1, -1)], dim=3)
+
+
+def check_flow(spec: FlowSpec, files: dict | None = None):
+    """Everything a flow spec's text and files show wrong, before torch is imported: the editor, its
+    options' class, the prompts, mask or blend words as the editor needs them, the words in their
+    prompts, the fit, the image's and the mask's headers (the mask's pixels by NumPy)."""
+    import re
+
+    from .flow import FLOW_EDITORS
+
+    entry = FLOW_EDITORS.get(spec.method)
+    if entry is None:
+        raise LoceditError(f"unknown flow editor {spec.method!r}; choose from {', '.join(FLOW_EDITORS)}")
+    if spec.options is not None and not isinstance(spec.options, entry.Options):
+        raise LoceditError(f"--method {spec.method} takes {entry.Options.__name__}, not {type(spec.options).__name__}")
+    if not spec.source.strip() or not spec.target.strip():
+        raise LoceditError("--source and --target must not be empty")
+    if spec.mask and spec.blend_words:
+        raise LoceditError("give --mask or --blend-words, not both")
+    if entry.needs_mask and not (spec.mask or spec.blend_words):
+        raise LoceditError(f"--method {entry.name} needs --mask or --blend-words (the region to regenerate)")
+    if spec.fit not in ("pad", "resize"):
+        raise LoceditError(f"fit must be pad or resize, got {spec.fit!r}")
+    for prompt, word, flag in zip((spec.source, spec.target), spec.blend_words or (), ("--source", "--target")):
+        words, parts = re.findall(r"[\w'-]+", prompt.lower()), re.findall(r"[\w'-]+", word.lower())
+        if not parts or not any(words[i:i + len(parts)] == parts for i in range(len(words) - len(parts) + 1)):
+            raise LoceditError(f"--blend-words: {word!r} is not a word of {flag} {prompt!r}")
+    memory = files or {}
+    if spec.image in memory:
+        return entry
+    from .fileio import MaskError, header_size, mask_array
+
+    limits = _limits(spec)
+    height, width = header_size(spec.image, "image", **limits)
+    if spec.mask and spec.mask not in memory:
+        h, w = header_size(spec.mask, "mask", **limits)
+        if (h, w) != (height, width):
+            raise MaskError(f"mask {spec.mask!r} is {w}x{h} but the image is {width}x{height}")
+        if not mask_array(spec.mask, **limits).any():
+            raise MaskError(f"mask {spec.mask!r} is empty (no white pixel)")
+    return entry
+
+
+def flow_edit(spec: FlowSpec, *, files: dict | None = None, bundle=None, progress=None,
+              before_load=None) -> FlowEdited:
+    """Run a flow editor (:class:`~locedit.spec.FlowSpec`): the checks the inputs allow come before the
+    model loads (``files``, ``bundle``, ``progress``, ``before_load`` as :func:`edit`'s). The image is
+    fitted to the model's square and back; the mask taken to the latent grid by the editor's rule."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    entry = check_flow(spec, files)
+    options = spec.options if spec.options is not None else entry.Options()
+    from .diffusion.flow_model import FlowBundle
+    from .fileio import check_user_mask
+    from .imaging import Fit
+
+    inputs = Files(files, _limits(spec))
+    image = inputs.image(spec.image)
+    user_mask = inputs.mask(spec.mask) if spec.mask else None
+    if user_mask is not None:
+        check_user_mask(user_mask, spec.mask, *image.shape[-2:])
+    if before_load is not None:
+        before_load()
+    if bundle is None:
+        from .diffusion import load_model
+
+        bundle = load_model(spec.model, spec.device, spec.dtype, offload_text=spec.offload_text,
+                            quantize=spec.quantize)
+    if not isinstance(bundle, FlowBundle):
+        raise LoceditError(f"{entry.name} runs on FLUX and SD3 models; {spec.model!r} is a {bundle.family} UNet model "
+                           "(its editors are 'locedit edit --method ...')")
+    if bundle.family not in entry.families:
+        raise LoceditError(f"{entry.name} runs on {', '.join(entry.families)} models; {spec.model!r} is "
+                           f"a {bundle.family} model")
+    resolved = entry.resolve(options, bundle.family)
+    fit = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, spec.fit)
+    calls = bundle.unet_calls
+    with torch.no_grad():
+        z = bundle.encode_image(fit.to_model(image))
+        latent_mask = None
+        if user_mask is not None:
+            latent_mask = entry.latent_mask(fit.to_model(user_mask, binary=True), *z.shape[-2:])
+        elif spec.blend_words:
+            from .flow.maps import blend_words_mask
+
+            latent_mask = blend_words_mask(bundle, z, [(spec.source, spec.blend_words[0]),
+                                                       (spec.target, spec.blend_words[1])], seed=spec.seed)
+        out = entry.run(bundle, z, spec.source, spec.target, resolved, spec.seed, progress, latent_mask)
+        edited = fit.from_model(bundle.decode_latents(out).float().cpu())
+    shown = user_mask
+    if shown is None and latent_mask is not None:
+        side = bundle.image_size
+        shown = fit.from_model(F.interpolate(latent_mask.float().cpu(), size=(side, side), mode="nearest"))
+    meta = {"method": entry.name, "model": spec.model, "source": spec.source, "target": spec.target,
+            "options": dataclasses.asdict(resolved), "seed": spec.seed, "fit": fit.mode, "command": spec.command()}
+    for key, value in (("mask", spec.mask), ("blend_words", list(spec.blend_words or []) or None),
+                       ("quantize", spec.quantize)):
+        if value is not None:
+            meta[key] = value
+    return FlowEdited(spec, edited, image, shown, meta, bundle.unet_calls - calls)

@@ -175,3 +175,49 @@ class InstructSpec:
         if self.max_bytes is not None:
             out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
         return out + option_argv(self.options, self.preset)
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """One flow edit (``locedit flow``, :func:`locedit.api.flow_edit`; issue 33): a flow editor of
+    :data:`locedit.flow.FLOW_EDITORS` on a FLUX or SD3 model. Light: no torch."""
+
+    image: str
+    source: str
+    target: str
+    model: str
+    method: str = "flowedit"
+    options: Any = None  # the editor's options dataclass; None: its defaults
+    mask: str | None = None  # a mask PNG (white = may change), the image's size
+    blend_words: tuple[str, str] | None = None  # a mask from these words' joint-attention maps instead
+    device: str = "auto"
+    dtype: str = "fp32"
+    quantize: str | None = None  # "int8": torchao weight-only (locedit.diffusion.quantize)
+    offload_text: bool = False  # the text encoders stay on the CPU between encodings
+    seed: int = 0
+    fit: str = "pad"
+    max_pixels: int | None = None
+    max_bytes: int | None = None
+
+    def replace(self, **changes) -> "FlowSpec":
+        return dataclasses.replace(self, **changes)
+
+    def command(self, image_name: str | None = None) -> str:
+        """The ``locedit flow`` command line that reproduces this edit (add ``--out``)."""
+        return shlex.join(["locedit", "flow"] + self.argv(image_name))
+
+    def argv(self, image_name: str | None = None) -> list[str]:
+        out = [str(image_name if image_name is not None else self.image), "--method", self.method,
+               "--source", self.source, "--target", self.target, "--model", self.model]
+        for flag, value, default in (("device", self.device, "auto"), ("dtype", self.dtype, "fp32"),
+                                     ("seed", self.seed, 0), ("fit", self.fit, "pad"), ("mask", self.mask, None),
+                                     ("quantize", self.quantize, None), ("max-image-pixels", self.max_pixels, None)):
+            if value != default:
+                out += [f"--{flag}", str(value)]
+        if self.max_bytes is not None:
+            out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
+        if self.blend_words:
+            out += ["--blend-words", *self.blend_words]
+        if self.offload_text:
+            out.append("--offload-text")
+        return out + option_argv(self.options, None)

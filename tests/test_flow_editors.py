@@ -464,3 +464,32 @@ def test_int8_weights_quarter_the_transformer_and_keep_its_velocity(saved):
     assert torch.equal(out[(m == 0).expand_as(x)], x[(m == 0).expand_as(x)])
     with pytest.raises(ModelLoadError, match="apply to FLUX and SD3"):
         load_model("tiny-random", "cpu", "fp32", quantize="int8")
+
+
+def test_a_flow_spec_runs_in_the_library_and_its_command_reproduces_it(saved):
+    """api.flow_edit(FlowSpec) with the image and mask in memory equals the same spec from files, and
+    ``spec.command()`` run as a command line writes the same picture (its PNG records the command)."""
+    import shlex
+
+    from locedit import api
+    from locedit.cli import main
+    from locedit.flow import KVEditOptions
+    from locedit.spec import FlowSpec
+
+    spec = FlowSpec(str(saved / "img.png"), SRC, TGT, str(saved / "flux"), method="kv-edit",
+                    options=KVEditOptions(steps=3, skip=0, attn_scale=0.5), mask=str(saved / "mask.png"), seed=3)
+    from_files = api.flow_edit(spec)
+    memory = {"I": np.asarray(Image.open(saved / "img.png").convert("RGB")),
+              "M": np.asarray(Image.open(saved / "mask.png")) > 127}
+    in_memory = api.flow_edit(spec.replace(image="I", mask="M"), files=memory)
+    assert torch.equal(from_files.edited, in_memory.edited) and from_files.model_calls == 6
+    out = saved / "again.png"
+    argv = shlex.split(spec.command())[1:]
+    assert "--attn-scale" in argv and "--skip" in argv
+    assert main(argv + ["--out", str(out), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(from_files.image))
+    assert Image.open(out).text["locedit:command"] == spec.command()
+    with pytest.raises(LoceditError, match="unknown flow editor"):
+        api.check_flow(spec.replace(method="p2p"))
+    with pytest.raises(LoceditError, match="takes KVEditOptions"):
+        api.check_flow(spec.replace(options=RFSolverEditOptions()))

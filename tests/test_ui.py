@@ -241,3 +241,40 @@ def test_the_editor_refuses_a_file_by_its_header_before_gradio_decodes_it(tmp_pa
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(small)
     assert editor.convert_and_format_image(FileData(path=str(small), orig_name="small.png")).shape == (40, 40, 4)
     assert type(editor) is gr.ImageEditor  # Gradio's own editor (no component class of ours: no .pyi written)
+
+
+def test_on_a_flow_model_the_app_offers_and_runs_the_flow_editors(tmp_path):
+    """A FLUX model loaded by the app: its methods are the flow editors; an edit with two drawn layers
+    runs KV-Edit through locedit.api.flow_edit inside their union, its command (``locedit flow``)
+    reproduces it, and a region word (a UNet methods' input) is refused in one line; the page builds."""
+    from locedit.diffusion import load_model
+    from locedit.diffusion.tiny_flow import tiny_flux
+    from locedit.ui.app import method_names
+    from locedit.ui.page import build
+
+    tiny_flux(0).save_pretrained(tmp_path / "flux", safe_serialization=True)
+    session = Session(AppConfig(model=str(tmp_path / "flux"), instruct_model=None),
+                      load_model(str(tmp_path / "flux"), "cpu", "fp32"))
+    assert method_names(session.config, session.bundle) == ["flowedit", "rf-solver-edit", "fireflow-edit", "kv-edit",
+                                                             "rf-inversion", "uniedit-flow"]
+    a = np.full((40, 40, 3), 128, np.uint8)
+    a[8:24, 8:24] = [230, 25, 25]
+    top, left = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+    top[6:14, 6:26], left[12:26, 6:14] = True, True
+    inputs = EditInputs(a, "a red square", "a blue square", method="kv-edit", masks=[top, left],
+                        options={"steps": "3", "skip": "0"})
+    out = session.edit(inputs)
+    assert out.edited.shape == (40, 40, 3) and out.summary["method"] == "kv-edit" and out.summary["model_calls"] == 6
+    argv = shlex.split(out.command)
+    assert argv[:2] == ["locedit", "flow"] and "--steps" in argv and "--mask" in argv
+    Image.fromarray(a).save(tmp_path / "IMAGE.png")
+    Image.fromarray(((top | left) * 255).astype(np.uint8)).save(tmp_path / "MASK.png")
+    again = tmp_path / "again.png"
+    argv = [w.replace("IMAGE.png", str(tmp_path / "IMAGE.png")).replace("MASK.png", str(tmp_path / "MASK.png"))
+            for w in argv[1:]]
+    assert main(argv + ["--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(again).convert("RGB")), out.edited)
+    with pytest.raises(LoceditError, match="region words are not used by --method kv-edit"):
+        session.edit(EditInputs(a, "a red square", "a blue square", method="kv-edit", masks=[top],
+                                region_words="square"))
+    build(session)

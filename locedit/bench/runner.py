@@ -204,24 +204,19 @@ def run_flow_editor(entry, method: str, item: EditItem, bundle, config: BenchCon
                     progress: Callable | None = None) -> torch.Tensor:
     """One item with a flow editor at its defaults (its paper's or its authors' steps and scales: the
     bench's --steps, --guidance, --inversion and --preset are the UNet methods'), inside the item's
-    mask for a ``-mask`` name and for KV-Edit; the image at the item's size."""
-    from ..diffusion.flow_model import FlowBundle
+    mask for a ``-mask`` name and for KV-Edit (:func:`locedit.api.flow_edit`); the image at the
+    item's size."""
+    from .. import api
+    from ..spec import FlowSpec
 
-    if not isinstance(bundle, FlowBundle) or bundle.family not in entry.families:
-        raise LoceditError(f"{entry.name} runs on {', '.join(entry.families)} models; {bundle.name!r} is a "
-                           f"{bundle.family} model")
-    h, w = item.image.shape[-2:]
-    fit = Fit.plan(h, w, bundle.image_size, config.fit)
-    z = bundle.encode_image(fit.to_model(item.image))
-    mask = None
+    files, mask = {"IMAGE": item.image}, None
     if method.endswith(MASK_SUFFIX) or entry.needs_mask:
         if item.mask is None:
             raise LoceditError(f"item {item.id} has no mask for {method}")
-        mask = entry.latent_mask(fit.to_model(item.mask, binary=True), *z.shape[-2:])
-    options = entry.resolve(entry.Options(), bundle.family)
-    with torch.no_grad():
-        out = entry.run(bundle, z, item.source_prompt, item.target_prompt, options, config.seed, progress, mask)
-        return fit.from_model(bundle.decode_latents(out).float().cpu())
+        files["MASK"], mask = item.mask, "MASK"
+    spec = FlowSpec("IMAGE", item.source_prompt, item.target_prompt, bundle.name, method=entry.name, mask=mask,
+                    seed=config.seed, fit=config.fit)
+    return api.flow_edit(spec, files=files, bundle=bundle, progress=progress).edited
 
 
 def item_spec(bench_name: str, item: EditItem, config: BenchConfig, model: str):

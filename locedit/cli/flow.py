@@ -64,90 +64,24 @@ def register(sub) -> None:
 
 
 def cmd_flow(args) -> dict:
-    from ..errors import LoceditError
-    from ..fileio import check_output, header_size
-    from .common import limits
-
-    entry = _editors()[args.method]
-    if not args.source.strip() or not args.target.strip():
-        raise LoceditError("--source and --target must not be empty")
-    options = apply_option_flags(args, _table(), {entry.name: entry.Options()}, f"--method {entry.name}")[entry.name]
-    if args.mask and args.blend_words:
-        raise LoceditError("give --mask or --blend-words, not both")
-    if entry.needs_mask and not (args.mask or args.blend_words):
-        raise LoceditError(f"--method {entry.name} needs --mask or --blend-words (the region to regenerate)")
-    for prompt, word, flag in ((args.source, (args.blend_words or ["", ""])[0], "--source"),
-                               (args.target, (args.blend_words or ["", ""])[1], "--target")):
-        if args.blend_words and not _has_words(prompt, word):
-            raise LoceditError(f"--blend-words: {word!r} is not a word of {flag} {prompt!r}")
-    check_output(args.out)
-    height, width = header_size(args.image, "image", **limits(args))
-    if args.mask:
-        h, w = header_size(args.mask, "mask", **limits(args))
-        if (h, w) != (height, width):
-            raise LoceditError(f"mask {args.mask!r} is {w}x{h} but the image is {width}x{height}")
-    return _run(args, entry, options)
-
-
-def _has_words(prompt: str, word: str) -> bool:
-    """``word`` (one or more words) occurs in ``prompt``, case and punctuation aside (the tokenizer's
-    positions are found after the load)."""
-    import re
-
-    def split(text):
-        return re.findall(r"[\w'-]+", text.lower())
-
-    words, parts = split(prompt), split(word)
-    return bool(parts) and any(words[i:i + len(parts)] == parts for i in range(len(words) - len(parts) + 1))
-
-
-def _run(args, entry, options) -> dict:
-    import dataclasses
-
-    import torch
-
-    from ..diffusion import load_model
-    from ..diffusion.flow_model import FlowBundle
-    from ..errors import LoceditError
-    from ..fileio import OutputSet, check_user_mask, load_image, load_mask
-    from ..imaging import Fit
+    from .. import api
+    from ..fileio import MAX_BYTES, MAX_PIXELS, OutputSet, check_output
+    from ..spec import FlowSpec
     from .common import limits, progress, quiet_libraries
 
-    image = load_image(args.image, **limits(args))
-    mask = load_mask(args.mask, **limits(args)) if args.mask else None
-    if mask is not None:
-        check_user_mask(mask, args.mask, *image.shape[-2:])
-    quiet_libraries(args.verbose)
-    bundle = load_model(args.model, args.device, args.dtype, offload_text=args.offload_text, quantize=args.quantize)
-    if not isinstance(bundle, FlowBundle):
-        raise LoceditError(f"{entry.name} runs on FLUX and SD3 models; {args.model!r} is a {bundle.family} UNet model "
-                           "(its editors are 'locedit edit --method ...')")
-    if bundle.family not in entry.families:
-        raise LoceditError(f"{entry.name} runs on {', '.join(entry.families)} models; {args.model!r} is "
-                           f"a {bundle.family} model")
-    resolved = entry.resolve(options, bundle.family)
-    fit = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, args.fit)
-    z = bundle.encode_image(fit.to_model(image))
-    latent_mask = None
-    if mask is not None:
-        latent_mask = entry.latent_mask(fit.to_model(mask, binary=True), *z.shape[-2:])
-    elif args.blend_words:
-        from ..flow.maps import blend_words_mask
-
-        latent_mask = blend_words_mask(bundle, z, [(args.source, args.blend_words[0]),
-                                                   (args.target, args.blend_words[1])], seed=args.seed)
-    with torch.no_grad():
-        edited = fit.from_model(bundle.decode_latents(entry.run(bundle, z, args.source, args.target, resolved,
-                                                                args.seed, progress(args), latent_mask)).cpu())
-    meta = {"method": entry.name, "model": args.model, "source": args.source, "target": args.target,
-            "options": dataclasses.asdict(resolved), "seed": args.seed, "fit": fit.mode}
-    if args.mask:
-        meta["mask"] = args.mask
-    if args.blend_words:
-        meta["blend_words"] = list(args.blend_words)
-    if args.quantize:
-        meta["quantize"] = args.quantize
+    entry = _editors()[args.method]
+    options = apply_option_flags(args, _table(), {entry.name: entry.Options()}, f"--method {entry.name}")[entry.name]
+    lim = limits(args)
+    spec = FlowSpec(args.image, args.source, args.target, args.model, method=entry.name, options=options,
+                    mask=args.mask, blend_words=tuple(args.blend_words) if args.blend_words else None,
+                    device=args.device, dtype=args.dtype, quantize=args.quantize, offload_text=args.offload_text,
+                    seed=args.seed, fit=args.fit,
+                    max_pixels=None if lim["max_pixels"] == MAX_PIXELS else lim["max_pixels"],
+                    max_bytes=None if lim["max_bytes"] == MAX_BYTES else lim["max_bytes"])
+    api.check_flow(spec)
+    check_output(args.out)
+    result = api.flow_edit(spec, progress=progress(args), before_load=lambda: quiet_libraries(args.verbose))
     out = OutputSet()
-    out.add(edited, args.out, meta)
+    out.add(result.edited, args.out, result.meta)
     out.commit()
-    return {"out": args.out, "model_calls": bundle.unet_calls}
+    return {"out": args.out, "model_calls": result.model_calls}

@@ -85,17 +85,26 @@ def option_fields(kind: str, name: str):
     from ..options import flag_fields
 
     if kind == "method":
-        cls = METHODS[name].Options if name in METHODS else INSTRUCT_METHODS[name].Options
+        from ..flow import FLOW_EDITORS
+
+        registry = METHODS if name in METHODS else FLOW_EDITORS if name in FLOW_EDITORS else INSTRUCT_METHODS
+        cls = registry[name].Options
     else:
         cls = INVERSIONS[name].Options
     return list(flag_fields(cls))
 
 
-def method_names(config: AppConfig) -> list[str]:
-    """The editing methods, then the instruction methods when an instruct model is configured."""
+def method_names(config: AppConfig, bundle=None) -> list[str]:
+    """The editing methods, then the instruction methods when an instruct model is configured; on a
+    flow model (FLUX, SD3) the flow editors that run on its family instead."""
     from ..instruct import INSTRUCT_METHODS
     from ..methods import METHODS
 
+    family = getattr(bundle, "family", "sd")
+    if family in ("flux", "sd3"):
+        from ..flow import FLOW_EDITORS
+
+        return [name for name, e in FLOW_EDITORS.items() if family in e.families]
     return list(METHODS) + (list(INSTRUCT_METHODS) if config.instruct_model else [])
 
 
@@ -162,6 +171,10 @@ class Session:
         preset = inputs.preset if inputs.preset in ("paper", "official") else None
         if inputs.method in INSTRUCT_METHODS:
             return self.instruct_spec(inputs, files, preset)
+        from ..flow import FLOW_EDITORS
+
+        if inputs.method in FLOW_EDITORS:
+            return self.flow_spec(inputs, files)
         m = METHODS[inputs.method]
         options = options_from_texts(m.Options, preset, _texts("method", inputs.method, inputs.options))
         takes = m.takes_inversion(options)  # Blended Latent Diffusion decides by its noise option
@@ -184,6 +197,31 @@ class Session:
             model=self.config.model, device=self.config.device, dtype=self.config.dtype, steps=int(inputs.steps),
             guidance=float(inputs.guidance), seed=int(inputs.seed),
             attention_words=tuple(inputs.attention_words.split()) or None)
+
+    def flow_spec(self, inputs: EditInputs, files: dict):
+        """The :class:`~locedit.spec.FlowSpec` of ``inputs`` for a flow editor: its options from the
+        page, the mask layers' union as the mask (written as "MASK.png"), the blend words; the page's
+        inversion, steps, guidance and preset are the UNet methods' (each editor has its own steps)."""
+        from ..errors import LoceditError
+        from ..flow import FLOW_EDITORS
+        from ..options import options_from_texts
+        from ..spec import FlowSpec
+
+        for flag, value in (("boxes", inputs.boxes), ("region words", inputs.region_words),
+                            ("attribute words", inputs.attribute_words), ("attention words", inputs.attention_words)):
+            if value.strip():
+                raise LoceditError(f"{flag} are not used by --method {inputs.method}")
+        blend = inputs.blend_words.split()
+        if blend and len(blend) != 2:
+            raise LoceditError("blend words: give two, SOURCE_WORD TARGET_WORD")
+        layers = [k for k in files if k.startswith("MASK")]
+        if layers:
+            files["MASK.png"] = np.logical_or.reduce([np.asarray(files.pop(k)) for k in layers])
+        options = options_from_texts(FLOW_EDITORS[inputs.method].Options, None,
+                                     _texts("method", inputs.method, inputs.options))
+        return FlowSpec("IMAGE.png", inputs.source, inputs.target, self.config.model, method=inputs.method,
+                        options=options, mask="MASK.png" if layers else None, blend_words=tuple(blend) or None,
+                        device=self.config.device, dtype=self.config.dtype, seed=int(inputs.seed))
 
     def command(self, inputs: EditInputs, files: dict) -> list[str]:
         """The command-line words of :meth:`spec` (``edit IMAGE.png ...`` or ``instruct IMAGE.png ...``)."""
@@ -239,6 +277,17 @@ class Session:
                 raise LoceditError("a mask layer does not match the image's size")
             files[f"MASK{k}.png"] = m
         spec = self.spec(inputs, files)
+        from ..spec import FlowSpec
+
+        if isinstance(spec, FlowSpec):
+            import time
+
+            t0 = time.perf_counter()
+            with self.lock:
+                result = api.flow_edit(spec, files=files, bundle=self.bundle, progress=progress)
+            return EditOutput(_uint8(result.panel()), _uint8(result.edited), None, spec.command(),
+                              self.download(result), {**result.meta, "model_calls": result.model_calls,
+                                                      "edit_seconds": time.perf_counter() - t0})
         with self.lock:
             if instruct:
                 result = api.instruct(spec, files=files, bundle=self.instruct(), progress=progress)

@@ -201,7 +201,7 @@ def build(session: Session):
     from ..inversion import INVERSIONS
     from ..methods import METHODS
 
-    methods, inversions = method_names(session.config), list(INVERSIONS)
+    methods, inversions = method_names(session.config, session.bundle), list(INVERSIONS)
 
     with gr.Blocks(title="locedit") as demo:
         cache = gr.State(None)
@@ -232,7 +232,10 @@ def build(session: Session):
                     attention_words = gr.Textbox(label="show the attention maps of these target words")
                 option_keys, option_boxes, panels = _option_panels(gr, methods, inversions)
                 with gr.Row():
-                    compare_methods = gr.CheckboxGroup(list(METHODS), value=["p2p", "masactrl"], label="compare methods")
+                    flow = "p2p" not in methods  # a FLUX or SD3 model: its flow editors are the methods
+                    comparable = methods if flow else list(METHODS)
+                    compare_methods = gr.CheckboxGroup(comparable, value=comparable[:2] if flow else ["p2p", "masactrl"],
+                                                       label="compare methods")
                     compare = gr.Button("Compare on the same inversion", elem_id="compare")
             with gr.Column(scale=1):  # the edit asked for, the button, its status right under it, the results
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
@@ -241,7 +244,8 @@ def build(session: Session):
                                                "green'; they take no prompts)", elem_id="instruction",
                                          visible=len(methods) > len(METHODS))
                 with gr.Row():
-                    method = gr.Dropdown(methods, value="p2p", label="method", elem_id="method")
+                    method = gr.Dropdown(methods, value="p2p" if "p2p" in methods else methods[0], label="method",
+                                         elem_id="method")
                     inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
                     preset = gr.Radio(list(PRESETS), value="default", label="preset")
                 run = gr.Button("Edit", variant="primary", elem_id="run")
