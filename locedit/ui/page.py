@@ -193,6 +193,20 @@ def _edit_handlers(session: Session, gr, inputs_of):
     return on_edit, on_compare
 
 
+def _compare_row(gr, methods: list[str]):
+    """The methods to compare and the button: the UNet methods, or on a FLUX or SD3 model its flow
+    editors (``methods`` has no p2p there)."""
+    from ..methods import METHODS
+
+    flow = "p2p" not in methods
+    comparable = methods if flow else list(METHODS)
+    with gr.Row():
+        chosen = gr.CheckboxGroup(comparable, value=comparable[:2] if flow else ["p2p", "masactrl"],
+                                  label="compare methods")
+        button = gr.Button("Compare on the same inversion", elem_id="compare")
+    return chosen, button
+
+
 def build(session: Session):
     """The page: the image, its masks and the settings on the left; the prompts, the Edit button with its
     status right under it, and the results on the right, wired to the session."""
@@ -231,12 +245,7 @@ def build(session: Session):
                     blend_words = gr.Textbox(label="P2P local blend words: SOURCE_WORD TARGET_WORD")
                     attention_words = gr.Textbox(label="show the attention maps of these target words")
                 option_keys, option_boxes, panels = _option_panels(gr, methods, inversions)
-                with gr.Row():
-                    flow = "p2p" not in methods  # a FLUX or SD3 model: its flow editors are the methods
-                    comparable = methods if flow else list(METHODS)
-                    compare_methods = gr.CheckboxGroup(comparable, value=comparable[:2] if flow else ["p2p", "masactrl"],
-                                                       label="compare methods")
-                    compare = gr.Button("Compare on the same inversion", elem_id="compare")
+                compare_methods, compare = _compare_row(gr, methods)
             with gr.Column(scale=1):  # the edit asked for, the button, its status right under it, the results
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the edit)", elem_id="target")
