@@ -186,6 +186,9 @@ def test_torchvision_stand_in_rounds_and_resizes_as_torchvision(tmp_path):
     finally:
         sys.path.remove(str(PEERS / "shims"))
     assert "standin" in sys.modules["torchvision"].__version__
+    from packaging.version import Version
+
+    assert Version(sys.modules["torchvision"].__version__) < Version("0.1")  # torchmetrics compares it
     img = Image.fromarray(np.array([[0, 255], [51, 102]], np.uint8))
     torch.testing.assert_close(transforms.ToTensor()(img), torch.tensor([[[0.0, 1.0], [0.2, 0.4]]]))
     # an int size is the smaller edge; half is resized in float and cast back
@@ -340,3 +343,24 @@ def test_flux_peers_locedit_side_runs_each_editor_on_the_shared_inputs(tmp_path)
     m = latent_mask(torch.from_numpy(np.load(base["inputs"])["mask"]), 16, 16).numpy()
     outside = np.broadcast_to(m == 0, x.shape)
     assert np.array_equal(z[outside], x[outside]) and np.abs(z - x).max() > 1e-3
+
+
+def test_pnp_metrics_run_length_codes_decode_back_and_the_locedit_side_has_every_metric(tmp_path):
+    """bench/peers/pnp_metrics.py's pieces that need no checkout: its run-length code decodes back
+    through locedit's decode_pie_mask (the border set, as the reference does), and the locedit side
+    gives the whole-image metrics always and the part metrics where the part is not empty."""
+    import pnp_metrics
+
+    from locedit.bench import decode_pie_mask
+
+    m = np.zeros((pnp_metrics.SIZE, pnp_metrics.SIZE), np.uint8)
+    m[100:200, 50:300] = 1
+    m[400, 10:20] = 1
+    back = decode_pie_mask(pnp_metrics.rle(m), pnp_metrics.SIZE)
+    inner = (slice(1, -1), slice(1, -1))
+    assert np.array_equal(back[inner], m[inner]) and back[0].all() and back[:, -1].all()
+    items = pnp_metrics.make_items(tmp_path, 2)
+    rows = pnp_metrics.locedit_side(items)
+    assert set(rows[0]) == {"mask", *pnp_metrics.METRICS}
+    # the empty mask decodes to its border alone (as the reference's): both parts stay non-empty
+    assert rows[1]["mask"].sum() == 4 * pnp_metrics.SIZE - 4 and set(rows[1]) == set(rows[0])

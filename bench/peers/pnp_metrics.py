@@ -4,9 +4,10 @@
 
 PnPInversion's ``evaluation/evaluate.py`` (``mask_decode``, ``calculate_metric``) and
 ``evaluation/matrics_calculator.py`` (``MetricsCalculator``) run in their own environment (torch
-2.13.0, ``torchmetrics==1.2.0`` - unpinned upstream: the release of the code's time - with its
-``lightning-utilities==0.9.0``, numpy, Pillow; the torchvision stand-in of ``bench/peers/shims``,
-since the module imports ``torchvision.transforms`` for its DINO part only) on the same images and
+2.13.0, ``torchmetrics==1.2.0`` - unpinned upstream: the release of the code's time -,
+``lightning-utilities==0.11.9``, ``transformers==4.34.0`` for CLIPScore's import, numpy, Pillow; the
+torchvision stand-in of ``bench/peers/shims``, since the module imports ``torchvision.transforms``
+for its DINO part only) on the same images and
 run-length masks as locedit's ``decode_pie_mask`` and ``locedit.metrics`` (the bench's ``psnr``,
 ``mse``, ``ssim`` without a mask, ``bg_*`` with it): every pixel metric of PIE-Bench's table, whole
 image, unedited part and edited part, plus the decoded masks. The calculator is built without its
@@ -29,7 +30,10 @@ from common import DEFAULT_WORK, DRIVERS, SHIMS, Peer, PeerError, build_env, che
 PEER = Peer(name="pnp-metrics", repository="https://github.com/cure-lab/PnPInversion (evaluation/)",
             requirements=("torchmetrics==1.2.0", "numpy", "Pillow"),
             adjustments=(("lightning-utilities==0.11.9", "torchmetrics 1.2.0 takes >= 0.8; 0.9.0 (its time) imports "
-                                                         "pkg_resources, which the setuptools torch 2.13 needs no longer ships"),),
+                                                         "pkg_resources, which the setuptools torch 2.13 needs no longer ships"),
+                         ("transformers==4.34.0", "torchmetrics defines CLIPScore, which the module imports, only with "
+                                                  "transformers installed (the release of the code's time; the class "
+                                                  "is imported, never built)")),
             patches=lambda size, device, steps: [], methods=("pixel",), shims=("torchvision",))
 METRICS = ("psnr", "mse", "ssim", "psnr_unedit_part", "mse_unedit_part", "ssim_unedit_part", "psnr_edit_part",
            "mse_edit_part", "ssim_edit_part")
@@ -81,7 +85,7 @@ def locedit_side(items: list[dict]) -> dict:
 
     out = []
     for it in items:
-        a, b = (torch.from_numpy(np.asarray(Image.open(it[k]).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        a, b = (torch.from_numpy(np.array(Image.open(it[k]).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
                 for k in ("src", "tgt"))
         m = decode_pie_mask(it["rle"], SIZE)
         mask = torch.from_numpy(m.astype(np.float32))[None, None]

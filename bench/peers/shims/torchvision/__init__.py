@@ -5,4 +5,4 @@ libraries (``libc10_cuda.so``), so ``import torchvision`` fails against the CPU 
 is on the registries this project can reach. Each function reproduces torchvision's arithmetic for
 the inputs those repositories pass (docs/peers.md lists this adjustment)."""
 
-__version__ = "0.0-locedit-standin"
+__version__ = "0.0.0+locedit.standin"  # PEP 440 (torchmetrics compares it): below every release
