@@ -48,6 +48,7 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
     """(what, argv) for each case."""
     img, mask, d = f["img"], f["mask"], f["dir"]
     edit = ["edit", img, "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]
+    flow = ["flow", img, "--source", SRC, "--target", TGT, "--model", f"{d}/no-such-flux", "--out", f"{d}/o.png"]
     return [
         ("missing image", ["edit", f"{d}/nope.png", "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]),
         ("not an image", ["edit", f"{d}/notes.txt", "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]),
@@ -112,6 +113,12 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
         ("bench: unknown ShapesEdit kind", ["bench", "--dataset", "shapes:kinds=zebra", "--methods", "p2p",
                                             "--out-dir", f"{d}/bench"]),
         ("bench: unknown method", ["bench", "--dataset", "shapes:n=2", "--methods", "foo", "--out-dir", f"{d}/bench"]),
+        # the flow editors (locedit flow): refused from the flags and files, torch not imported
+        ("flow: kv-edit without a mask", flow + ["--method", "kv-edit"]),
+        ("flow: an option of another editor", flow + ["--inject", "3"]),
+        ("flow: --mask and --blend-words", flow + ["--mask", mask, "--blend-words", "circle", "circle"]),
+        ("flow: blend word not in the prompt", flow + ["--blend-words", "diamond", "circle"]),
+        ("flow: mask of another size", flow + ["--mask", f"{d}/small-mask.png"]),
     ]
 
 
