@@ -493,3 +493,15 @@ def test_a_flow_spec_runs_in_the_library_and_its_command_reproduces_it(saved):
         api.check_flow(spec.replace(method="p2p"))
     with pytest.raises(LoceditError, match="takes KVEditOptions"):
         api.check_flow(spec.replace(options=RFSolverEditOptions()))
+
+
+def test_a_flow_folder_names_the_side_it_was_trained_at(tmp_path):
+    """locedit's own training output (training.json's image_size, as shapes-flow's) sets the side images
+    are fitted to; any other folder keeps the pipeline's default."""
+    from locedit.diffusion import load_model
+
+    tiny_flux(0).save_pretrained(tmp_path / "m", safe_serialization=True)
+    default = load_model(str(tmp_path / "m"), "cpu", "fp32").image_size
+    assert default == 128 * 2  # FluxPipeline's default_sample_size x the tiny VAE's factor
+    (tmp_path / "m" / "training.json").write_text(json.dumps({"image_size": 32}))
+    assert load_model(str(tmp_path / "m"), "cpu", "fp32").image_size == 32

@@ -80,3 +80,6 @@ def test_flow_trains_resumes_exactly_and_loads_in_fluxpipeline(tmp_path):
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
     meta = json.loads((folder / "training.json").read_text())
     assert meta["diffusion"]["train.json"]["steps"] == 3
+    from locedit.diffusion import load_model
+
+    assert meta["image_size"] == 64 and load_model(str(folder), "cpu", "fp32").image_size == 64  # not 1024

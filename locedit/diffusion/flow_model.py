@@ -45,6 +45,7 @@ class FlowBundle:
     unet_calls: int = 0  # transformer calls (the name the UNet bundles' counters share)
     offload_text: bool = False  # text encoders moved to the CPU after encoding
     max_sequence_length: int | None = None  # T5's padded length (None: the pipeline's default, 512 / 256)
+    native_size: int | None = None  # the side the model was trained at, when its folder says (locedit's training.json)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -69,7 +70,11 @@ class FlowBundle:
 
     @property
     def image_size(self) -> int:
-        """The pipeline's default side (``default_sample_size * vae_scale_factor``)."""
+        """The side images are fitted to: the trained side the folder names (``training.json``'s
+        ``image_size``, as locedit's shapes-flow does), else the pipeline's default
+        (``default_sample_size * vae_scale_factor``: 1024 for FLUX.1 and SD3)."""
+        if self.native_size:
+            return int(self.native_size)
         return int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
 
     @property

@@ -250,7 +250,11 @@ def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae
     for part in (pipe.transformer, pipe.vae, *([] if offload_text else encoders)):
         if part is not None:
             part.to(dev)
-    return FlowBundle(pipe, family_of(index), name=model, offload_text=offload_text)
+    native = None
+    if (folder / "training.json").is_file():  # locedit's own training output names its trained side
+        size = read_json(folder / "training.json", folder).get("image_size")
+        native = int(size) if isinstance(size, int) and size > 0 else None
+    return FlowBundle(pipe, family_of(index), name=model, offload_text=offload_text, native_size=native)
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "

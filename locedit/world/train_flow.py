@@ -389,7 +389,8 @@ def assemble_flow(src: Path, vae_path: Path, folder: Path) -> None:
              "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
              "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    meta = {"vae": provenance(Path(vae_path)), "diffusion": provenance(Path(src))}
+    # image_size: the side it was trained at, which locedit's loader reads (FluxPipeline's own default is 1024)
+    meta = {"image_size": IMAGE_SIZE, "vae": provenance(Path(vae_path)), "diffusion": provenance(Path(src))}
     (folder / "training.json").write_text(json.dumps(meta, indent=2))
     progress = read_json(Path(src) / "progress.json")
     print(f"wrote {folder} (step {progress.get('step', '?')})", file=sys.stderr)
