@@ -73,16 +73,11 @@ class EditSpec:
                             ("preset", self.preset), ("inversion", self.inversion), ("mask-from", self.mask_from)):
             if value is not None:
                 out += [f"--{flag}", str(value)]
-        for flag, value, default in (("device", self.device, "auto"), ("dtype", self.dtype, "fp32"),
-                                     ("steps", self.steps, 50), ("guidance", self.guidance, 7.5),
-                                     ("seed", self.seed, 0), ("fit", self.fit, "pad"),
-                                     ("proximal", self.proximal, None),
-                                     ("inversion-guidance", self.inversion_guidance, None),
-                                     ("max-image-pixels", self.max_pixels, None), ("mask-rule", self.mask_rule, "half")):
-            if value != default:
-                out += [f"--{flag}", str(value)]
-        if self.max_bytes is not None:
-            out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
+        out += _changed((("device", self.device, "auto"), ("dtype", self.dtype, "fp32"), ("steps", self.steps, 50),
+                         ("guidance", self.guidance, 7.5), ("seed", self.seed, 0), ("fit", self.fit, "pad"),
+                         ("proximal", self.proximal, None), ("inversion-guidance", self.inversion_guidance, None),
+                         ("max-image-pixels", self.max_pixels, None), ("mask-rule", self.mask_rule, "half")))
+        out += _max_bytes(self.max_bytes)
         for flag, values in (("mask", self.masks), ("box", self.boxes), ("region", self.regions),
                              ("attribute", self.attributes), ("bind", self.binds)):
             for v in values:
@@ -98,6 +93,15 @@ class EditSpec:
         out += option_argv(self.options, self.preset)
         out += option_argv(self.inversion_options, self.preset)
         return out
+
+
+def _changed(triples) -> list[str]:
+    """``--flag value`` for each (flag, value, default) whose value is not the default."""
+    return [w for flag, value, default in triples if value != default for w in (f"--{flag}", str(value))]
+
+
+def _max_bytes(max_bytes: int | None) -> list[str]:
+    return [] if max_bytes is None else ["--max-image-mb", repr(max_bytes / 2**20)]
 
 
 def option_argv(options, preset_name: str | None) -> list[str]:
@@ -165,16 +169,11 @@ class InstructSpec:
 
     def argv(self, image_name: str | None = None) -> list[str]:
         out = [str(image_name if image_name is not None else self.image), "--instruction", self.instruction]
-        for flag, value, default in (("method", self.method, "lime"), ("preset", self.preset, None),
-                                     ("mask", self.mask, None), ("model", self.model, DEFAULT_INSTRUCT_MODEL),
-                                     ("vae", self.vae, None), ("device", self.device, "auto"),
-                                     ("dtype", self.dtype, "fp32"), ("steps", self.steps, 100), ("seed", self.seed, 0),
-                                     ("fit", self.fit, "pad"), ("max-image-pixels", self.max_pixels, None)):
-            if value != default:
-                out += [f"--{flag}", str(value)]
-        if self.max_bytes is not None:
-            out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
-        return out + option_argv(self.options, self.preset)
+        out += _changed((("method", self.method, "lime"), ("preset", self.preset, None), ("mask", self.mask, None),
+                         ("model", self.model, DEFAULT_INSTRUCT_MODEL), ("vae", self.vae, None),
+                         ("device", self.device, "auto"), ("dtype", self.dtype, "fp32"), ("steps", self.steps, 100),
+                         ("seed", self.seed, 0), ("fit", self.fit, "pad"), ("max-image-pixels", self.max_pixels, None)))
+        return out + _max_bytes(self.max_bytes) + option_argv(self.options, self.preset)
 
 
 @dataclass(frozen=True)
@@ -209,13 +208,10 @@ class FlowSpec:
     def argv(self, image_name: str | None = None) -> list[str]:
         out = [str(image_name if image_name is not None else self.image), "--method", self.method,
                "--source", self.source, "--target", self.target, "--model", self.model]
-        for flag, value, default in (("device", self.device, "auto"), ("dtype", self.dtype, "fp32"),
-                                     ("seed", self.seed, 0), ("fit", self.fit, "pad"), ("mask", self.mask, None),
-                                     ("quantize", self.quantize, None), ("max-image-pixels", self.max_pixels, None)):
-            if value != default:
-                out += [f"--{flag}", str(value)]
-        if self.max_bytes is not None:
-            out += ["--max-image-mb", repr(self.max_bytes / 2**20)]
+        out += _changed((("device", self.device, "auto"), ("dtype", self.dtype, "fp32"), ("seed", self.seed, 0),
+                         ("fit", self.fit, "pad"), ("mask", self.mask, None), ("quantize", self.quantize, None),
+                         ("max-image-pixels", self.max_pixels, None)))
+        out += _max_bytes(self.max_bytes)
         if self.blend_words:
             out += ["--blend-words", *self.blend_words]
         if self.offload_text:

@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_WORK, DRIVERS, HERE, Patch, Peer, PeerError, build_env, checkout_commit,  # noqa: E402
                     compare, prepare_checkout, run_process, summarise)
-from run import MALLOC, _calls, table  # noqa: E402
+import run as peers_run  # noqa: E402
+from run import MALLOC, _calls, checked_run, shared_options, table  # noqa: E402
 
 SHIMS = HERE / "flux_shims"
 SOURCE, TARGET = "a red circle and a blue square on a gray background", \
@@ -313,37 +314,14 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["table"]:
-        if len(argv) != 2 or not Path(argv[1]).is_file():
-            print("usage: flux_run.py table FIGURES.json", file=sys.stderr)
-            return 2
-        print(table(json.loads(Path(argv[1]).read_text())))
-        return 0
+    if argv[:1] == ["table"]:  # a saved --json file, re-printed as run.py prints its own
+        return peers_run.main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("peer", choices=sorted(PEERS))
     p.add_argument("--checkout", required=True, help="your clone of the official repository")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="environment, adapted copies, model, runs (under flux/)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels for the random VAE (x2: latent; "
-                                                        "default 32: a 16x16 latent, 64 tokens)")
-    p.add_argument("--steps", type=int, default=6, help="schedule steps (default 6)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
-    p.add_argument("--malloc", default="live", choices=sorted(MALLOC))
-    p.add_argument("--methods", default="", help="comma-separated subset of the peer's methods")
-    p.add_argument("--json", default="", help="write the figures here")
-    args = p.parse_args(argv)
-    if args.size % 16 or not 16 <= args.size <= 512 or not 2 <= args.steps <= 100 or args.repeats < 1:
-        p.error("--size must be a multiple of 16 in 16..512, --steps in 2..100, --repeats >= 1")
-    try:
-        result = run(args)
-    except PeerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    shared_options(p, size=32, steps=6, steps_help="the editors' own defaults are 8-50", repeats=3, size_step=16)
+    return checked_run(p, argv, run, table, sizes=(16, 16, 512), min_steps=2)
 
 
 if __name__ == "__main__":

@@ -218,9 +218,11 @@ def main(argv=None) -> int:
     return checked_run(p, argv, run, table)
 
 
-def shared_options(p: argparse.ArgumentParser, size: int, steps: int, steps_help: str, repeats: int) -> None:
-    """The options run.py and efficiency.py share (after each one's own)."""
-    p.add_argument("--size", type=int, default=size, help=f"image size in pixels, a multiple of 64 (default {size})")
+def shared_options(p: argparse.ArgumentParser, size: int, steps: int, steps_help: str, repeats: int,
+                   size_step: int = 64) -> None:
+    """The options run.py, efficiency.py and flux_run.py share (after each one's own)."""
+    p.add_argument("--size", type=int, default=size,
+                   help=f"image size in pixels, a multiple of {size_step} (default {size})")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps}; {steps_help})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=repeats)
@@ -232,14 +234,16 @@ def shared_options(p: argparse.ArgumentParser, size: int, steps: int, steps_help
     p.add_argument("--json", default="", help="write the figures here")
 
 
-def checked_run(p: argparse.ArgumentParser, argv, work, table) -> int:
-    """Parse, check the shared options, run ``work(args)`` and print ``table(result)``; exit 2 with
-    one line on a :class:`PeerError`."""
+def checked_run(p: argparse.ArgumentParser, argv, work, table, sizes: tuple[int, int, int] = (64, 64, 1024),
+                min_steps: int = 1) -> int:
+    """Parse, check the shared options (``sizes``: the size's step, least and largest), run
+    ``work(args)`` and print ``table(result)``; exit 2 with one line on a :class:`PeerError`."""
     args = p.parse_args(argv)
-    if args.size % 64 or not 64 <= args.size <= 1024:
-        p.error("--size must be a multiple of 64 between 64 and 1024")
-    if not 1 <= args.steps <= 999 or args.repeats < 1:
-        p.error("--steps must be in 1..999 and --repeats >= 1")
+    step, least, largest = sizes
+    if args.size % step or not least <= args.size <= largest:
+        p.error(f"--size must be a multiple of {step} between {least} and {largest}")
+    if not min_steps <= args.steps <= 999 or args.repeats < 1:
+        p.error(f"--steps must be in {min_steps}..999 and --repeats >= 1")
     try:
         result = work(args)
     except PeerError as exc:

@@ -22,6 +22,8 @@ def _table():
 
 
 def register(sub) -> None:
+    from ..diffusion.quantize import MODES as QUANTIZE_MODES
+
     editors = _editors()
     lines = "\n".join(f"  {name:15s} {e.summary} [{', '.join(e.families)}]" for name, e in editors.items())
     f = sub.add_parser(
@@ -53,7 +55,7 @@ def register(sub) -> None:
     f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     f.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision")
     f.add_argument("--fit", default="pad", choices=["pad", "resize"], help="how a non-square image is fitted")
-    f.add_argument("--quantize", choices=["int8"], help="quantise the transformer's weights (torchao int8 weight-only: "
+    f.add_argument("--quantize", choices=list(QUANTIZE_MODES), help="quantise the transformer's weights (torchao int8 weight-only: "
                                                          "FLUX.1-dev in 11 GiB instead of 22; needs locedit[quant])")
     f.add_argument("--offload-text", action="store_true",
                    help="keep the text encoders on the CPU between encodings (T5-XXL: 9 GiB off the accelerator)")

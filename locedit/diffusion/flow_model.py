@@ -135,14 +135,14 @@ class FlowBundle:
         """v (B, C, h, w) at ``sigma`` for latents ``z`` (B, C, h, w) and ``text`` with B rows (or one,
         broadcast); ``guidance``: FLUX's distilled scale when the transformer embeds it."""
         b, _, h, w = z.shape
+        if self.family == "flux":
+            ids = flow.image_ids(h // 2, w // 2).to(z.device, z.dtype)
+            return flow.unpack(self.velocity_tokens(flow.pack(z), ids, sigma, text, guidance), h, w)
         t = torch.full((b,), float(sigma) * self.scheduler_config.get("num_train_timesteps", 1000),
                        device=z.device, dtype=z.dtype)
         states, pooled = text.states, text.pooled
         if states.shape[0] != b:
             states, pooled = states.expand(b, -1, -1), pooled.expand(b, -1)
-        if self.family == "flux":
-            ids = flow.image_ids(h // 2, w // 2).to(z.device, z.dtype)
-            return flow.unpack(self.velocity_tokens(flow.pack(z), ids, sigma, text, guidance), h, w)
         self.unet_calls += 1
         return self.transformer(hidden_states=z, timestep=t, encoder_hidden_states=states, pooled_projections=pooled,
                                 return_dict=False)[0]

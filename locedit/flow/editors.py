@@ -10,6 +10,7 @@ torch loads): each ``run`` imports its editor's module.
 
 from __future__ import annotations
 
+import importlib
 from typing import ClassVar
 
 from ..registry import Entry
@@ -18,9 +19,16 @@ from .options import (FIREFLOW, FLOWEDIT_PAPER, KVEDIT_PAPER, RFINVERSION_PAPER,
                       UniEditOptions)
 
 
+def _load(ref: str):
+    """``"module:name"`` under :mod:`locedit.flow`, imported on first use (the registry stays torch-free)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 class FlowEditor(Entry):
     families: ClassVar[tuple[str, ...]] = ("flux",)
     needs_mask: ClassVar[bool] = False  # the editor is defined by a mask (KV-Edit)
+    function: ClassVar[str] = ""  # "module:name" of the editor's function, called by run
 
     @staticmethod
     def latent_mask(mask, h: int, w: int):
@@ -35,9 +43,11 @@ class FlowEditor(Entry):
         """The options as run on ``family`` (FlowEdit fills its per-family defaults)."""
         return options
 
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        raise NotImplementedError
+    @classmethod
+    def run(cls, bundle, x, source, target, options, seed=0, progress=None, mask=None):
+        """The edited latent: the editor's function on (bundle, x, source, target, options, seed,
+        progress, mask)."""
+        return _load(cls.function)(bundle, x, source, target, options, seed, progress, mask)
 
 
 class FlowEdit(FlowEditor):
@@ -46,16 +56,11 @@ class FlowEdit(FlowEditor):
     Options = FlowEditOptions
     papers = (FLOWEDIT_PAPER,)
     families = ("sd3", "flux")
+    function = "flowedit:flowedit"
 
     @staticmethod
     def resolve(options, family: str):
         return options.resolved(family)
-
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        from .flowedit import flowedit
-
-        return flowedit(bundle, x, source, target, options, seed, progress, mask)
 
 
 class RFSolverEdit(FlowEditor):
@@ -63,12 +68,7 @@ class RFSolverEdit(FlowEditor):
     summary = "RF-Solver-Edit: second-order inversion and sampling, values of the last single blocks shared"
     Options = RFSolverEditOptions
     papers = (RFSOLVER_PAPER,)
-
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        from .rfsolver_edit import rf_solver_edit
-
-        return rf_solver_edit(bundle, x, source, target, options, seed, progress, mask)
+    function = "rfsolver_edit:rf_solver_edit"
 
 
 class FireFlowEdit(RFSolverEdit):
@@ -85,18 +85,12 @@ class KVEdit(FlowEditor):
     Options = KVEditOptions
     papers = (KVEDIT_PAPER,)
     needs_mask = True
+    function = "kvedit:kv_edit"
 
     @staticmethod
     def latent_mask(mask, h: int, w: int):
-        from .kvedit import latent_mask
-
-        return latent_mask(mask, h, w)
-
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        from .kvedit import kv_edit
-
-        return kv_edit(bundle, x, source, target, options, seed, progress, mask)
+        """The code's rule (:func:`locedit.flow.kvedit.latent_mask`): bilinear, every value above 0."""
+        return _load("kvedit:latent_mask")(mask, h, w)
 
 
 class RFInversion(FlowEditor):
@@ -104,12 +98,7 @@ class RFInversion(FlowEditor):
     summary = "RF-Inversion: controlled forward ODE (gamma) to noise, controlled reverse ODE (eta) to the target"
     Options = RFInversionOptions
     papers = (RFINVERSION_PAPER,)
-
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        from .rf_inversion import rf_inversion_edit
-
-        return rf_inversion_edit(bundle, x, source, target, options, seed, progress, mask)
+    function = "rf_inversion:rf_inversion_edit"
 
 
 class UniEditFlow(FlowEditor):
@@ -117,12 +106,7 @@ class UniEditFlow(FlowEditor):
     summary = "UniEdit-Flow: delayed Uni-Inv, then velocity fusion guided by the target-source difference"
     Options = UniEditOptions
     papers = (UNIEDIT_PAPER,)
-
-    @staticmethod
-    def run(bundle, x, source, target, options, seed=0, progress=None, mask=None):
-        from .uniedit import uniedit_flow
-
-        return uniedit_flow(bundle, x, source, target, options, seed, progress, mask)
+    function = "uniedit:uniedit_flow"
 
 
 FLOW_EDITORS = {e.name: e for e in (FlowEdit, RFSolverEdit, FireFlowEdit, KVEdit, RFInversion, UniEditFlow)}

@@ -84,6 +84,11 @@ class RFSolverEditOptions:
             raise LoceditError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
 
 
+def _default(cls, name: str, value):
+    """``cls``'s field ``name`` (its flag and help) with another default: a subclass's reading."""
+    return field(default=value, metadata=cls.__dataclass_fields__[name].metadata)
+
+
 @dataclass(frozen=True)
 class FireFlowEditOptions(RFSolverEditOptions):
     """FireFlow's editing (Deng et al., ICML 2025; HolmesShuan/FireFlow ``src/edit.py`` with
@@ -94,16 +99,11 @@ class FireFlowEditOptions(RFSolverEditOptions):
     defaults (25 steps, inject 20, guidance 5, blocks 20-37, the rf_solver strategy) are
     RF-Solver-Edit's."""
 
-    steps: int = field(default=8, metadata={"flag": "steps", "type": int, "help": "inversion and sampling steps"})
-    inject: int = field(default=1, metadata={"flag": "inject", "type": int,
-                                             "help": "the first sampling steps that share the inversion's values"})
-    guidance: float = field(default=2.0, metadata={"flag": "guidance", "type": float,
-                                                   "help": "FLUX's distilled guidance of the target's sampling "
-                                                           "(the inversion runs at 1)"})
-    single_from: int = field(default=0, metadata={"flag": "single-from", "type": int,
-                                                  "help": "share the values of single-stream blocks from this index on"})
-    solver: str = field(default="fireflow", metadata={"flag": "solver", "choices": SOLVERS,
-                                                      "help": "the inversion's and sampling's solver"})
+    steps: int = _default(RFSolverEditOptions, "steps", 8)
+    inject: int = _default(RFSolverEditOptions, "inject", 1)
+    guidance: float = _default(RFSolverEditOptions, "guidance", 2.0)
+    single_from: int = _default(RFSolverEditOptions, "single_from", 0)
+    solver: str = _default(RFSolverEditOptions, "solver", "fireflow")
 
 
 @dataclass(frozen=True)
