@@ -4,6 +4,8 @@ and the flags built from options dataclasses (see :mod:`locedit.options`)."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 
 from ..errors import LoceditError
@@ -129,6 +131,27 @@ def quiet_libraries(verbose: bool = False) -> None:
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()
+    _import_torchao_quietly()
+
+
+def _import_torchao_quietly() -> None:
+    """torchao (installed by the ``quant`` extra) logs warnings when it is imported - its CUDA kernels
+    missing on a CPU machine, torch's deprecation of its Enum registrations - and diffusers imports it
+    on its first model class: import it here first with those loggers at ERROR, restored after."""
+    if "torchao" in sys.modules or importlib.util.find_spec("torchao") is None:
+        return
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        importlib.import_module("torchao")
+        importlib.import_module("diffusers.quantizers")  # its torchao quantizer warns at import (verbosity: ERROR)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def load_bundle(args):

@@ -27,12 +27,11 @@ def register(sub) -> None:
     editors = _editors()
     lines = "\n".join(f"  {name:15s} {e.summary} [{', '.join(e.families)}]" for name, e in editors.items())
     f = sub.add_parser(
-        "flow", aliases=["flowedit"], help="edit with a flow editor (FlowEdit, RF-Solver-Edit, FireFlow, KV-Edit) "
-                                           "on a FLUX or SD3 model",
+        "flow", aliases=["flowedit"], help="edit with a flow editor (" + ", ".join(editors) + ") on a FLUX or SD3 model",
         description="Edit an image with one of the flow-matching transformers' editors, on a FLUX.1 or Stable "
                     "Diffusion 3 diffusers model. Unset settings take the editor's defaults (the paper's, or its "
                     "authors' code's: docs/conformance.md). --mask keeps everything outside it on the source "
-                    "(locedit's addition for FlowEdit, RF-Solver-Edit and FireFlow; KV-Edit needs one); --blend-words "
+                    "(locedit's addition for every editor but KV-Edit, which needs one); --blend-words "
                     "makes that mask from the words' attention maps.\n\n"
                     "editors:\n" + lines,
         epilog="examples:\n"

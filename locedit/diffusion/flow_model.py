@@ -192,8 +192,13 @@ def check_family(bundle, families: tuple[str, ...], what: str) -> None:
     family = getattr(bundle, "family", "sd")
     if family not in families:
         kinds = "UNet models (SD 1.x, 2.x, SDXL)" if tuple(families) == UNET_FAMILIES else ", ".join(families)
-        raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} model, on which locedit "
-                           "generates (locedit.diffusion.flow_model.generate) but has no editor yet")
+        if family in UNET_FAMILIES:
+            raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} UNet model")
+        from ..flow.editors import FLOW_EDITORS
+
+        editors = "|".join(n for n, e in FLOW_EDITORS.items() if family in e.families)
+        raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} model: edit it with "
+                           f"'locedit flow --method {editors}'")
 
 
 def family_of(index: dict) -> str | None:
