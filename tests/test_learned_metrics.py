@@ -123,3 +123,21 @@ def test_missing_pretrained_models_fail_in_one_line(monkeypatch, tmp_path):
         with pytest.raises(LoceditError) as info:
             loader("someone/not-here")
         assert "\n" not in str(info.value) and "not-here" in str(info.value)
+
+
+def test_clip_input_is_clip_image_processors_from_8_bit_images():
+    # PIE-Bench's CLIP score (torchmetrics' CLIPScore) preprocesses 8-bit images with CLIPImageProcessor:
+    # PIL's bicubic on the short side, a centre crop, 1/255, CLIP's normalisation
+    import numpy as np
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from locedit.metrics.learned import _clip_pixels
+
+    x = torch.rand(2, 3, 48, 70, generator=torch.Generator().manual_seed(0))
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    eight_bit = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in x]
+    torch.testing.assert_close(_clip_pixels(x, 32), proc(images=eight_bit, return_tensors="pt").pixel_values,
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(_clip_pixels(x.transpose(2, 3), 32),
+                               proc(images=[a.transpose(1, 0, 2).copy() for a in eight_bit],
+                                    return_tensors="pt").pixel_values, rtol=0, atol=1e-6)

@@ -188,6 +188,12 @@ def test_learned_metrics_in_rows_with_stand_ins(model_dir, tmp_path):
     run_bench(open_dataset("shapes:n=1,seed=4"), ["p2p"], tmp_path, load_model(str(model_dir)), None, cfg)
     row = load_rows(tmp_path)[0]
     assert row["lpips_alex"] > 0
+    # every metric scores the saved 8-bit file, as PIE-Bench's evaluation reads its outputs
+    item = next(iter(open_dataset("shapes:n=1,seed=4")))
+    saved = torch.from_numpy(np.array(Image.open(tmp_path / row["output"]).convert("RGB"))).permute(2, 0, 1)[None]
+    saved = saved.float() / 255
+    a, b = pie_masked(item.image.float(), item.mask), pie_masked(saved, item.mask)
+    assert row["bg_psnr"] == float(psnr(a, b)[0]) and row["lpips_alex"] == float(lp(a, b)[0])
 
 
 def test_unknown_learned_metric_is_refused():

@@ -158,6 +158,12 @@ def append_row(path: Path, row: dict) -> None:
         os.close(fd)
 
 
+def as_saved(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as its 8-bit PNG (:func:`locedit.fileio.save_png`) reads back: clamped, rounded to
+    the nearest of 256 levels."""
+    return (image.float().clamp(0, 1) * 255).round() / 255
+
+
 def _save(image: torch.Tensor, path: Path, metadata: dict | None = None) -> str:
     """One image of the bench, atomically, with its metadata (the method, the item, the run's settings)."""
     from ..fileio import save_png
@@ -328,10 +334,11 @@ def run_bench(items: Iterable[EditItem], methods: list[str], out: str | Path, t2
             meta = {"id": item.id, "method": method, **run_settings(config, t2i, ip2p, dataset),
                     **{k: v for k, v in row.items() if k.endswith("prompt") or k == "instruction"}}
             row["output"] = os.path.relpath(_save(edited, out / "images" / method / f"{item.id}.png", meta), out)
-            row.update(item_metrics(item, edited))
+            saved = as_saved(edited)  # the metrics score the image file, as PIE-Bench's evaluation does
+            row.update(item_metrics(item, saved))
             row.update(extra)
             if config.learned is not None:
-                row.update(config.learned.compute(item, edited))
+                row.update(config.learned.compute(item, saved))
         else:
             row["error"] = error
         append_row(path, row)
