@@ -52,6 +52,14 @@ def test_lpips_tiny_stand_in_and_missing_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "lpips_squeeze.safetensors"))
     loaded = load_lpips("squeeze", tmp_path)
     torch.testing.assert_close(loaded(_imgs(0), _imgs(1)), ref(_imgs(0), _imgs(1)))
+    # from the published files' layouts: torchvision's checkpoint and the lpips package's heads
+    from locedit.metrics.learned import lpips_state_dict
+
+    backbone = {f"features.{k}": v for k, v in ref.net.state_dict().items()}
+    backbone["classifier.1.weight"] = torch.zeros(1000, 512, 1, 1)
+    heads = {k: v for k, v in ref.state_dict().items() if k.startswith("lin")}
+    save_file(lpips_state_dict(backbone, heads), str(tmp_path / "lpips_squeeze.safetensors"))
+    torch.testing.assert_close(load_lpips("squeeze", tmp_path)(_imgs(0), _imgs(1)), ref(_imgs(0), _imgs(1)))
 
 
 @pytest.fixture(scope="module")

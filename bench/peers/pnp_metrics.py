@@ -204,16 +204,17 @@ def learned_networks(work: Path, python: Path, dino_eps: float):
     import torch
     from transformers import ViTConfig, ViTModel
 
-    from locedit.metrics.learned import LPIPS, load_clip
+    from locedit.metrics.learned import LPIPS, load_clip, lpips_state_dict
 
     ckpt = work / PEER.name / "torch-home" / "hub" / "checkpoints"
     heads = next(python.parent.parent.glob("lib/python*/site-packages/torchmetrics/functional/image/"
                                            "lpips_models/squeeze.pth"))
     lpips = LPIPS("squeeze")
-    squeeze = torch.load(ckpt / "squeezenet1_1-b8a52dc0.pth", map_location="cpu", weights_only=True)
-    state = {"net." + k[len("features."):]: v for k, v in squeeze.items() if k.startswith("features.")}
-    state.update(torch.load(heads, map_location="cpu", weights_only=True))
-    lpips.load_state_dict(state, strict=False)  # shift / scale are buffers set in code
+    state = lpips_state_dict(torch.load(ckpt / "squeezenet1_1-b8a52dc0.pth", map_location="cpu", weights_only=True),
+                             torch.load(heads, map_location="cpu", weights_only=True))
+    missing, unexpected = lpips.load_state_dict(state, strict=False)  # shift / scale: buffers set in code
+    if unexpected or set(missing) - {"shift", "scale"}:
+        raise PeerError(f"the LPIPS files do not fit locedit's LPIPS: missing {missing}, unexpected {unexpected}")
     dino = ViTModel(ViTConfig(patch_size=8, qkv_bias=True, layer_norm_eps=dino_eps), add_pooling_layer=False)
     dino.load_state_dict(dino_to_vit(torch.load(ckpt / "dino_vitbase8_pretrain.pth", map_location="cpu",
                                                 weights_only=True), dino))

@@ -114,14 +114,28 @@ class LPIPS(nn.Module):
         return total
 
 
+def lpips_state_dict(backbone: dict, heads: dict) -> dict:
+    """The state :func:`load_lpips` reads, from torchvision's AlexNet or SqueezeNet 1.1 checkpoint
+    (``features.N.*``; its classifier dropped) and the LPIPS v0.1 heads (``linK.model.1.weight``, the
+    ``lpips`` package's ``weights/v0.1/{alex,squeeze}.pth`` or torchmetrics' copies):
+
+        save_file(lpips_state_dict(torch.load("squeezenet1_1-b8a52dc0.pth"), torch.load("squeeze.pth")),
+                  weights_dir() / "lpips_squeeze.safetensors")
+    """
+    state = {"net." + k[len("features."):]: v for k, v in backbone.items() if k.startswith("features.")}
+    state.update({k: v for k, v in heads.items() if k.startswith("lin")})
+    return {k: v.contiguous() for k, v in state.items()}
+
+
 def load_lpips(net: str = "alex", folder: str | Path | None = None) -> LPIPS:
     """LPIPS with weights from ``folder`` (default :func:`weights_dir`)/lpips_{net}.safetensors."""
     if net not in LPIPS_NETS:
         raise LoceditError(f"LPIPS net must be one of {', '.join(LPIPS_NETS)}, got {net!r}")
     path = Path(folder or weights_dir()) / f"lpips_{net}.safetensors"
     if not path.exists():
-        raise LoceditError(f"LPIPS ({net}) weights not found: put lpips_{net}.safetensors (torchvision backbone "
-                           f"'net.features.*' + lpips v0.1 heads 'linK.model.1.weight') in {path.parent} or set LOCEDIT_WEIGHTS")
+        raise LoceditError(f"LPIPS ({net}) weights not found: put lpips_{net}.safetensors (made by "
+                           f"locedit.metrics.learned.lpips_state_dict from torchvision's backbone and lpips v0.1's "
+                           f"heads) in {path.parent} or set LOCEDIT_WEIGHTS")
     from safetensors.torch import load_file
 
     model = LPIPS(net)
