@@ -119,6 +119,11 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
         ("flow: --mask and --blend-words", flow + ["--mask", mask, "--blend-words", "circle", "circle"]),
         ("flow: blend word not in the prompt", flow + ["--blend-words", "diamond", "circle"]),
         ("flow: mask of another size", flow + ["--mask", f"{d}/small-mask.png"]),
+        # the flow inversions (locedit invert --inversion euler|rf-solver|...): their flags, torch not imported
+        ("invert: another inversion's option", ["invert", img, "--source", SRC, "--inversion", "euler", "--gamma", "0.3",
+                                                "--out-dir", f"{d}/inv"]),
+        ("invert: --preset with a flow inversion", ["invert", img, "--source", SRC, "--inversion", "rf-solver",
+                                                   "--preset", "paper", "--out-dir", f"{d}/inv"]),
     ]
 
 

@@ -165,7 +165,14 @@ def load_bundle(args):
     bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
     from ..diffusion.flow_model import UNET_FAMILIES, check_family
 
-    check_family(bundle, UNET_FAMILIES, f"locedit {getattr(args, 'command', 'invert')}")
+    command = getattr(args, "command", "invert")
+    if command == "invert":
+        from ..flow.inversions import FLOW_INVERSIONS
+
+        names = "|".join(n for n, e in FLOW_INVERSIONS.items() if getattr(bundle, "family", "sd") in e.families)
+        check_family(bundle, UNET_FAMILIES, f"--inversion {args.inversion}", f"invert it with --inversion {names}")
+    else:
+        check_family(bundle, UNET_FAMILIES, f"locedit {command}")
     try:
         bundle.steps(args.steps)
     except ValueError as exc:

@@ -30,6 +30,12 @@ def _inversion_classes() -> dict[str, type]:
     return {f"inversion {name}": inv.Options for name, inv in INVERSIONS.items()}
 
 
+def _flow_inversion_classes() -> dict[str, type]:
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    return {f"inversion {name}": inv.Options for name, inv in FLOW_INVERSIONS.items()}
+
+
 def register(sub) -> None:
     """``locedit edit`` (its inputs and outputs in :func:`_edit_inputs_and_outputs`) and ``locedit invert``."""
     from ..inversion import INVERSIONS
@@ -76,23 +82,37 @@ def _register_invert(sub) -> None:
     from ..inversion import INVERSIONS
     from ..options import PRESET_NAMES
 
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    flow = "\n".join(f"  {n:13s} {e.summary} [{', '.join(e.families)}]" for n, e in FLOW_INVERSIONS.items())
     v = sub.add_parser(
         "invert", help="invert an image and save the trajectory for later edits",
-        description="Invert IMAGE under --prompt; save trajectory.safetensors and manifest.json in --out.",
-        epilog="example: locedit invert cat.png --source 'a cat on the grass' --inversion spd --out-dir cat_inv/ && "
-               "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png",
+        description="Invert IMAGE under --source.\n\nOn a UNet model (SD 1.x, 2.x, SDXL): save trajectory.safetensors "
+                    "and manifest.json in --out-dir, for 'locedit edit --from-inversion'.\n\nOn a FLUX or SD3 model, "
+                    "with a flow inversion: walk the image's latent up to noise, sample it back down by the same "
+                    "rule, and save noise.safetensors, reconstruction.png and manifest.json (the reconstruction's "
+                    "PSNR against the image, the VAE round trip's, the model calls) in --out-dir. Flow inversions:\n"
+                    + flow,
+        epilog="examples:\n"
+               "  locedit invert cat.png --source 'a cat on the grass' --inversion spd --out-dir cat_inv/ && "
+               "locedit edit --from-inversion cat_inv/ --target 'a dog on the grass' --out dog.png\n"
+               "  locedit invert cat.png --model black-forest-labs/FLUX.1-dev --source 'a cat on the grass' "
+               "--inversion rf-solver --steps 28 --out-dir cat_flux/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("image", help="input image (PNG/JPEG)")
     v.add_argument("--source", "--prompt", dest="prompt", required=True,
                    help="prompt describing the image (the edit's --source)")
     add_model_args(v)
     add_image_limit_flags(v)
-    v.add_argument("--guidance", type=finite_float, default=7.5,
-                   help="the editing CFG scale the inversion prepares for (null-text; default 7.5)")
-    v.add_argument("--inversion", default=DEFAULT_INVERSION, choices=list(INVERSIONS), help=f"(default {DEFAULT_INVERSION})")
+    v.add_argument("--guidance", type=finite_float, default=None,
+                   help="UNet: the editing CFG scale the inversion prepares for (null-text; default 7.5); flow: the "
+                        "inversion's FLUX distilled guidance or SD3 CFG scale (default: the inversion's, 1; "
+                        "rf-inversion 0)")
+    v.add_argument("--inversion", default=DEFAULT_INVERSION, choices=[*INVERSIONS, *FLOW_INVERSIONS],
+                   help=f"(default {DEFAULT_INVERSION}; on a flow model one of {', '.join(FLOW_INVERSIONS)})")
     v.add_argument("--preset", choices=PRESET_NAMES, help="the inversion's options from its paper or its authors' code")
     g = v.add_argument_group("inversion options")
-    add_option_flags(g, option_flag_table(_inversion_classes()))
+    add_option_flags(g, option_flag_table({**_inversion_classes(), **_flow_inversion_classes()}))
     v.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
     v.add_argument("--out-dir", "--out", dest="out", required=True,
                    help="output folder (manifest.json, trajectory.safetensors); --out is the same")
@@ -157,33 +177,68 @@ def _inversion_options(args, name: str, context: str):
 
     options = preset(INVERSIONS[name].Options, args.preset)
     key = f"inversion {name}"
-    return apply_option_flags(args, option_flag_table(_inversion_classes()), {key: options}, context)[key]
+    table = option_flag_table({**_inversion_classes(), **_flow_inversion_classes()})  # a flow flag is refused too
+    return apply_option_flags(args, table, {key: options}, context)[key]
 
 
-def cmd_invert(args) -> dict:
-    from dataclasses import asdict
+def _flow_inversion_options(args):
+    from dataclasses import replace
 
-    from .. import pipeline
-    from ..api import check_vocabulary
-    from ..fileio import _umask, check_output_dir, load_image
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    if args.preset:
+        raise LoceditError(f"--preset: --inversion {args.inversion} has one reading (its authors' code)")
+    if args.grad_checkpointing:
+        raise LoceditError(f"--grad-checkpointing: --inversion {args.inversion} takes no gradients")
+    key = f"inversion {args.inversion}"
+    options = apply_option_flags(args, option_flag_table({**_inversion_classes(), **_flow_inversion_classes()}),
+                                 {key: FLOW_INVERSIONS[args.inversion].Options()}, f"--inversion {args.inversion}")[key]
+    return options if args.guidance is None else replace(options, guidance=args.guidance)
+
+
+def cmd_flow_invert(args) -> dict:
+    """``locedit invert`` with a flow inversion: noise.safetensors, reconstruction.png, manifest.json."""
+    import json
+
+    from ..api import flow_invert
+    from ..fileio import check_output_dir, load_image
     from ..spec import DEFAULT_MODEL
-    from .common import fit_image, load_bundle, progress
+    from .common import progress, quiet_libraries
 
-    options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
-    if not args.prompt.strip():
+    options = _flow_inversion_options(args)
+    if options.prompt == "source" and not args.prompt.strip():
         raise LoceditError("--source is empty")
     out = check_output_dir(args.out)
     image = load_image(args.image, **limits(args))
-    check_vocabulary(args.model or DEFAULT_MODEL, {"source": args.prompt})
-    bundle = load_bundle(args)
-    fit, fitted = fit_image(bundle, image, args.fit)
-    traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, args.guidance, options,
-                           progress(args), grad_checkpointing=args.grad_checkpointing)
-    # written next to the destination (same filesystem), then renamed into place
+    quiet_libraries(getattr(args, "verbose", False))
+    model = args.model or DEFAULT_MODEL
+    r = flow_invert(image, args.prompt, model=model, inversion=args.inversion, steps=args.steps, options=options,
+                    seed=args.seed, fit=args.fit, device=args.device, dtype=args.dtype, vae=args.vae,
+                    progress=progress(args))
+    summary = {"psnr": round(r.psnr, 3), "vae_psnr": round(r.vae_psnr, 3), "inversion_calls": r.model_calls[0],
+               "reconstruction_calls": r.model_calls[1]}
+
+    def write(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        from ..fileio import save_png
+
+        save_file({"noise": r.inverted.noise.float().cpu().contiguous()}, str(tmp / "noise.safetensors"))
+        save_png(r.reconstruction, tmp / "reconstruction.png", r.meta)
+        (tmp / "manifest.json").write_text(json.dumps({**r.meta, **summary, "image": str(args.image)}, indent=2))
+
+    _write_folder(out, write)
+    return {"out": str(out), "method": args.inversion, **summary}
+
+
+def _write_folder(out: Path, write) -> None:
+    """``write(tmp)`` fills a folder made next to ``out`` (same filesystem), whose files are then renamed
+    into ``out``: no partial output on a failure."""
+    from ..fileio import _umask
+
     tmp = Path(tempfile.mkdtemp(prefix=".locedit-inv-", dir=out.parent))
     try:
-        traj.save(tmp, extra={"image": {"height": fit.height, "width": fit.width, "fit": fit.mode, "source": str(args.image)},
-                              "options": asdict(options), "preset": args.preset})
+        write(tmp)
         mode = 0o666 & ~_umask()
         for f in tmp.iterdir():
             os.chmod(f, mode)
@@ -196,6 +251,35 @@ def cmd_invert(args) -> dict:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cmd_invert(args) -> dict:
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    if args.inversion in FLOW_INVERSIONS:
+        return cmd_flow_invert(args)
+    from dataclasses import asdict
+
+    from .. import pipeline
+    from ..api import check_vocabulary
+    from ..fileio import check_output_dir, load_image
+    from ..spec import DEFAULT_MODEL
+    from .common import fit_image, load_bundle, progress
+
+    options = _inversion_options(args, args.inversion, f"--inversion {args.inversion}")
+    if not args.prompt.strip():
+        raise LoceditError("--source is empty")
+    out = check_output_dir(args.out)
+    image = load_image(args.image, **limits(args))
+    check_vocabulary(args.model or DEFAULT_MODEL, {"source": args.prompt})
+    bundle = load_bundle(args)
+    fit, fitted = fit_image(bundle, image, args.fit)
+    guidance = 7.5 if args.guidance is None else args.guidance
+    traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, guidance, options,
+                           progress(args), grad_checkpointing=args.grad_checkpointing)
+    _write_folder(out, lambda tmp: traj.save(tmp, extra={
+        "image": {"height": fit.height, "width": fit.width, "fit": fit.mode, "source": str(args.image)},
+        "options": asdict(options), "preset": args.preset}))
     return {"out": str(out), "method": traj.method, "unet_calls": traj.stats["unet_calls"],
             "seconds": round(traj.stats["seconds"], 3)}
 

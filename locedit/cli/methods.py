@@ -71,8 +71,12 @@ def describe_registries() -> dict:
     methods.update({name: describe_entry(m, " (locedit instruct)") for name, m in INSTRUCT_METHODS.items()})
     flow = {name: {**describe_entry(e, " (locedit flow)"), "families": list(e.families), "needs_mask": e.needs_mask}
             for name, e in FLOW_EDITORS.items()}
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    flow_inv = {name: {**describe_entry(e, " (locedit invert)"), "families": list(e.families),
+                       "needs_mask": False} for name, e in FLOW_INVERSIONS.items()}
     return {"methods": methods, "inversions": {name: describe_entry(inv) for name, inv in INVERSIONS.items()},
-            "flow_editors": flow}
+            "flow_editors": flow, "flow_inversions": flow_inv}
 
 
 def cmd_methods(args) -> dict:
@@ -83,7 +87,7 @@ def cmd_methods(args) -> dict:
         print(json.dumps(info, indent=2, default=str))
         return {"out": "-"}
     lines = []
-    for kind in ("methods", "inversions", "flow_editors"):
+    for kind in ("methods", "inversions", "flow_editors", "flow_inversions"):
         lines.append(f"{kind}:")
         for name, d in info[kind].items():
             lines.append(f"  {name}" + (f": {d['summary']}" if d.get("summary") else ""))

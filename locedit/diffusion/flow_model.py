@@ -187,8 +187,9 @@ class FlowBundle:
 UNET_FAMILIES = ("sd", "sdxl")
 
 
-def check_family(bundle, families: tuple[str, ...], what: str) -> None:
-    """Refuse ``bundle`` when its family is not one of ``families`` (one line, before any model call)."""
+def check_family(bundle, families: tuple[str, ...], what: str, hint: str = "") -> None:
+    """Refuse ``bundle`` when its family is not one of ``families`` (one line, before any model call);
+    ``hint``: what to do instead on a flow model (default: its editors)."""
     family = getattr(bundle, "family", "sd")
     if family not in families:
         kinds = "UNet models (SD 1.x, 2.x, SDXL)" if tuple(families) == UNET_FAMILIES else ", ".join(families)
@@ -197,8 +198,8 @@ def check_family(bundle, families: tuple[str, ...], what: str) -> None:
         from ..flow.editors import FLOW_EDITORS
 
         editors = "|".join(n for n, e in FLOW_EDITORS.items() if family in e.families)
-        raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} model: edit it with "
-                           f"'locedit flow --method {editors}'")
+        raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} model: "
+                           + (hint or f"edit it with 'locedit flow --method {editors}'"))
 
 
 def family_of(index: dict) -> str | None:

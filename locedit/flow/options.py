@@ -197,3 +197,45 @@ class UniEditOptions:
     def __post_init__(self):
         if self.steps < 1 or not 0 < self.alpha <= 1:
             raise LoceditError(f"uniedit-flow needs steps >= 1 and 0 < alpha <= 1, got {self.steps}, {self.alpha}")
+
+
+# ---- the flow inversions (registry: :mod:`.inversions`) --------------------------------------------------------
+EULER_PAPER = Citation("Liu et al., Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified "
+                       "Flow, ICLR 2023", "the ODE dz = v dt walked from the data up (Euler steps)",
+                       "diffusers FlowMatchEulerDiscreteScheduler.step, reversed")
+
+
+@dataclass(frozen=True)
+class FlowInversionOptions:
+    """An ODE inversion's settings (euler, rf-solver, fireflow, uni-inv). The steps and the guidance
+    are the command's ``--steps`` and ``--guidance`` (FLUX's distilled scale, or SD3's
+    classifier-free scale against the empty prompt; 1: the prompt's velocity alone)."""
+
+    prompt: str = field(default="source", metadata={"flag": "inversion-prompt", "choices": ("source", "empty"),
+                                                    "help": "the prompt the inversion runs on: --source or the "
+                                                            "empty one"})
+    guidance: float = 1.0
+
+    def __post_init__(self):
+        if self.prompt not in ("source", "empty"):
+            raise LoceditError(f"the inversion prompt is 'source' or 'empty', not {self.prompt!r}")
+
+
+@dataclass(frozen=True)
+class UniInvOptions(FlowInversionOptions):
+    """Uni-Inv's settings (UniEdit-Flow's ``denoise_uniinv``: the empty prompt, guidance 1)."""
+
+    prompt: str = _default(FlowInversionOptions, "prompt", "empty")
+    zero_init: bool = field(default=False, metadata={"flag": "zero-init",
+                                                     "help": "Uni-Inv's first predictor velocity is zero"})
+
+
+@dataclass(frozen=True)
+class RFInvertOptions(FlowInversionOptions):
+    """RF-Inversion's controlled forward ODE (Alg. 1) as the community pipeline's ``invert``: the empty
+    prompt, distilled guidance 0, gamma 0.5, one noise draw from ``seed``."""
+
+    prompt: str = _default(FlowInversionOptions, "prompt", "empty")
+    guidance: float = 0.0
+    gamma: float = field(default=0.5, metadata={"flag": "gamma", "type": float,
+                                                "help": "the forward ODE's pull towards its noise draw (Eq. 8)"})

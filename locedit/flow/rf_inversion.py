@@ -30,15 +30,17 @@ from .options import RFInversionOptions
 
 
 @torch.no_grad()
-def rf_invert(bundle, tokens: torch.Tensor, ids: torch.Tensor, text, o: RFInversionOptions, sigmas: list[float],
-              y1: torch.Tensor) -> torch.Tensor:
+def rf_invert(bundle, tokens: torch.Tensor, ids: torch.Tensor, text, gamma: float, guidance: float,
+              sigmas: list[float], y1: torch.Tensor, progress=None) -> torch.Tensor:
     """Alg. 1 on packed ``tokens``: the inverted tokens."""
+    from ..progress import track
+
     y = tokens
     n1 = len(sigmas)
-    for i in range(n1 - 1):
+    for i in track(progress, range(n1 - 1), "rf-inversion inversion"):
         t = i / n1
-        u = bundle.velocity_tokens(y, ids, t, text, o.inversion_guidance)
-        u_hat = u + o.gamma * ((y1 - y) / (1 - t) - u)
+        u = bundle.velocity_tokens(y, ids, t, text, guidance)
+        u_hat = u + gamma * ((y1 - y) / (1 - t) - u)
         y = y + u_hat * (sigmas[i] - sigmas[i + 1])
     return y
 
@@ -62,7 +64,7 @@ def rf_inversion_edit(bundle, x_src: torch.Tensor, source: str, target: str,
     y1 = torch.randn(y0.shape, generator=torch.Generator().manual_seed(seed)).to(y0)
     inv_text = bundle.encode_text(["" if o.inversion_prompt == "empty" else source])
     tar = bundle.encode_text([target])
-    z = rf_invert(bundle, y0, ids, inv_text, o, sigmas, y1)
+    z = rf_invert(bundle, y0, ids, inv_text, o.gamma, o.inversion_guidance, sigmas, y1)
     start, stop = int(o.start * n), min(int(o.stop * n), n)
     m = None if mask is None else flow.pack((mask.to(x) > 0.5).to(x).expand_as(x))
     for i in track(progress, range(n), "rf-inversion"):
