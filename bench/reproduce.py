@@ -9,8 +9,9 @@ One `locedit bench` run per inversion of the table (a run holds one inversion), 
 with the table's methods on it and its steps and guidance (``--steps`` overrides them, and the report
 says so); each run is resumable (run the same command again). Then `locedit report OUT/INVERSION
 --against PAPER:TABLE` for each; OUT/README.md lists the runs. Rows whose inversion is not a
-registry name (SPDInv's "ProxEdit", NPI with proximal guidance, which the bench has no flags for) are
-skipped and listed.
+registry name (SPDInv's "ProxEdit", NPI with proximal guidance, which the bench has no flags for) or
+whose method is no bench method (MAG-Edit's P2P+Re-weight) are skipped and listed; rows on
+"default" (the paper names no inversion) run in OUT/default with each method's own.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pathlib import Path
 
 
 def plan(table: dict) -> dict[str, list[str]]:
-    """inversion -> the table's methods on it (registry names only)."""
+    """inversion -> the table's methods on it (registry names only; "default": each method's own)."""
+    from locedit.bench.names import bench_methods
     from locedit.inversion import INVERSIONS
 
     out: dict[str, list[str]] = {}
     for row in table["rows"]:
-        if row["inversion"] in INVERSIONS:
+        if (row["inversion"] in INVERSIONS or row["inversion"] == "default") and row["method"] in bench_methods():
             out.setdefault(row["inversion"], [])
             if row["method"] not in out[row["inversion"]]:
                 out[row["inversion"]].append(row["method"])
@@ -55,10 +57,12 @@ def main(argv=None) -> int:
     table = json.loads(tables[args.table].read_text())
     out = Path(args.out_dir)
     runs = plan(table)
-    skipped = sorted({r["inversion"] for r in table["rows"]} - set(runs))
+    skipped = sorted({f"{r['method']} on {r['inversion']}" for r in table["rows"]
+                      if r["method"] not in runs.get(r["inversion"], ())})
     for inversion, methods in runs.items():
         argv = ["bench", "--dataset", f"pie:{args.data}", "--methods", ",".join(methods), "--model", args.model,
-                "--inversion", inversion, "--steps", str(args.steps or table["steps"]), "--guidance",
+                *(["--inversion", inversion] if inversion != "default" else []),
+                "--steps", str(args.steps or table["steps"]), "--guidance",
                 str(table["guidance"]), "--metrics", args.metrics, "--device", args.device,
                 "--out-dir", str(out / inversion)] + (["--limit", str(args.limit)] if args.limit else [])
         print(f"{args.table}: {inversion} x {', '.join(methods)}", file=sys.stderr)
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     lines = [f"# {table['paper']}, {table['table']}: reproduction\n", "| inversion | methods | report |", "|---|---|---|"]
     lines += [f"| {inv} | {', '.join(m)} | [{inv}/report.md]({inv}/report.md) |" for inv, m in runs.items()]
     if skipped:
-        lines.append(f"\nSkipped (not a registry inversion, no bench flags): {', '.join(skipped)}")
+        lines.append(f"\nSkipped (no bench method or inversion flags for them): {', '.join(skipped)}")
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'README.md'}", file=sys.stderr)
     return 0

@@ -149,3 +149,24 @@ def test_clip_input_is_clip_image_processors_from_8_bit_images():
     torch.testing.assert_close(_clip_pixels(x.transpose(2, 3), 32),
                                proc(images=[a.transpose(1, 0, 2).copy() for a in eight_bit],
                                     return_tensors="pt").pixel_values, rtol=0, atol=1e-6)
+
+
+def test_mag_edits_box_metrics_crop_to_the_edit_without_pie_benchs_border(tiny_clip, tiny_dino):
+    """clip_box / structure_distance_box (MAG-Edit's Table 1 protocol): CLIP score and DINO distance on
+    the box around the mask, the 1-pixel ring PIE-Bench's decoder sets on every mask left out."""
+    from locedit.bench.datasets import EditItem
+    from locedit.bench.runner import LearnedMetrics, edit_box
+
+    mask = torch.zeros(1, 1, *_imgs(0).shape[-2:])
+    mask[..., 5:10, 3:12] = 1
+    mask[..., 0, :] = mask[..., -1, :] = mask[..., :, 0] = mask[..., :, -1] = 1  # PIE's border
+    assert edit_box(mask) == (3, 5, 12, 10)
+    assert edit_box(torch.zeros(1, 1, 20, 30)) == (0, 0, 30, 20)
+    src, out = _imgs(0)[:1], _imgs(3)[:1]
+    item = EditItem("a", src, "a red circle", "a blue circle", mask=mask)
+    row = LearnedMetrics(clip=tiny_clip, dino=tiny_dino).compute(item, out)
+    model, tok = tiny_clip
+    want_clip = clip_score(model, tok, out[..., 5:10, 3:12], ["a blue circle"])
+    want_dino = dino_structure_distance(tiny_dino, src[..., 5:10, 3:12], out[..., 5:10, 3:12])
+    assert row["clip_box"] == float(want_clip[0]) and row["structure_distance_box"] == float(want_dino[0])
+    assert row["structure_distance_box"] != row["structure_distance"]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from locedit.bench.report import METRICS
 from locedit.inversion import INVERSIONS
-from locedit.methods import METHODS
+from locedit.bench.names import bench_methods
 
 REPORTED = Path(__file__).resolve().parents[1] / "locedit" / "bench" / "reported"
 EXTRA_METRICS = {"inversion_seconds"}  # reported beside the metrics; the runner's rows time the whole edit
-EXTRA_INVERSIONS = {"npi+proximal"}  # ProxEdit: NPI with the proximal guidance options
+EXTRA_INVERSIONS = {"npi+proximal", "default"}  # ProxEdit: NPI with the proximal guidance options; the method's own
+EXTRA_METHODS = {"p2p-reweight"}  # MAG-Edit's P2P+Re-weight baseline: no bench method of its own
 
 
 def test_every_reported_table_holds_its_schema():
@@ -23,14 +24,14 @@ def test_every_reported_table_holds_its_schema():
             assert table.get(key) not in (None, "", []), (path.name, key)
         seen = set()
         for row in table["rows"]:
-            assert row["method"] in METHODS, (path.name, row["method"])
+            assert row["method"] in bench_methods() or row["method"] in EXTRA_METHODS, (path.name, row["method"])
             assert row["inversion"] in INVERSIONS or row["inversion"] in EXTRA_INVERSIONS, (path.name, row)
             key = (row["method"], row["inversion"])
             assert key not in seen, (path.name, key)  # one row per (method, inversion)
             seen.add(key)
             for metric, v in row["values"].items():
                 assert metric in METRICS or metric in EXTRA_METRICS, (path.name, metric)
-                assert isinstance(v["value"], float) and v["scale"] in (1, 1e2, 1e3, 1e4), (path.name, metric, v)
+                assert isinstance(v["value"], float) and v["scale"] in (1e-2, 1, 1e2, 1e3, 1e4), (path.name, metric, v)
 
 
 def test_spdinv_table_1_as_printed():
@@ -42,6 +43,27 @@ def test_spdinv_table_1_as_printed():
     spd = rows[("p2p", "spd")]
     assert (spd["structure_distance"]["value"], spd["bg_psnr"]["value"], spd["clip_whole"]["value"]) == (8.81, 28.6, 25.26)
     assert spd["structure_distance"]["scale"] == 1e3 and rows[("pnp", "aidi")]["bg_mse"]["value"] == 78.19
+
+
+def test_mag_edit_table_1_as_printed():
+    """MAG-Edit (ACM MM 2024), Table 1: three benchmarks, two columns each, eight rows; spot checks."""
+    tables = {b: json.loads((REPORTED / f"mag-edit-table1-{b}.json").read_text()) for b in ("mag-bench", "pie", "ted")}
+    rows = {b: {r["method"]: r["values"] for r in t["rows"]} for b, t in tables.items()}
+    assert all(len(r) == 8 for r in rows.values())
+    assert rows["mag-bench"]["mag-edit"]["clip_box"]["value"] == 21.79
+    assert rows["pie"]["p2p-mask"]["structure_distance_box"]["value"] == 0.059
+    assert rows["ted"]["mag-edit"]["structure_distance_box"]["value"] == 0.062
+    assert tables["pie"]["benchmark"] == "PIE-Bench"
+
+
+def test_mde_edit_table_1_as_printed():
+    """MDE-Edit, Table 1: NTI+P2P and MDE-Edit in both column groups (CDS, GnR, OIR left out, named)."""
+    for key, (p2p_clip, mde_ssim) in {"non-overlap": (0.258, 0.925), "overlap": (0.267, 0.936)}.items():
+        t = json.loads((REPORTED / f"mde-edit-table1-{key}.json").read_text())
+        rows = {r["method"]: r["values"] for r in t["rows"]}
+        assert set(rows) == {"p2p", "mde-edit"} and "CDS, GnR, OIR" in t["notes"]
+        assert rows["p2p"]["clip_whole"]["value"] == p2p_clip and rows["mde-edit"]["bg_ssim"]["value"] == mde_ssim
+        assert abs(rows["p2p"]["clip_whole"]["value"] / rows["p2p"]["clip_whole"]["scale"] - 100 * p2p_clip) < 1e-9
 
 
 def test_report_against_a_published_table(tmp_path, capsys):
@@ -70,7 +92,9 @@ def test_report_against_a_published_table(tmp_path, capsys):
     assert "model `tiny-random` (the table: `CompVis/stable-diffusion-v1-4`)" in section and "steps `50`" not in section
     capsys.readouterr()
     assert main(["report", str(run), "--against", "nopaper:table9"]) == 2
-    assert "no reported table 'nopaper:table9'; shipped: spdinv:table1" in capsys.readouterr().err
+    assert ("no reported table 'nopaper:table9'; shipped: mag-edit:table1-mag-bench, mag-edit:table1-pie, "
+            "mag-edit:table1-ted, mde-edit:table1-non-overlap, mde-edit:table1-overlap, spdinv:table1"
+            ) in capsys.readouterr().err
 
 
 def test_reproduce_runs_a_table_end_to_end_on_the_tiny_model(tmp_path):
@@ -95,4 +119,25 @@ def test_reproduce_runs_a_table_end_to_end_on_the_tiny_model(tmp_path):
         md = (out / inversion / "report.md").read_text()
         assert "## Against" in md and "steps `6` (the table: `50`)" in md, inversion
         assert "| lpips_squeeze | " in md and "| not measured | - |" in md  # no LPIPS weights here
-    assert "Skipped (not a registry inversion, no bench flags): npi+proximal" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "Skipped (no bench method or inversion flags for them): " in readme and "on npi+proximal" in readme
+
+
+def test_mag_edits_table_plans_its_runs_and_matches_default_rows(tmp_path):
+    """MAG-Edit's P2P rows run on null-text, the rows whose inversion the paper does not name on each
+    method's own ("default"), P2P+Re-weight (no bench method) is left out; a run on null-text is put
+    beside both kinds of row."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import reproduce
+
+    from locedit.bench.report import against
+
+    table = json.loads((REPORTED / "mag-edit-table1-pie.json").read_text())
+    assert reproduce.plan(table) == {"default": ["blended", "diffedit", "masactrl", "pnp"],
+                                     "null-text": ["p2p", "p2p-mask", "mag-edit"]}
+    summary = {("mag-edit", "all"): {"clip_box": (23.0, 2, 0)}, ("masactrl", "all"): {"clip_box": (20.0, 2, 0)}}
+    md = against(tmp_path, "mag-edit:table1-pie", summary, {"inversion": "null-text"})
+    assert "| clip_box | 22.76 | 23 | +0.24 |" in md and "| clip_box | 20.44 | 20 | -0.44 |" in md
+    assert "| structure_distance_box | 0.073 | not measured | - |" in md

@@ -36,6 +36,7 @@ METRICS = {
     "lpips_alex": "LPIPS (AlexNet), unedited part", "lpips_squeeze": "LPIPS (SqueezeNet), unedited part",
     "clip_whole": "CLIP score, whole image", "clip_edited": "CLIP score, edited part",
     "structure_distance": "DINO structure distance",
+    "clip_box": "CLIP score, the edit's box (MAG-Edit)", "structure_distance_box": "DINO structure distance, the edit's box (MAG-Edit)",
 }
 # names written by earlier versions of the runner -> the one name
 RENAMED = {"background_psnr": "outside_psnr", "background_ssim": "outside_ssim", "outside_mse_to_source": "outside_mse"}
@@ -208,8 +209,11 @@ REPORTED = Path(__file__).with_name("reported")
 
 
 def reported_tables() -> dict[str, Path]:
-    """``paper:table`` -> the shipped file (``spdinv-table1.json`` is ``spdinv:table1``)."""
-    return {p.stem.replace("-", ":", 1): p for p in sorted(REPORTED.glob("*.json"))}
+    """``paper:table`` -> the shipped file (``spdinv-table1.json`` is ``spdinv:table1``,
+    ``mag-edit-table1-pie.json`` is ``mag-edit:table1-pie``)."""
+    import re
+
+    return {re.sub(r"-(table\d.*)$", r":\1", p.stem): p for p in sorted(REPORTED.glob("*.json"))}
 
 
 def against(folder: Path, spec: str, summary: dict, info: dict) -> str:
@@ -230,7 +234,8 @@ def against(folder: Path, spec: str, summary: dict, info: dict) -> str:
                  f". The table's benchmark: {table['benchmark']} ({table['subset']}).\n")
     matched = False
     for (method, kind), stats in sorted(summary.items()):
-        row = next((r for r in table["rows"] if r["method"] == method and r["inversion"] == inversion), None)
+        row = next((r for r in table["rows"] if r["method"] == method and r["inversion"] in (inversion, "default")),
+                   None)  # "default": the paper names none, the method runs its own (locedit's default)
         if kind != "all" or row is None:
             continue
         matched = True

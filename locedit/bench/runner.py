@@ -81,7 +81,28 @@ class LearnedMetrics:
                 res["clip_edited"] = float(clip_score(model, tok, out, [item.target_prompt], mask=item.mask)[0])
         if self.dino is not None:
             res["structure_distance"] = float(dino_structure_distance(self.dino, src, out, self.raw_255)[0])
+        if item.mask is not None:  # MAG-Edit's protocol (its Table 1): both networks on the edit's box
+            x0, y0, x1, y1 = edit_box(item.mask)
+            if self.clip is not None and item.target_prompt:
+                res["clip_box"] = float(clip_score(*self.clip, out, [item.target_prompt], box=(x0, y0, x1, y1))[0])
+            if self.dino is not None:
+                crop = (..., slice(y0, y1), slice(x0, x1))
+                res["structure_distance_box"] = float(dino_structure_distance(self.dino, src[crop], out[crop],
+                                                                              self.raw_255)[0])
         return res
+
+
+def edit_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends: the box around the edited region of ``mask`` (1, 1, H, W) that
+    MAG-Edit crops its CLIP score and DINO distance to ("we use the bounding boxes to crop the
+    editing regions"). The outermost pixel ring is left out - PIE-Bench's decoder sets it on every
+    mask, which would make every box the whole image; an empty interior gives the whole image."""
+    m = mask[0, 0] > 0.5
+    h, w = m.shape
+    ys, xs = torch.nonzero(m[1:-1, 1:-1], as_tuple=True)
+    if len(ys) == 0:
+        return 0, 0, w, h
+    return int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 2, int(ys.max()) + 2
 
 
 def rank_and_world() -> tuple[int, int]:
