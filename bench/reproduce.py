@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                       if r["method"] not in runs.get(r["inversion"], ())})
     for inversion, methods in runs.items():
         argv = ["bench", "--dataset", f"pie:{args.data}", "--methods", ",".join(methods), "--model", args.model,
-                *(["--inversion", inversion] if inversion != "default" else []),
+                "--inversion", inversion,
                 "--steps", str(args.steps or table["steps"]), "--guidance",
                 str(table["guidance"]), "--metrics", args.metrics, "--device", args.device,
                 "--out-dir", str(out / inversion)] + (["--limit", str(args.limit)] if args.limit else [])

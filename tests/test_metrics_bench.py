@@ -249,3 +249,18 @@ def test_the_bench_reports_each_edits_steps_with_its_item_and_method(bundle, tmp
     tag = f"[1/1] {items[0].id} p2p: "
     assert seen[0].startswith("bench rank")
     assert f"{tag}ddim inversion" in seen and f"{tag}editing" in seen
+
+
+def test_bench_inversion_default_runs_each_method_on_its_own(model_dir, tmp_path):
+    """``--inversion default``: each method on its paper's inversion (PnP on DDIM: on null-text its scripts'
+    negative prompt is refused, as the single-inversion run shows)."""
+    from locedit.bench import BenchConfig, run_bench
+    from locedit.diffusion import load_model
+
+    bundle = load_model(str(model_dir))
+    for inversion, ok in (("default", True), ("null-text", False)):
+        out = tmp_path / inversion
+        run_bench(open_dataset("shapes:n=1,seed=4"), ["pnp"], out, bundle, None,
+                  BenchConfig(steps=2, inversion=inversion))
+        row = load_rows(out)[0]
+        assert ("error" not in row) == ok, row

@@ -42,6 +42,7 @@ class BenchConfig:
 
 
 LEARNED_METRICS = ("lpips-alex", "lpips-squeeze", "clip", "dino")
+OWN_INVERSION = "default"  # --inversion default: each method on its own paper's (Method.inversion)
 
 
 @dataclass
@@ -261,8 +262,8 @@ def item_spec(bench_name: str, item: EditItem, config: BenchConfig, model: str):
     if m.takes_inversion(options):
         from ..inversion import INVERSIONS
 
-        extra.update(inversion=config.inversion,
-                     inversion_options=preset(INVERSIONS[config.inversion].Options, config.preset))
+        inversion = m.inversion if config.inversion == OWN_INVERSION else config.inversion
+        extra.update(inversion=inversion, inversion_options=preset(INVERSIONS[inversion].Options, config.preset))
     if bench_name.endswith(MASK_SUFFIX) or "mask" in m.needs:
         if item.mask is None:
             raise LoceditError(f"item {item.id} has no mask for {bench_name}")

@@ -11,7 +11,7 @@ from .common import _positive_int, add_output_flags, finite_float, seed
 def _inversions():
     from ..inversion import INVERSIONS
 
-    return list(INVERSIONS)
+    return [*INVERSIONS, "default"]
 
 
 def _bench_methods():
@@ -48,7 +48,8 @@ def register(sub) -> None:
     bn.add_argument("--model", default="shapes", help="text-to-image model for the P2P-family methods")
     bn.add_argument("--instruct-model", default="shapes-instruct", help="InstructPix2Pix model for ip2p and lime")
     bn.add_argument("--inversion", default=DEFAULT_INVERSION, choices=_inversions(),
-                    help="inversion for the methods that take one (default null-text)")
+                    help="inversion for the methods that take one (default null-text; 'default': each method's "
+                         "own, its paper's: ddim for masactrl, pnp, diffedit, null-text for the others)")
     bn.add_argument("--preset", choices=["paper", "official"],
                     help="every method's and inversion's options from the paper's or the authors' code's reading")
     bn.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
