@@ -66,6 +66,15 @@ def test_mde_edit_table_1_as_printed():
         assert abs(rows["p2p"]["clip_whole"]["value"] / rows["p2p"]["clip_whole"]["scale"] - 100 * p2p_clip) < 1e-9
 
 
+def test_locinv_table_2_as_printed():
+    """LocInv, Table 2 (COCO-Edit): the bench's columns of seven rows per block; spot checks."""
+    multi = {r["method"]: r["values"] for r in json.loads((REPORTED / "locinv-table2-multi.json").read_text())["rows"]}
+    single = {r["method"]: r["values"] for r in json.loads((REPORTED / "locinv-table2-single.json").read_text())["rows"]}
+    assert len(multi) == len(single) == 7
+    assert (multi["locinv"]["bg_psnr"]["value"], multi["locinv"]["bg_mse"]["value"]) == (24.3783, 0.0054)
+    assert (single["diffedit"]["lpips_alex"]["value"], single["masactrl"]["clip_whole"]["value"]) == (0.1873, 22.0493)
+
+
 def test_report_against_a_published_table(tmp_path, capsys):
     """``locedit report RUN --against spdinv:table1``: the run's mean beside the published raw figure
     (printed value / scale) and their difference, for the rows of the run's methods on its inversion,
@@ -92,7 +101,8 @@ def test_report_against_a_published_table(tmp_path, capsys):
     assert "model `tiny-random` (the table: `CompVis/stable-diffusion-v1-4`)" in section and "steps `50`" not in section
     capsys.readouterr()
     assert main(["report", str(run), "--against", "nopaper:table9"]) == 2
-    assert ("no reported table 'nopaper:table9'; shipped: mag-edit:table1-mag-bench, mag-edit:table1-pie, "
+    assert ("no reported table 'nopaper:table9'; shipped: locinv:table2-multi, locinv:table2-single, "
+            "mag-edit:table1-mag-bench, mag-edit:table1-pie, "
             "mag-edit:table1-ted, mde-edit:table1-non-overlap, mde-edit:table1-overlap, spdinv:table1"
             ) in capsys.readouterr().err
 
@@ -144,8 +154,8 @@ def test_mag_edits_table_plans_its_runs_and_matches_default_rows(tmp_path):
 
 
 def test_reproduce_runs_mag_edits_and_mde_edits_tables_on_the_tiny_model(tmp_path):
-    """Each seed paper's table end to end (item 3): MAG-Edit's PIE-Bench columns and MDE-Edit's overlapping
-    group on tiny-random and a synthetic PIE-Bench folder - every planned row runs, none fails, each report
+    """Each seed paper's table end to end (item 3): LocInv's multi-object block, MAG-Edit's PIE-Bench
+    columns and MDE-Edit's overlapping group on tiny-random and a synthetic PIE-Bench folder - every planned row runs, none fails, each report
     puts the run beside the table."""
     import sys
 
@@ -155,7 +165,7 @@ def test_reproduce_runs_mag_edits_and_mde_edits_tables_on_the_tiny_model(tmp_pat
     import reproduce
 
     data = _pie_folder(tmp_path)
-    for spec, file in (("mag-edit:table1-pie", "mag-edit-table1-pie.json"),
+    for spec, file in (("locinv:table2-multi", "locinv-table2-multi.json"), ("mag-edit:table1-pie", "mag-edit-table1-pie.json"),
                        ("mde-edit:table1-overlap", "mde-edit-table1-overlap.json")):
         out = tmp_path / file
         assert reproduce.main([spec, "--model", "tiny-random", "--data", str(data), "--steps", "6", "--limit", "1",
