@@ -1,7 +1,7 @@
 """Every flow inversion on one flow model, over the source images of a dataset (issue 34: the inversions
 beside the editors in docs/methods.md's ShapesEdit table): each image inverted under its caption and
 sampled back (``locedit.api.flow_invert``), the reconstruction's PSNR against the image, the VAE round
-trip's (the bound), model calls and seconds.
+trip's (what an exact inversion gives back), model calls and seconds.
 
     python bench/flow_inversions.py --model checkpoints/shapes-flow --dataset shapes:n=30,seed=0,kinds=colour+shape
     python bench/flow_inversions.py --model ... --inversions euler,rf-solver --steps 28 --json out.json

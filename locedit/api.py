@@ -743,8 +743,8 @@ def flow_edit(spec: FlowSpec, *, files: dict | None = None, bundle=None, progres
 class FlowInversionResult:
     """A flow inversion's result (:func:`flow_invert`): ``inverted`` (its noise latent and settings),
     ``reconstruction`` (1, 3, H, W) in [0, 1] at the input's size, the noise sampled back down;
-    ``psnr`` of it against the input and ``vae_psnr`` of the VAE's round trip alone (the bound any
-    inversion meets), both in dB; ``model_calls`` the inversion's and the reconstruction's."""
+    ``psnr`` of it against the input and ``vae_psnr`` of the VAE's round trip alone (what an exact
+    inversion would give back), both in dB; ``model_calls`` the inversion's and the reconstruction's."""
 
     inverted: object
     reconstruction: torch.Tensor
@@ -765,14 +765,16 @@ def flow_invert(image: torch.Tensor, prompt: str, *, model: str, inversion: str 
     import torch
 
     from .diffusion.flow_model import FlowBundle
-    from .flow.invert import _check, invert, reconstruct
+    from .flow.invert import check_inversion, invert, reconstruct
     from .flow.inversions import FLOW_INVERSIONS
     from .imaging import Fit
     from .metrics import psnr
 
     if inversion not in FLOW_INVERSIONS:
         raise LoceditError(f"unknown flow inversion {inversion!r}; choose from {', '.join(FLOW_INVERSIONS)}")
-    if not prompt.strip() and (options is None or options.prompt == "source"):
+    if options is None:
+        options = FLOW_INVERSIONS[inversion].Options()
+    if not prompt.strip() and options.prompt == "source":
         raise LoceditError("--source is empty")
     if bundle is None:
         from .diffusion import load_model
@@ -781,15 +783,15 @@ def flow_invert(image: torch.Tensor, prompt: str, *, model: str, inversion: str 
     if not isinstance(bundle, FlowBundle):
         raise LoceditError(f"--inversion {inversion} runs on FLUX and SD3 models; {model!r} is a {bundle.family} "
                            "UNet model (its inversions: --inversion ddim, null-text, ...)")
-    _, options = _check(bundle, inversion, options)
+    _, options = check_inversion(bundle, inversion, options)
     plan = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, fit)
     with torch.no_grad():
         z = bundle.encode_image(plan.to_model(image))
-        vae = plan.from_model(bundle.decode_latents(z).float().cpu())
+        round_trip = plan.from_model(bundle.decode_latents(z).float().cpu())
         inv = invert(bundle, z, prompt, inversion, steps, options, seed, progress)
         back, calls = reconstruct(bundle, inv, progress)
         out = plan.from_model(bundle.decode_latents(back).float().cpu())
     meta = {"inversion": inversion, "model": model, "prompt": prompt, "steps": steps, "seed": seed, "fit": plan.mode,
             "options": dataclasses.asdict(options)}
-    return FlowInversionResult(inv, out, float(psnr(out, image)[0]), float(psnr(vae, image)[0]), (inv.calls, calls),
-                               meta)
+    return FlowInversionResult(inv, out, float(psnr(out, image)[0]), float(psnr(round_trip, image)[0]),
+                               (inv.calls, calls), meta)

@@ -130,3 +130,17 @@ def test_a_flow_inversion_on_a_unet_model_is_refused_in_one_line(model_dir, scen
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--inversion fireflow runs on FLUX and SD3 models" in err[0]
     assert not (tmp_path / "no").exists()
+
+
+def test_flow_invert_takes_the_inversions_own_prompt_default(flux):
+    """Uni-Inv and RF-Inversion invert on the empty prompt by default: no source prompt is needed for
+    them, while one that inverts on the source refuses an empty one, before any call."""
+    from locedit.api import flow_invert
+
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    r = flow_invert(image, "", model="tiny-flux", inversion="uni-inv", steps=2, bundle=flux)
+    assert r.inverted.prompt == "" and r.model_calls == (3, 3) and r.reconstruction.shape == image.shape
+    calls = flux.unet_calls
+    with pytest.raises(LoceditError, match="--source is empty"):
+        flow_invert(image, " ", model="tiny-flux", inversion="euler", steps=2, bundle=flux)
+    assert flux.unet_calls == calls

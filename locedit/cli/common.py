@@ -154,8 +154,10 @@ def _import_torchao_quietly() -> None:
             lg.setLevel(level)
 
 
-def load_bundle(args):
-    """The model named by ``--model``, with ``--steps`` checked against its scheduler before any UNet call."""
+def load_bundle(args, what: str = "", hint=None):
+    """The model named by ``--model``, with ``--steps`` checked against its scheduler before any UNet call.
+    A flow model is refused in one line naming ``what`` (default ``locedit COMMAND``) and, if given,
+    ``hint(bundle)`` - what to run instead (default: its flow editors)."""
     import torch
 
     from ..diffusion import load_model
@@ -165,14 +167,8 @@ def load_bundle(args):
     bundle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype, vae=getattr(args, "vae", None))
     from ..diffusion.flow_model import UNET_FAMILIES, check_family
 
-    command = getattr(args, "command", "invert")
-    if command == "invert":
-        from ..flow.inversions import FLOW_INVERSIONS
-
-        names = "|".join(n for n, e in FLOW_INVERSIONS.items() if getattr(bundle, "family", "sd") in e.families)
-        check_family(bundle, UNET_FAMILIES, f"--inversion {args.inversion}", f"invert it with --inversion {names}")
-    else:
-        check_family(bundle, UNET_FAMILIES, f"locedit {command}")
+    check_family(bundle, UNET_FAMILIES, what or f"locedit {getattr(args, 'command', 'invert')}",
+                 hint(bundle) if hint else "")
     try:
         bundle.steps(args.steps)
     except ValueError as exc:

@@ -253,6 +253,12 @@ def _write_folder(out: Path, write) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _flow_inversions_instead(bundle) -> str:
+    from ..flow.inversions import FLOW_INVERSIONS
+
+    return "invert it with --inversion " + "|".join(n for n, e in FLOW_INVERSIONS.items() if bundle.family in e.families)
+
+
 def cmd_invert(args) -> dict:
     from ..flow.inversions import FLOW_INVERSIONS
 
@@ -272,7 +278,7 @@ def cmd_invert(args) -> dict:
     out = check_output_dir(args.out)
     image = load_image(args.image, **limits(args))
     check_vocabulary(args.model or DEFAULT_MODEL, {"source": args.prompt})
-    bundle = load_bundle(args)
+    bundle = load_bundle(args, f"--inversion {args.inversion}", _flow_inversions_instead)
     fit, fitted = fit_image(bundle, image, args.fit)
     guidance = 7.5 if args.guidance is None else args.guidance
     traj = pipeline.invert(bundle, fitted, args.prompt, args.inversion, args.steps, guidance, options,

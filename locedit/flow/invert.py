@@ -53,7 +53,9 @@ def _velocity(bundle, prompt: str, guidance: float):
     return lambda z, t: bundle.velocity(z, t, text, guidance)
 
 
-def _check(bundle, inversion: str, options):
+def check_inversion(bundle, inversion: str, options):
+    """(registry entry, options with the entry's defaults) of ``inversion`` on ``bundle``, refused in one
+    line - an unknown name, a family it does not run on, another inversion's options - before any call."""
     if inversion not in FLOW_INVERSIONS:
         raise LoceditError(f"unknown flow inversion {inversion!r}; choose from {', '.join(FLOW_INVERSIONS)}")
     entry = FLOW_INVERSIONS[inversion]
@@ -76,7 +78,7 @@ def _ticks(progress, steps: int, desc: str):
 def invert(bundle, x0: torch.Tensor, prompt: str, inversion: str = "euler", steps: int = 28, options=None,
            seed: int = 0, progress=None) -> FlowInverted:
     """``x0`` (1, C, h, w), an image latent, inverted by ``inversion`` over ``steps`` steps."""
-    entry, o = _check(bundle, inversion, options)
+    entry, o = check_inversion(bundle, inversion, options)
     if steps < 1:
         raise LoceditError(f"steps must be >= 1, got {steps}")
     text_prompt = prompt if o.prompt == "source" else ""
@@ -86,10 +88,10 @@ def invert(bundle, x0: torch.Tensor, prompt: str, inversion: str = "euler", step
     calls0 = bundle.unet_calls
     if entry.solver:
         velocity, clock = _velocity(bundle, text_prompt, o.guidance), None
-        if getattr(o, "zero_init", False):  # Uni-Inv's first predictor velocity is zero, not the model's
-            now, model = {}, velocity
-            clock = lambda i, stage: now.__setitem__("at", (i, stage))  # noqa: E731
-            velocity = lambda z, t: torch.zeros_like(z) if now["at"] == (0, "first") else model(z, t)  # noqa: E731
+        if getattr(o, "zero_init", False):
+            from .uniedit import zero_init
+
+            velocity, clock = zero_init(velocity)
         z, _ = flow.walk(velocity, x, sigmas[::-1], entry.solver, clock=clock,
                          after_step=_ticks(progress, steps, f"{inversion} inversion"))
     else:

@@ -28,6 +28,20 @@ from ..errors import LoceditError
 from .options import UniEditOptions
 
 
+def zero_init(velocity):
+    """(velocity, clock) for :func:`locedit.diffusion.flow.walk` with Uni-Inv's ``zero_init``: the
+    predictor's first velocity (step 0, stage "first") is zero, not the model's - no call is made."""
+    now = {}
+
+    def clock(i, stage):
+        now["at"] = (i, stage)
+
+    def zeroed(z, t):
+        return torch.zeros_like(z) if now["at"] == (0, "first") else velocity(z, t)
+
+    return zeroed, clock
+
+
 @torch.no_grad()
 def uniedit_flow(bundle, x_src: torch.Tensor, source: str, target: str, options: UniEditOptions = UniEditOptions(),
                  seed: int = 0, progress=None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,16 +66,9 @@ def uniedit_flow(bundle, x_src: torch.Tensor, source: str, target: str, options:
         next(ticks, None)
         return z
 
-    now = {}
-
-    def clock(i, stage):
-        now["at"] = (i, stage)
-
-    def velocity(z, t):  # with zero_init the predictor's first velocity is zero, not the model's
-        if o.zero_init and now["at"] == (0, "first"):
-            return torch.zeros_like(z)
-        return bundle.velocity(z, t, empty, 1.0)
-
+    velocity, clock = lambda z, t: bundle.velocity(z, t, empty, 1.0), None
+    if o.zero_init:
+        velocity, clock = zero_init(velocity)
     z, _ = flow.walk(velocity, x, up, "uni-inv", clock=clock, after_step=keep)
     m = None if mask is None else mask.to(x)
     for i in range(n - k, n):

@@ -232,7 +232,7 @@ def gate_flow_t2i(pipe, n: int = 200, steps: int = 28, guidance: float = 4.0, se
 def gate_flow_inversion(pipe, n: int = 50, steps: int = 28) -> dict:
     """Gate F2: Euler inversion of each held-out scene under its caption, then Euler sampling back, both
     at guidance 1 (no CFG, no distilled guidance): PSNR of the decoded result against the scene; and
-    the VAE's round trip alone on the same scenes, the bound no inversion can pass."""
+    the VAE's round trip alone on the same scenes, what an exact inversion would give back."""
     import numpy as np
 
     from ..diffusion import flow
