@@ -49,6 +49,7 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
     img, mask, d = f["img"], f["mask"], f["dir"]
     edit = ["edit", img, "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]
     flow = ["flow", img, "--source", SRC, "--target", TGT, "--model", f"{d}/no-such-flux", "--out", f"{d}/o.png"]
+    flow_edit = ["edit"] + flow[1:]
     return [
         ("missing image", ["edit", f"{d}/nope.png", "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]),
         ("not an image", ["edit", f"{d}/notes.txt", "--source", SRC, "--target", TGT, "--out", f"{d}/o.png"]),
@@ -119,6 +120,10 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
         ("flow: --mask and --blend-words", flow + ["--mask", mask, "--blend-words", "circle", "circle"]),
         ("flow: blend word not in the prompt", flow + ["--blend-words", "diamond", "circle"]),
         ("flow: mask of another size", flow + ["--mask", f"{d}/small-mask.png"]),
+        ("edit: a flow editor with a UNet method's input", flow_edit + ["--method", "flowedit", "--region",
+                                                                        f"circle={mask}"]),
+        ("edit: --guidance with flowedit (two scales)", flow_edit + ["--method", "flowedit", "--guidance", "3"]),
+        ("edit: a flow editor's option with p2p", edit + ["--inject", "3"]),
         # the flow inversions (locedit invert --inversion euler|rf-solver|...): their flags, torch not imported
         ("invert: another inversion's option", ["invert", img, "--source", SRC, "--inversion", "euler", "--gamma", "0.3",
                                                 "--out-dir", f"{d}/inv"]),

@@ -703,7 +703,7 @@ def flow_edit(spec: FlowSpec, *, files: dict | None = None, bundle=None, progres
     if bundle is None:
         from .diffusion import load_model
 
-        bundle = load_model(spec.model, spec.device, spec.dtype, offload_text=spec.offload_text,
+        bundle = load_model(spec.model, spec.device, spec.dtype, vae=spec.vae, offload_text=spec.offload_text,
                             quantize=spec.quantize)
     if not isinstance(bundle, FlowBundle):
         raise LoceditError(f"{entry.name} runs on FLUX and SD3 models; {spec.model!r} is a {bundle.family} UNet model "

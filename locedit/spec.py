@@ -178,8 +178,9 @@ class InstructSpec:
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """One flow edit (``locedit flow``, :func:`locedit.api.flow_edit`; issue 33): a flow editor of
-    :data:`locedit.flow.FLOW_EDITORS` on a FLUX or SD3 model. Light: no torch."""
+    """One flow edit (``locedit edit --method NAME`` with a flow editor, or ``locedit flow``;
+    :func:`locedit.api.flow_edit`; issue 33): a flow editor of :data:`locedit.flow.FLOW_EDITORS` on a
+    FLUX or SD3 model. Light: no torch."""
 
     image: str
     source: str
@@ -189,6 +190,7 @@ class FlowSpec:
     options: Any = None  # the editor's options dataclass; None: its defaults
     mask: str | None = None  # a mask PNG (white = may change), the image's size
     blend_words: tuple[str, str] | None = None  # a mask from these words' joint-attention maps instead
+    vae: str | None = None  # a diffusers VAE folder or hub id in place of the model's
     device: str = "auto"
     dtype: str = "fp32"
     quantize: str | None = None  # "int8": torchao weight-only (locedit.diffusion.quantize)
@@ -202,14 +204,16 @@ class FlowSpec:
         return dataclasses.replace(self, **changes)
 
     def command(self, image_name: str | None = None) -> str:
-        """The ``locedit flow`` command line that reproduces this edit (add ``--out``)."""
-        return shlex.join(["locedit", "flow"] + self.argv(image_name))
+        """The ``locedit edit`` command line that reproduces this edit (add ``--out``; ``locedit flow``
+        takes the same arguments)."""
+        return shlex.join(["locedit", "edit"] + self.argv(image_name))
 
     def argv(self, image_name: str | None = None) -> list[str]:
         out = [str(image_name if image_name is not None else self.image), "--method", self.method,
                "--source", self.source, "--target", self.target, "--model", self.model]
         out += _changed((("device", self.device, "auto"), ("dtype", self.dtype, "fp32"), ("seed", self.seed, 0),
-                         ("fit", self.fit, "pad"), ("mask", self.mask, None), ("quantize", self.quantize, None),
+                         ("fit", self.fit, "pad"), ("mask", self.mask, None), ("vae", self.vae, None),
+                         ("quantize", self.quantize, None),
                          ("max-image-pixels", self.max_pixels, None)))
         out += _max_bytes(self.max_bytes)
         if self.blend_words:

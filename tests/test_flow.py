@@ -148,7 +148,7 @@ def test_the_unet_methods_refuse_a_flow_model_in_one_line(flux, sd3, scene_png, 
     bundle = from_flow_pipeline(sd3, name="tiny-sd3")
     image = torch.rand(1, 3, 32, 32)
     with pytest.raises(LoceditError, match="--method p2p runs on UNet models .* 'tiny-sd3' is a sd3 model: "
-                                            "edit it with 'locedit flow --method flowedit'$"):
+                                            "edit it with 'locedit edit --method flowedit'$"):
         pipeline.edit(bundle, image, "a red square", "a blue square")
     with pytest.raises(LoceditError, match="--inversion ddim runs on UNet models"):
         pipeline.invert(bundle, image, "a red square", "ddim", num_steps=2)
@@ -161,7 +161,7 @@ def test_the_unet_methods_refuse_a_flow_model_in_one_line(flux, sd3, scene_png, 
     assert code == 2 and len(err) == 1 and "is a flux model" in err[0] and not (tmp_path / "o.png").exists()
     from locedit.flow import FLOW_EDITORS
 
-    assert err[0].endswith("'locedit flow --method " + "|".join(FLOW_EDITORS) + "'")  # every editor runs on FLUX
+    assert err[0].endswith("'locedit edit --method " + "|".join(FLOW_EDITORS) + "'")  # every editor runs on FLUX
 
 
 def test_the_flow_sampler_behind_the_sampler_interface(flux):

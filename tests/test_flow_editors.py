@@ -5,6 +5,7 @@ bench/peers/flux_run.py's (docs/peers.md); here each defining property is comput
 
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
@@ -245,6 +246,90 @@ def test_locedit_flow_refuses_bad_flags_before_loading(saved, capsys, argv, mess
                  "--out", str(out), "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("model,method,flags", [
+    ("flux", "kv-edit", ["--mask", "MASK", "--steps", "3", "--skip", "1", "--guidance", "2.5",
+                         "--inversion-guidance", "1.25"]),
+    ("flux", "uniedit-flow", ["--mask", "MASK", "--steps", "4", "--alpha", "0.5", "--guidance", "1.5"]),
+    ("sd3", "flowedit", ["--blend-words", "red", "green", "--steps", "3", "--n-max", "2", "--tar-guidance", "4"]),
+])
+def test_locedit_edit_runs_the_flow_editors_as_locedit_flow_does(saved, model, method, flags):
+    """``locedit edit --method NAME`` with a flow editor builds the same FlowSpec as ``locedit flow``:
+    the same pixels and metadata; edit's own --steps, --guidance and --inversion-guidance set the
+    editor's options of those names; the recorded command (``locedit edit ...``) runs again to the
+    same pixels."""
+    from locedit.cli import main
+
+    flags = [f.replace("MASK", str(saved / "mask.png")) for f in flags]
+    common = [str(saved / "img.png"), "--method", method, "--model", str(saved / model), "--source", SRC,
+              "--target", TGT, "--quiet", *flags]
+    a, b, c = (saved / f"route-{method}-{k}.png" for k in "abc")
+    assert main(["flow", *common, "--out", str(a)]) == 0
+    assert main(["edit", *common, "--out", str(b)]) == 0
+    ia, ib = Image.open(a), Image.open(b)
+    assert np.array_equal(np.asarray(ia), np.asarray(ib)) and ia.text == ib.text
+    opts = json.loads(ib.text["locedit:options"])
+    given = {f: flags[i + 1] for i, f in enumerate(flags[:-1]) if f.startswith("--")}
+    assert opts["steps"] == int(given["--steps"])
+    for flag in ("--guidance", "--inversion-guidance", "--tar-guidance"):
+        if flag in given:
+            assert opts[flag[2:].replace("-", "_")] == float(given[flag])
+    argv = shlex.split(ib.text["locedit:command"])
+    assert argv[:3] == ["locedit", "edit", str(saved / "img.png")]
+    assert main(argv[1:] + ["--out", str(c), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(c)), np.asarray(ib))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "flowedit", "--guidance", "3"], "--guidance is not used by --method flowedit (it has --src-guidance, "
+                                                  "--tar-guidance)"),
+    (["--method", "kv-edit", "--mask", "MASK", "--inversion-guidance"], "--inversion-guidance needs a value"),
+    (["--method", "kv-edit", "--mask", "MASK", "--mask", "MASK"], "--method kv-edit takes one --mask"),
+    (["--method", "flowedit", "--panel", "p.png"], "--panel is not used by --method flowedit"),
+    (["--method", "flowedit", "--region", "red=MASK"], "--region is not used by --method flowedit"),
+    (["--method", "rf-solver-edit", "--preset", "paper"], "--preset is not used by --method rf-solver-edit"),
+    (["--method", "flowedit", "--n-max", "0"], "n_max >= 1"),
+    (["--method", "p2p", "--inject", "3"], "--inject is not used by --method p2p"),
+    (["--method", "p2p", "--offload-text"], "--offload-text is not used by --method p2p"),
+    (["--method", "p2p", "--proximal", "--inversion-guidance", "2.5"], "--inversion-guidance 2.5: a timestep"),
+])
+def test_locedit_edit_refuses_what_the_engine_does_not_read_before_loading(saved, capsys, argv, message):
+    """Flags of the other engine are refused in one line, before any model is loaded (the model named
+    does not exist) and with no output: nothing accepted and then ignored."""
+    from locedit.cli import main
+
+    argv = [a.replace("MASK", str(saved / "mask.png")) for a in argv]
+    out = saved / "never.png"
+    assert main(["edit", str(saved / "img.png"), "--model", "no/such-model", "--source", SRC, "--target", TGT,
+                 "--out", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_a_flow_edit_takes_vae(saved, tmp_path):
+    """``--vae`` reaches a flow edit's loader: the model's own VAE folder gives the same pixels,
+    another VAE other pixels, and the PNG's command names it."""
+    from locedit.cli import main
+
+    tiny_flux(1).vae.save_pretrained(tmp_path / "other-vae", safe_serialization=True)
+    base = ["edit", str(saved / "img.png"), "--method", "flowedit", "--model", str(saved / "flux"), "--source", SRC,
+            "--target", TGT, "--steps", "2", "--n-max", "1", "--quiet"]
+    outs = {}
+    for name, extra in (("none", []), ("own", ["--vae", str(saved / "flux" / "vae")]),
+                        ("other", ["--vae", str(tmp_path / "other-vae")])):
+        assert main(base + extra + ["--out", str(tmp_path / f"{name}.png")]) == 0
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outs["none"], outs["own"]) and not np.array_equal(outs["none"], outs["other"])
+    assert "--vae" in shlex.split(Image.open(tmp_path / "other.png").text["locedit:command"])
+
+
+def test_locedit_edit_with_a_flow_editor_needs_a_model(saved, capsys):
+    from locedit.cli import main
+
+    assert main(["edit", str(saved / "img.png"), "--method", "flowedit", "--source", SRC, "--target", TGT,
+                 "--out", str(saved / "never.png"), "--quiet"]) == 2
+    assert "--method flowedit needs --model" in capsys.readouterr().err
 
 
 def test_locedit_flow_refuses_a_flux_only_editor_on_sd3(saved, capsys):

@@ -245,7 +245,7 @@ def test_the_editor_refuses_a_file_by_its_header_before_gradio_decodes_it(tmp_pa
 
 def test_on_a_flow_model_the_app_offers_and_runs_the_flow_editors(tmp_path):
     """A FLUX model loaded by the app: its methods are the flow editors; an edit with two drawn layers
-    runs KV-Edit through locedit.api.flow_edit inside their union, its command (``locedit flow``)
+    runs KV-Edit through locedit.api.flow_edit inside their union, its command (``locedit edit``)
     reproduces it, and a region word (a UNet methods' input) is refused in one line; the page builds."""
     from locedit.diffusion import load_model
     from locedit.diffusion.tiny_flow import tiny_flux
@@ -266,7 +266,7 @@ def test_on_a_flow_model_the_app_offers_and_runs_the_flow_editors(tmp_path):
     out = session.edit(inputs)
     assert out.edited.shape == (40, 40, 3) and out.summary["method"] == "kv-edit" and out.summary["model_calls"] == 6
     argv = shlex.split(out.command)
-    assert argv[:2] == ["locedit", "flow"] and "--steps" in argv and "--mask" in argv
+    assert argv[:2] == ["locedit", "edit"] and "--steps" in argv and "--mask" in argv
     Image.fromarray(a).save(tmp_path / "IMAGE.png")
     Image.fromarray(((top | left) * 255).astype(np.uint8)).save(tmp_path / "MASK.png")
     again = tmp_path / "again.png"

@@ -29,7 +29,9 @@ def fraction(text: str) -> float:
     return v
 
 
-def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str = "") -> None:
+def add_model_args(p: argparse.ArgumentParser, steps: int | None = 50, model_help: str = "") -> None:
+    """--model, --device, --dtype, --vae, --steps (``steps`` None: default 50, or a flow editor's own),
+    --seed, --fit."""
     from ..diffusion.names import BUILTIN_MODEL_NAMES, DTYPE_NAMES
 
     g = p.add_argument_group("model")
@@ -39,8 +41,9 @@ def add_model_args(p: argparse.ArgumentParser, steps: int = 50, model_help: str 
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPE_NAMES), help="network precision; step math stays fp32")
     add_vae_flag(g)
+    shown = steps if steps is not None else "50; a flow editor's own"
     g.add_argument("--steps", type=_positive_int, default=steps,
-                   help=f"sampling steps, 1 to the scheduler's training steps (default {steps})")
+                   help=f"sampling steps, 1 to the scheduler's training steps (default {shown})")
     g.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
     g.add_argument("--fit", default="pad", choices=["pad", "resize"],
                    help="how an image that is not the model's square size is fitted: pad the short side by "

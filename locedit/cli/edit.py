@@ -30,6 +30,17 @@ def _inversion_classes() -> dict[str, type]:
     return {f"inversion {name}": inv.Options for name, inv in INVERSIONS.items()}
 
 
+def _edit_table() -> dict:
+    """``locedit edit``'s option flags: every method's and inversion's, and the flow editors' (less the
+    flags ``edit`` has of its own, :data:`locedit.cli.flow.SHARED_FLAGS`)."""
+    from .flow import edit_table
+
+    table = option_flag_table({**_method_classes(), **_inversion_classes()})
+    for flag, owners in edit_table().items():
+        table.setdefault(flag, []).extend(owners)
+    return table
+
+
 def _flow_inversion_classes() -> dict[str, type]:
     from ..flow.inversions import FLOW_INVERSIONS
 
@@ -38,6 +49,7 @@ def _flow_inversion_classes() -> dict[str, type]:
 
 def register(sub) -> None:
     """``locedit edit`` (its inputs and outputs in :func:`_edit_inputs_and_outputs`) and ``locedit invert``."""
+    from ..flow import FLOW_EDITORS
     from ..inversion import INVERSIONS
     from ..methods import METHODS
     from ..options import PRESET_NAMES
@@ -50,18 +62,24 @@ def register(sub) -> None:
                "  locedit edit cat.png --source 'a cat on the grass' --target 'a dog on the grass' \\\n"
                "      --inversion null-text --p2p refine --blend-words cat dog --out dog.png\n"
                "  locedit edit room.png --source 'a red pillow on a sofa' --target 'a green pillow on a sofa' \\\n"
-               "      --method mag-edit --region green=pillow.png --preset official --out green.png",
+               "      --method mag-edit --region green=pillow.png --preset official --out green.png\n"
+               "  locedit edit room.png --model black-forest-labs/FLUX.1-dev --method kv-edit \\\n"
+               "      --source 'a red pillow on a sofa' --target 'a green pillow on a sofa' --mask pillow.png "
+               "--out green.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("image", nargs="?", help="input image (PNG/JPEG); optional with --from-inversion")
     e.add_argument("--source", help="prompt describing the input image (default with --from-inversion: its prompt)")
     e.add_argument("--target", required=True, help="prompt describing the wanted edit")
     e.add_argument("--from-inversion", metavar="DIR", help="reuse a trajectory saved by 'locedit invert'")
-    add_model_args(e, model_help=" (with --from-inversion: the model the trajectory was made with)")
+    add_model_args(e, steps=None, model_help=" (with --from-inversion: the model the trajectory was made with)")
     add_image_limit_flags(e)
-    e.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    e.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance scale (default 7.5; a flow editor's own, where it has one)")
     m = e.add_argument_group("method")
-    m.add_argument("--method", default="p2p", choices=list(METHODS),
-                   help="; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()) + " (default p2p)")
+    m.add_argument("--method", default="p2p", choices=[*METHODS, *FLOW_EDITORS],
+                   help="; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()) + " (default p2p). On a FLUX or "
+                        "SD3 model: " + "; ".join(f"{k}: {v.summary} [{', '.join(v.families)}]"
+                                                   for k, v in FLOW_EDITORS.items()))
     m.add_argument("--preset", choices=PRESET_NAMES,
                    help="start every option of the method and inversion from the paper's reading or the authors' "
                         "code's (default: locedit's defaults, the paper's where it is explicit; docs/conformance.md)")
@@ -145,13 +163,15 @@ def _edit_inputs_and_outputs(e) -> None:
     i.add_argument("--bind", action="append", default=[], metavar="ADJ:NOUN",
                    help="locinv: bind an adjective to a region noun (repeatable)")
     o = e.add_argument_group("method and inversion options (defaults per method; `locedit methods`)")
-    add_option_flags(o, option_flag_table({**_method_classes(), **_inversion_classes()}))
-    x = e.add_argument_group("SPDInv editing-side extras (any method; off by default)")
+    add_option_flags(o, _edit_table())
+    _flow_model_flags(e.add_argument_group("flow models (the flow editors only)"))
+    x = e.add_argument_group("SPDInv editing-side extras (any UNet method; off by default)")
     x.add_argument("--npi-null", action="store_true", help="use the source prompt as the null embedding")
     x.add_argument("--proximal", type=finite_float, nargs="?", const=0.7, default=None, metavar="Q",
                    help="soft-threshold the guidance difference at its Q-quantile (0.7 when no Q)")
-    x.add_argument("--inversion-guidance", type=int, nargs="?", const=400, default=None, metavar="T",
-                   help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal")
+    x.add_argument("--inversion-guidance", type=finite_float, nargs="?", const=NO_VALUE, default=None, metavar="T",
+                   help="below timestep T (400 when no T) pull unedited latents onto the inversion; needs --proximal. "
+                        "With kv-edit or rf-inversion: their inversion's guidance scale")
     e.add_argument("--grad-checkpointing", action="store_true", help=GRAD_CHECKPOINTING_HELP)
     out = e.add_argument_group("output")
     out.add_argument("--out", default="edit.png",
@@ -164,6 +184,28 @@ def _edit_inputs_and_outputs(e) -> None:
                      help="the target words whose maps --save-attention shows (default: the region, attribute or "
                           "blend words, else the words the target adds)")
     add_output_flags(out)
+
+
+NO_VALUE = -1.0  # --inversion-guidance given without a value
+
+
+def _flow_model_flags(group) -> None:
+    from ..diffusion.quantize import MODES as QUANTIZE_MODES
+
+    group.add_argument("--quantize", choices=list(QUANTIZE_MODES),
+                       help="quantise the transformer's weights (torchao int8 weight-only: FLUX.1-dev in 11 GiB "
+                            "instead of 22; needs locedit[quant])")
+    group.add_argument("--offload-text", action="store_true",
+                       help="keep the text encoders on the CPU between encodings (T5-XXL: 9 GiB off the accelerator)")
+
+
+def _timestep(value) -> int | None:
+    """SPDInv's ``--inversion-guidance T``: 400 when given without T; a whole number."""
+    if value is None or value == NO_VALUE:
+        return None if value is None else 400
+    if value != int(value) or value < 0:
+        raise LoceditError(f"--inversion-guidance {value:g}: a timestep, a whole number >= 0")
+    return int(value)
 
 
 GRAD_CHECKPOINTING_HELP = ("recompute the UNet's activations in each backward pass (null-text, SPDInv, LocInv's token "
@@ -307,16 +349,20 @@ def parse_edit(args):
         preset=args.preset, from_inversion=args.from_inversion, masks=tuple(args.mask), boxes=tuple(args.box),
         mask_from=args.mask_from, blend_words=tuple(args.blend_words) if args.blend_words else None,
         regions=tuple(args.region), attributes=tuple(args.attribute), binds=tuple(args.bind), model=args.model,
-        vae=args.vae, device=args.device, dtype=args.dtype, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        fit=args.fit, npi_null=args.npi_null, proximal=args.proximal, inversion_guidance=args.inversion_guidance,
+        vae=args.vae, device=args.device, dtype=args.dtype, steps=50 if args.steps is None else args.steps,
+        guidance=7.5 if args.guidance is None else args.guidance, seed=args.seed,
+        fit=args.fit, npi_null=args.npi_null, proximal=args.proximal, inversion_guidance=_timestep(args.inversion_guidance),
         grad_checkpointing=args.grad_checkpointing,
         attention_words=tuple(args.attention_words or ()) if args.save_attention else None,
         max_pixels=None if args.max_image_pixels == MAX_PIXELS else args.max_image_pixels,
         max_bytes=None if max_bytes == MAX_BYTES else max_bytes, mask_rule=args.mask_rule)
     api.check(spec)
     method = METHODS[args.method]
+    for flag, given in (("--quantize", args.quantize), ("--offload-text", args.offload_text)):
+        if given:
+            raise LoceditError(f"{flag} is not used by --method {args.method} (the flow editors' option)")
     inversion = args.inversion or method.inversion  # none named: the one its paper uses
-    table = option_flag_table({**_method_classes(), **_inversion_classes()})
+    table = _edit_table()
     key, inversion_key = f"method {args.method}", f"inversion {inversion}"
     candidates = {key: preset(method.Options, args.preset), inversion_key: preset(INVERSIONS[inversion].Options, args.preset)}
     # the method's options say whether it runs on an inversion (most by their inputs, Blended Latent
@@ -354,7 +400,13 @@ def cmd_edit(args) -> dict:
     (all or none)."""
     from .. import api
     from ..fileio import OutputSet
+    from ..flow import FLOW_EDITORS
     from .common import progress, quiet_libraries
+
+    if args.method in FLOW_EDITORS:  # the registry says which engine runs it
+        from .flow import cmd_edit_flow
+
+        return cmd_edit_flow(args)
 
     def before_load():  # once the inputs are checked: a bad input is refused before these heavy imports
         import torch

@@ -1,5 +1,6 @@
 """``locedit flow`` (alias ``locedit flowedit``): the flow editors (:data:`locedit.flow.FLOW_EDITORS`)
-on a FLUX or Stable Diffusion 3 model (issue 33; their entry until they join ``locedit edit``).
+on a FLUX or Stable Diffusion 3 model (issue 33), and the same editors run by ``locedit edit --method
+NAME`` (:func:`cmd_edit_flow`), which builds the same :class:`~locedit.spec.FlowSpec`.
 Each editor's flags come from its options dataclass; a flag the chosen editor does not have is
 refused in one line, before any model is loaded."""
 
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_image_limit_flags, add_option_flags, add_output_flags, apply_option_flags, option_flag_table,
-                     seed)
+from ..errors import LoceditError
+from .common import (add_image_limit_flags, add_option_flags, add_output_flags, add_vae_flag, apply_option_flags,
+                     limits, option_flag_table, seed)
 
 
 def _editors():
@@ -45,6 +47,7 @@ def register(sub) -> None:
     f.add_argument("--source", required=True, help="the prompt that describes the image")
     f.add_argument("--target", required=True, help="the prompt of the edit")
     f.add_argument("--model", required=True, help="a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
+    add_vae_flag(f)
     f.add_argument("--mask", help="PNG mask (white = may change), the image's size: the outside stays the source's")
     f.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
                    help="a mask from the words' joint-attention maps instead of --mask: the source word in "
@@ -65,24 +68,86 @@ def register(sub) -> None:
 
 
 def cmd_flow(args) -> dict:
-    from .. import api
-    from ..fileio import MAX_BYTES, MAX_PIXELS, OutputSet, check_output
-    from ..spec import FlowSpec
-    from .common import limits, progress, quiet_libraries
-
     entry = _editors()[args.method]
     options = apply_option_flags(args, _table(), {entry.name: entry.Options()}, f"--method {entry.name}")[entry.name]
+    return run_flow_spec(flow_spec(args, options, args.model, args.mask, args.vae), args)
+
+
+def flow_spec(args, options, model: str, mask: str | None, vae: str | None):
+    """The :class:`~locedit.spec.FlowSpec` of the parsed command line (``locedit flow`` or ``locedit
+    edit`` with a flow editor), checked as far as its text allows."""
+    from .. import api
+    from ..fileio import MAX_BYTES, MAX_PIXELS
+    from ..spec import FlowSpec
+
     lim = limits(args)
-    spec = FlowSpec(args.image, args.source, args.target, args.model, method=entry.name, options=options,
-                    mask=args.mask, blend_words=tuple(args.blend_words) if args.blend_words else None,
+    spec = FlowSpec(args.image, args.source, args.target, model, method=args.method, options=options, mask=mask,
+                    blend_words=tuple(args.blend_words) if args.blend_words else None, vae=vae,
                     device=args.device, dtype=args.dtype, quantize=args.quantize, offload_text=args.offload_text,
                     seed=args.seed, fit=args.fit,
                     max_pixels=None if lim["max_pixels"] == MAX_PIXELS else lim["max_pixels"],
                     max_bytes=None if lim["max_bytes"] == MAX_BYTES else lim["max_bytes"])
     api.check_flow(spec)
+    return spec
+
+
+def run_flow_spec(spec, args) -> dict:
+    """Run ``spec`` and write ``--out`` (checked before the model loads)."""
+    from .. import api
+    from ..fileio import OutputSet, check_output
+    from .common import progress, quiet_libraries
+
     check_output(args.out)
     result = api.flow_edit(spec, progress=progress(args), before_load=lambda: quiet_libraries(args.verbose))
     out = OutputSet()
     out.add(result.edited, args.out, result.meta)
     out.commit()
     return {"out": args.out, "model_calls": result.model_calls}
+
+
+# ``locedit edit`` with a flow editor: its own flags that a flow editor has as options (set there when
+# given), and those no flow editor reads (refused when given: nothing accepted and then ignored)
+SHARED_FLAGS = ("steps", "guidance", "inversion_guidance")
+UNET_ONLY_FLAGS = ("from_inversion", "inversion", "preset", "box", "region", "attribute", "bind", "mask_from",
+                   "npi_null", "proximal", "grad_checkpointing", "panel", "save_attention", "attention_words")
+
+
+def edit_table() -> dict:
+    """The flow editors' option flags as ``locedit edit`` adds them: without :data:`SHARED_FLAGS`,
+    which are ``edit``'s own flags there."""
+    return {flag: owners for flag, owners in _table().items() if flag.replace("-", "_") not in SHARED_FLAGS}
+
+
+def cmd_edit_flow(args) -> dict:
+    """``locedit edit --method NAME`` with a flow editor: the same :class:`~locedit.spec.FlowSpec` as
+    ``locedit flow``'s, from ``edit``'s flags (its ``--steps``, ``--guidance`` and
+    ``--inversion-guidance`` set the editor's options of those names)."""
+    from dataclasses import fields, replace
+
+    from .edit import NO_VALUE
+
+    entry = _editors()[args.method]
+    context = f"--method {entry.name}"
+    for dest in UNET_ONLY_FLAGS:
+        if getattr(args, dest, None) not in (None, False, [], ()):
+            raise LoceditError(f"--{dest.replace('_', '-')} is not used by {context} (a flow editor: docs/flow.md)")
+    if args.mask_rule != "half":
+        raise LoceditError(f"--mask-rule {args.mask_rule} is not used by {context} (a flow editor: docs/flow.md)")
+    if len(args.mask) > 1:
+        raise LoceditError(f"{context} takes one --mask")
+    if args.image is None or args.source is None:
+        raise LoceditError(f"{context} needs IMAGE and --source")
+    if args.model is None:
+        raise LoceditError(f"{context} needs --model: a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
+    options = apply_option_flags(args, edit_table(), {entry.name: entry.Options()}, context)[entry.name]
+    names = {f.name for f in fields(options)}
+    for dest in SHARED_FLAGS:
+        value, flag = getattr(args, dest), "--" + dest.replace("_", "-")
+        if value is not None and dest not in names:
+            alike = [f"--{n.replace('_', '-')}" for n in sorted(names) if n.endswith(dest.split("_")[-1])]
+            raise LoceditError(f"{flag} is not used by {context}" + (f" (it has {', '.join(alike)})" if alike else ""))
+        if value is not None and dest == "inversion_guidance" and value == NO_VALUE:  # SPDInv's bare form
+            raise LoceditError(f"{flag} needs a value with {context}")
+        if value is not None:
+            options = replace(options, **{dest: value})
+    return run_flow_spec(flow_spec(args, options, args.model, args.mask[0] if args.mask else None, args.vae), args)

@@ -69,7 +69,7 @@ def describe_registries() -> dict:
 
     methods = {name: describe_entry(m) for name, m in METHODS.items()}
     methods.update({name: describe_entry(m, " (locedit instruct)") for name, m in INSTRUCT_METHODS.items()})
-    flow = {name: {**describe_entry(e, " (locedit flow)"), "families": list(e.families), "needs_mask": e.needs_mask}
+    flow = {name: {**describe_entry(e, " (locedit edit, on FLUX or SD3)"), "families": list(e.families), "needs_mask": e.needs_mask}
             for name, e in FLOW_EDITORS.items()}
     from ..flow.inversions import FLOW_INVERSIONS
 

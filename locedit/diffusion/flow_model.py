@@ -199,7 +199,7 @@ def check_family(bundle, families: tuple[str, ...], what: str, hint: str = "") -
 
         editors = "|".join(n for n, e in FLOW_EDITORS.items() if family in e.families)
         raise LoceditError(f"{what} runs on {kinds}; {bundle.name!r} is a {family} model: "
-                           + (hint or f"edit it with 'locedit flow --method {editors}'"))
+                           + (hint or f"edit it with 'locedit edit --method {editors}'"))
 
 
 def family_of(index: dict) -> str | None:

@@ -2,7 +2,7 @@
 (:class:`locedit.registry.Entry`) plus what a flow editor declares - the model families it runs on,
 whether it needs a mask, the rule that takes a user's mask to the latent grid, and ``run``.
 
-``locedit flow --method NAME`` (alias ``locedit flowedit``), ``locedit methods`` and the FLUX peers'
+``locedit edit --method NAME`` (and ``locedit flow``, alias ``locedit flowedit``), ``locedit methods`` and the FLUX peers'
 side-by-side runs (``bench/peers/flux_run.py``) read it; a new editor is a module and one line in
 :data:`FLOW_EDITORS`. Torch-free at import (the command line refuses bad flags from it before
 torch loads): each ``run`` imports its editor's module.

@@ -5,8 +5,8 @@ model, :func:`locedit.api.flow_invert`, ``locedit methods`` and ``bench/flow_inv
 it; :mod:`.invert` runs it. Torch-free at import.
 
 The editors run these same solvers inside their own inversions (RF-Solver-Edit, FireFlow and
-KV-Edit record features on the way up; UniEdit-Flow inverts part of the way): ``--solver`` of
-``locedit flow`` picks among the ODE ones for the value-sharing editors.
+KV-Edit record features on the way up; UniEdit-Flow inverts part of the way): the value-sharing
+editors' ``--solver`` (``locedit edit --method rf-solver-edit``) picks among the ODE ones.
 """
 
 from __future__ import annotations
