@@ -175,6 +175,55 @@ def test_kv_edit_leaves_every_background_latent_exactly(flux, options):
     assert flux.unet_calls - calls == 2 * n  # inversion + edit, or two branches a step
 
 
+def test_kv_edit_on_rf_solvers_inversion_pairs_each_call_with_its_recording(flux, monkeypatch):
+    """``solver="rf-solver"`` (locedit's addition): the inversion and the sampling by RF-Solver's step,
+    4 calls a step; every sampling call replays the keys and values recorded under the same clock -
+    the midpoints at the very same level, the first calls one level lower, as the code's Euler pairs
+    them; the background still ends on the source latent exactly; the default (Euler) is unchanged."""
+    from locedit.flow import kvedit
+
+    seen = []
+    real = kvedit.KVCache.attend
+
+    def spy(self, site, q, k, v, rotary, mask):
+        seen.append((self.mode, self.clock))
+        return real(self, site, q, k, v, rotary, mask)
+
+    levels_at = []
+    velocity = type(flux).velocity_tokens
+
+    def level_spy(self, z, ids, t, text, guidance):
+        levels_at.append(float(t))
+        return velocity(self, z, ids, t, text, guidance)
+
+    monkeypatch.setattr(kvedit.KVCache, "attend", spy)
+    monkeypatch.setattr(type(flux), "velocity_tokens", level_spy)
+    x = _x(flux)
+    m = torch.zeros(1, 1, 8, 8)
+    m[..., 1:4, 3:7] = 1
+    o = KVEditOptions(steps=5, skip=1, solver="rf-solver")
+    calls = flux.unet_calls
+    out = kv_edit(flux, x, SRC, TGT, o, mask=m)
+    n = o.steps - o.skip
+    assert flux.unet_calls - calls == 4 * n
+    outside = (m == 0).expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    per_call = len(seen) // (4 * n)  # the control sees every joint block of a call
+    clocks = [seen[i * per_call] for i in range(4 * n)]
+    recorded = {c: t for (mode, c), t in zip(clocks, levels_at) if mode == "record"}
+    replayed = [(c, t) for (mode, c), t in zip(clocks, levels_at) if mode == "replay"]
+    assert len(recorded) == 2 * n and sorted(c for c, _ in replayed) == sorted(recorded)
+    levels = flux.sigmas(o.steps, 8, 8).tolist()[o.skip:]
+    for (k, stage), t in replayed:
+        assert recorded[(k, stage)] == pytest.approx(t if stage == "mid" else levels[k + 1])
+        assert t == pytest.approx(levels[k] if stage == "first" else (levels[k] + levels[k + 1]) / 2)
+    monkeypatch.undo()
+    assert not torch.equal(out, kv_edit(flux, x, SRC, TGT, KVEditOptions(steps=5, skip=1), mask=m))
+    for bad in (dict(solver="fireflow"), dict(solver="uni-inv"), dict(solver="rf-solver", inversion_free=True)):
+        with pytest.raises(LoceditError, match="solver"):
+            KVEditOptions(**bad)
+
+
 def test_kv_edit_refuses_what_it_cannot_do(flux):
     x = _x(flux)
     with pytest.raises(LoceditError, match="needs a mask"):
@@ -498,6 +547,28 @@ def test_uniedit_flow_with_identical_prompts_is_delayed_inversion_then_sampling(
     masked = uniedit_flow(flux, x, SRC, TGT, o, mask=m)
     out = (m == 0).expand_as(x)
     assert torch.equal(masked[out], x[out]) and (masked - x)[~out].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("solver,inversion_calls", [("euler", 3), ("rf-solver", 6), ("fireflow", 4)])
+def test_uniedit_flow_on_another_solvers_inversion(flux, solver, inversion_calls):
+    """``solver`` (locedit's addition): with identical prompts UniEdit-Flow is that solver's delayed
+    inversion (k = 3 steps, its calls) then k Euler steps back; ``--zero-init`` stays Uni-Inv's."""
+    from locedit.flow.options import UniEditOptions
+    from locedit.flow.uniedit import uniedit_flow
+
+    x = _x(flux)
+    o = UniEditOptions(steps=5, alpha=0.6, guidance=2.0, solver=solver)
+    calls = flux.unet_calls
+    same = uniedit_flow(flux, x, SRC, SRC, o)
+    assert flux.unet_calls - calls == inversion_calls + 2 * 3
+    levels = flux.sigmas(5, 8, 8).tolist()
+    empty, src = flux.encode_text([""]), flux.encode_text([SRC])
+    z, _ = flow.walk(lambda z, t: flux.velocity(z, t, empty, 1.0), x, levels[::-1][:4], solver)
+    want, _ = flow.walk(lambda z, t: flux.velocity(z, t, src, 2.0), z, levels[2:], "euler")
+    torch.testing.assert_close(same, want, rtol=0, atol=1e-5)
+    assert (same - uniedit_flow(flux, x, SRC, SRC, UniEditOptions(steps=5, alpha=0.6, guidance=2.0))).abs().max() > 1e-4
+    with pytest.raises(LoceditError, match="zero-init"):
+        UniEditOptions(zero_init=True, solver=solver)
 
 
 def test_the_bench_runs_flow_editors_on_a_flow_model(tmp_path):

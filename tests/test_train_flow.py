@@ -102,3 +102,21 @@ def test_the_committed_checkpoint_loads_in_fluxpipeline_and_holds_its_gates_on_a
     assert TF.gate_flow_t2i(pipe, 16, 28)["f1_oracle"] >= 0.375
     f2 = TF.gate_flow_inversion(pipe, 4, 28)
     assert f2["f2_inversion_psnr"] > 27.0 and f2["f2_vae_bound_psnr"] > f2["f2_inversion_psnr"]
+
+
+def test_the_committed_checkpoint_holds_its_editing_gates_on_a_small_sample():
+    """F3-F5 (issue 34) on 8 held-out edits each, with room below the committed step's figures on
+    these same edits (FlowEdit 5/8 seen, 30.5 dB outside; KV-Edit in the object's mask 4/8, 32.1 dB;
+    FlowEdit in the blend-words mask 7/8, 31.1 dB, at step 8,048): an editor that stops editing, or
+    one that spills outside its object, falls under these."""
+    from pathlib import Path
+
+    from locedit.world import train_flow as TF
+
+    pipe = TF.load_flow_pipeline(str(Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-flow"))
+    f3 = TF.gate_flow_edit(pipe, 8, 28)
+    assert f3["f3_flowedit_oracle"] >= 3 / 8 and f3["f3_flowedit_outside_psnr"] > 27.0
+    f4 = TF.gate_kv_edit(pipe, 8, 28)
+    assert f4["f4_kv_edit_oracle"] >= 2 / 8 and f4["f4_kv_edit_outside_psnr"] > 30.0
+    f5 = TF.gate_blend_words(pipe, 8, 28)
+    assert f5["f5_blend_words_oracle"] >= 4 / 8 and f5["f5_blend_words_outside_psnr"] > 27.0

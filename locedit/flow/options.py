@@ -10,6 +10,7 @@ from ..errors import LoceditError
 from ..options import Citation
 
 SOLVERS = ("euler", "rf-solver", "fireflow", "uni-inv")  # locedit.diffusion.flow.walk's (tested equal)
+KV_SOLVERS = ("euler", "rf-solver")  # the ones whose every sampling call has a recorded partner (KV-Edit)
 
 FLOWEDIT_PAPER = Citation("Kulikov et al., FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow "
                           "Models, ICCV 2025", "Alg. 1",
@@ -130,10 +131,17 @@ class KVEditOptions:
     inversion_free: bool = field(default=False, metadata={"flag": "inversion-free",
                                                           "help": "the code's inversion-free editor (FlowEdit's ODE on "
                                                                   "the foreground)"})
+    solver: str = field(default="euler", metadata={"flag": "solver", "choices": SOLVERS,
+                                                   "help": "the inversion's and sampling's solver"})
 
     def __post_init__(self):
         if self.steps < 1 or not 0 <= self.skip < self.steps:
             raise LoceditError(f"kv-edit needs steps >= 1 and 0 <= skip < steps, got {self.steps} and {self.skip}")
+        if self.solver not in KV_SOLVERS:
+            raise LoceditError(f"kv-edit's solver is {' or '.join(KV_SOLVERS)} (each sampling call replays a recorded "
+                               f"one), not {self.solver}")
+        if self.inversion_free and self.solver != "euler":
+            raise LoceditError("kv-edit's inversion-free editor has no inversion to solve: --solver is euler there")
         if self.inversion_free and self.re_init:
             raise LoceditError("kv-edit's re_init starts the inversion-based editor; the inversion-free one has none")
 
@@ -193,10 +201,16 @@ class UniEditOptions:
                                                            "runs at 1)"})
     zero_init: bool = field(default=False, metadata={"flag": "zero-init",
                                                      "help": "Uni-Inv's first predictor velocity is zero"})
+    solver: str = field(default="uni-inv", metadata={"flag": "solver", "choices": SOLVERS,
+                                                     "help": "the delayed inversion's solver"})
 
     def __post_init__(self):
         if self.steps < 1 or not 0 < self.alpha <= 1:
             raise LoceditError(f"uniedit-flow needs steps >= 1 and 0 < alpha <= 1, got {self.steps}, {self.alpha}")
+        if self.solver not in SOLVERS:
+            raise LoceditError(f"uniedit-flow's solver is one of {', '.join(SOLVERS)}, not {self.solver}")
+        if self.zero_init and self.solver != "uni-inv":
+            raise LoceditError(f"--zero-init is Uni-Inv's (its first predictor velocity); not with --solver {self.solver}")
 
 
 # ---- the flow inversions (registry: :mod:`.inversions`) --------------------------------------------------------

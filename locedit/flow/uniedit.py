@@ -14,7 +14,9 @@ Models", 2025) on FLUX, as its authors' code runs it (DSL-Lab/UniEdit-Flow,
 k + 1 + 2k model calls (28 at the defaults: 15 steps, alpha 0.6). Difference from the code: where the
 two velocities agree on every token (identical prompts) its min-max normalisation divides 0 by 0
 and the edit becomes NaN; here the map is 0 there, the limit (the fused velocity is then the
-source's: a plain bug, not reproduced). ``mask`` (1, 1, h, w): locedit's
+source's: a plain bug, not reproduced). ``solver`` (locedit's addition; default ``uni-inv``, the
+code's): the delayed inversion by another of :func:`locedit.diffusion.flow.walk`'s solvers, the edit
+unchanged (Euler k calls, RF-Solver 2k, FireFlow k + 1). ``mask`` (1, 1, h, w): locedit's
 localisation, in neither paper nor code - after every editing step the outside is put back on
 Uni-Inv's latent of the level reached, ending on the source latent.
 """
@@ -69,7 +71,7 @@ def uniedit_flow(bundle, x_src: torch.Tensor, source: str, target: str, options:
     velocity, clock = lambda z, t: bundle.velocity(z, t, empty, 1.0), None
     if o.zero_init:
         velocity, clock = zero_init(velocity)
-    z, _ = flow.walk(velocity, x, up, "uni-inv", clock=clock, after_step=keep)
+    z, _ = flow.walk(velocity, x, up, o.solver, clock=clock, after_step=keep)
     m = None if mask is None else mask.to(x)
     for i in range(n - k, n):
         t, t_next = levels[i], levels[i + 1]
