@@ -29,6 +29,9 @@ def fraction(text: str) -> float:
     return v
 
 
+NO_VALUE = -1.0  # a float flag given without its optional value (``locedit edit --inversion-guidance``)
+
+
 def add_model_args(p: argparse.ArgumentParser, steps: int | None = 50, model_help: str = "") -> None:
     """--model, --device, --dtype, --vae, --steps (``steps`` None: default 50, or a flow editor's own),
     --seed, --fit."""

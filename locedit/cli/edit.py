@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import LoceditError
 from ..spec import DEFAULT_INVERSION
-from .common import (add_image_limit_flags, add_model_args, add_option_flags, add_output_flags, apply_option_flags,
-                     finite_float, limits, option_flag_table)
+from .common import (NO_VALUE, add_image_limit_flags, add_model_args, add_option_flags, add_output_flags,
+                     apply_option_flags, finite_float, limits, option_flag_table)
 
 
 def _method_classes() -> dict[str, type]:
@@ -184,9 +184,6 @@ def _edit_inputs_and_outputs(e) -> None:
                      help="the target words whose maps --save-attention shows (default: the region, attribute or "
                           "blend words, else the words the target adds)")
     add_output_flags(out)
-
-
-NO_VALUE = -1.0  # --inversion-guidance given without a value
 
 
 def _flow_model_flags(group) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LoceditError
-from .common import (add_image_limit_flags, add_option_flags, add_output_flags, add_vae_flag, apply_option_flags,
-                     limits, option_flag_table, seed)
+from .common import (NO_VALUE, add_image_limit_flags, add_option_flags, add_output_flags, add_vae_flag,
+                     apply_option_flags, limits, option_flag_table, seed)
 
 
 def _editors():
@@ -123,8 +123,6 @@ def cmd_edit_flow(args) -> dict:
     ``locedit flow``'s, from ``edit``'s flags (its ``--steps``, ``--guidance`` and
     ``--inversion-guidance`` set the editor's options of those names)."""
     from dataclasses import fields, replace
-
-    from .edit import NO_VALUE
 
     entry = _editors()[args.method]
     context = f"--method {entry.name}"

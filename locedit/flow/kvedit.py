@@ -99,6 +99,23 @@ def _inversion_mask(text_len: int, fg: torch.Tensor) -> torch.Tensor:
     return rows[None, None]
 
 
+def _inversion_free(bundle, control, tokens, ids, idx, mm, levels, src, tar, o, noise, steps):
+    """The code's ``Flux_kv_edit_inf``: FlowEdit's ODE on the foreground tokens ``idx``, the source branch
+    over the whole image recording the keys and values its target branch replays; one ``noise`` draw
+    at every step. Returns the foreground tokens' edited latent."""
+    z_fe = tokens[:, idx]
+    for k in steps:
+        t = levels[k]
+        z_src = (1 - t) * tokens + t * noise
+        z_tar = z_src[:, idx] - tokens[:, idx] + z_fe
+        control.clock, control.mode = (k, "first"), "record"
+        v_src = bundle.velocity_tokens(z_src, ids, t, src, o.inversion_guidance)
+        control.mode = "replay"
+        v_tar = bundle.velocity_tokens(z_tar, ids[idx], t, tar, o.guidance)
+        z_fe = z_fe + (levels[k + 1] - t) * (v_tar - v_src[:, idx]) * mm
+    return z_fe
+
+
 @torch.no_grad()
 def kv_edit(bundle, x_src: torch.Tensor, source: str, target: str, options: KVEditOptions = KVEditOptions(),
             seed: int = 0, progress=None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,17 +153,8 @@ def kv_edit(bundle, x_src: torch.Tensor, source: str, target: str, options: KVEd
     with controlled(bundle.transformer, control):
         if o.inversion_free:
             noise = torch.randn(tokens.shape, generator=gen).to(x)
-            z_fe = tokens[:, idx]
-            for k in track(progress, range(n), "kv-edit"):
-                t = levels[k]
-                z_src = (1 - t) * tokens + t * noise
-                z_tar = z_src[:, idx] - tokens[:, idx] + z_fe
-                control.clock, control.mode = (k, "first"), "record"
-                v_src = bundle.velocity_tokens(z_src, ids, t, src, o.inversion_guidance)
-                control.mode = "replay"
-                v_tar = bundle.velocity_tokens(z_tar, ids[idx], t, tar, o.guidance)
-                z_fe = z_fe + (levels[k + 1] - t) * (v_tar - v_src[:, idx]) * mm
-            out[:, idx] = z_fe
+            out[:, idx] = _inversion_free(bundle, control, tokens, ids, idx, mm, levels, src, tar, o, noise,
+                                          track(progress, range(n), "kv-edit"))
             return flow.unpack(out, h, w)
         ticks = iter(track(progress, range(2 * n), "kv-edit"))
         before = {n - 1: tokens}  # the latent before inversion step i, keyed by its sampling step n - 1 - i
