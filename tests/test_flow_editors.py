@@ -335,7 +335,8 @@ def test_locedit_edit_runs_the_flow_editors_as_locedit_flow_does(saved, model, m
                                                   "--tar-guidance)"),
     (["--method", "kv-edit", "--mask", "MASK", "--inversion-guidance"], "--inversion-guidance needs a value"),
     (["--method", "kv-edit", "--mask", "MASK", "--mask", "MASK"], "--method kv-edit takes one --mask"),
-    (["--method", "flowedit", "--panel", "p.png"], "--panel is not used by --method flowedit"),
+    (["--method", "flowedit", "--save-attention", "a.png"], "--save-attention is not used by --method flowedit"),
+    (["--method", "flowedit", "--panel", "OUT"], "--out and --panel must be different files"),
     (["--method", "flowedit", "--region", "red=MASK"], "--region is not used by --method flowedit"),
     (["--method", "rf-solver-edit", "--preset", "paper"], "--preset is not used by --method rf-solver-edit"),
     (["--method", "flowedit", "--n-max", "0"], "n_max >= 1"),
@@ -348,12 +349,31 @@ def test_locedit_edit_refuses_what_the_engine_does_not_read_before_loading(saved
     does not exist) and with no output: nothing accepted and then ignored."""
     from locedit.cli import main
 
-    argv = [a.replace("MASK", str(saved / "mask.png")) for a in argv]
     out = saved / "never.png"
+    argv = [a.replace("MASK", str(saved / "mask.png")).replace("OUT", str(out)) for a in argv]
     assert main(["edit", str(saved / "img.png"), "--model", "no/such-model", "--source", SRC, "--target", TGT,
                  "--out", str(out), "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["edit", "flow"])
+def test_a_flow_edits_panel_shows_the_mask_it_ran_in(saved, tmp_path, command):
+    """``--panel``: source | edit | mask at the input's size - here the user's mask - next to ``--out``;
+    the edit itself is the same with or without the panel."""
+    from locedit.cli import main
+
+    base = [command, str(saved / "img.png"), "--method", "kv-edit", "--model", str(saved / "flux"), "--source", SRC,
+            "--target", TGT, "--steps", "3", "--skip", "0", "--mask", str(saved / "mask.png"), "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "e.png"), "--panel", str(tmp_path / "p.png")]) == 0
+    assert main(base + ["--out", str(tmp_path / "alone.png")]) == 0
+    edited = np.asarray(Image.open(tmp_path / "e.png").convert("RGB"))
+    assert np.array_equal(edited, np.asarray(Image.open(tmp_path / "alone.png").convert("RGB")))
+    panel = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert panel.shape == (24, 120, 3)
+    src = np.asarray(Image.open(saved / "img.png").convert("RGB"))
+    assert np.array_equal(panel[:, 40:80], edited) and np.abs(panel[:, :40].astype(int) - src).max() <= 1
+    assert np.array_equal(panel[:, 80:, 0], np.asarray(Image.open(saved / "mask.png")))
 
 
 def test_a_flow_edit_takes_vae(saved, tmp_path):

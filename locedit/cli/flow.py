@@ -53,6 +53,8 @@ def register(sub) -> None:
                    help="a mask from the words' joint-attention maps instead of --mask: the source word in "
                         "--source and the target word in --target, P2P's local-blend rule (docs/flow.md)")
     f.add_argument("--out", required=True, help="the edited image (.png with metadata, .jpg, .webp)")
+    f.add_argument("--panel", metavar="PNG", help="also write a side-by-side PNG: source | edit | mask (the user's, "
+                                                   "or the blend words', or the edit's change without either)")
     f.add_argument("--seed", type=seed, default=0, help="the noise draws' seed (default 0)")
     f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     f.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="network precision")
@@ -92,24 +94,32 @@ def flow_spec(args, options, model: str, mask: str | None, vae: str | None):
 
 
 def run_flow_spec(spec, args) -> dict:
-    """Run ``spec`` and write ``--out`` (checked before the model loads)."""
+    """Run ``spec`` and write ``--out`` and ``--panel`` (checked before the model loads; both or none)."""
+    from pathlib import Path
+
     from .. import api
     from ..fileio import OutputSet, check_output
     from .common import progress, quiet_libraries
 
     check_output(args.out)
+    if args.panel:
+        check_output(args.panel, "--panel")
+        if Path(args.panel).resolve() == Path(args.out).resolve():
+            raise LoceditError("--out and --panel must be different files")
     result = api.flow_edit(spec, progress=progress(args), before_load=lambda: quiet_libraries(args.verbose))
     out = OutputSet()
+    if args.panel:
+        out.add(result.panel(), args.panel, result.meta)
     out.add(result.edited, args.out, result.meta)
     out.commit()
-    return {"out": args.out, "model_calls": result.model_calls}
+    return {"out": args.out, **({"panel": args.panel} if args.panel else {}), "model_calls": result.model_calls}
 
 
 # ``locedit edit`` with a flow editor: its own flags that a flow editor has as options (set there when
 # given), and those no flow editor reads (refused when given: nothing accepted and then ignored)
 SHARED_FLAGS = ("steps", "guidance", "inversion_guidance")
 UNET_ONLY_FLAGS = ("from_inversion", "inversion", "preset", "box", "region", "attribute", "bind", "mask_from",
-                   "npi_null", "proximal", "grad_checkpointing", "panel", "save_attention", "attention_words")
+                   "npi_null", "proximal", "grad_checkpointing", "save_attention", "attention_words")
 
 
 def edit_table() -> dict:
