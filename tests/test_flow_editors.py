@@ -336,11 +336,13 @@ def test_locedit_edit_runs_the_flow_editors_as_locedit_flow_does(saved, model, m
     (["--method", "kv-edit", "--mask", "MASK", "--inversion-guidance"], "--inversion-guidance needs a value"),
     (["--method", "kv-edit", "--mask", "MASK", "--mask", "MASK"], "--method kv-edit takes one --mask"),
     (["--method", "flowedit", "--save-attention", "a.png"], "--save-attention is not used by --method flowedit"),
-    (["--method", "flowedit", "--panel", "OUT"], "--out and --panel must be different files"),
+    (["--method", "flowedit", "--panel", "OUT"], "--out, --panel must be different files"),
     (["--method", "flowedit", "--region", "red=MASK"], "--region is not used by --method flowedit"),
     (["--method", "rf-solver-edit", "--preset", "paper"], "--preset is not used by --method rf-solver-edit"),
     (["--method", "flowedit", "--n-max", "0"], "n_max >= 1"),
     (["--method", "p2p", "--inject", "3"], "--inject is not used by --method p2p"),
+    (["--method", "flowedit", "--self-replace", "0.5"], "--self-replace is not used by --method flowedit"),
+    (["--method", "kv-edit", "--mask", "MASK", "--inversion", "ddim"], "--inversion is not used by --method kv-edit"),
     (["--method", "p2p", "--offload-text"], "--offload-text is not used by --method p2p"),
     (["--method", "p2p", "--proximal", "--inversion-guidance", "2.5"], "--inversion-guidance 2.5: a timestep"),
 ])
@@ -391,6 +393,41 @@ def test_a_flow_edit_takes_vae(saved, tmp_path):
         outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
     assert np.array_equal(outs["none"], outs["own"]) and not np.array_equal(outs["none"], outs["other"])
     assert "--vae" in shlex.split(Image.open(tmp_path / "other.png").text["locedit:command"])
+
+
+def test_spdinvs_inversion_guidance_keeps_its_timestep_form():
+    """``--inversion-guidance`` now parses as a number (KV-Edit's and RF-Inversion's scale); for the UNet
+    methods it stays SPDInv's timestep: 400 when bare, a whole number otherwise."""
+    from locedit.cli import build_parser
+    from locedit.cli.edit import parse_edit
+
+    base = ["edit", "img.png", "--source", "a red circle", "--target", "a blue circle", "--proximal"]
+    assert parse_edit(build_parser().parse_args(base + ["--inversion-guidance"])).inversion_guidance == 400
+    assert parse_edit(build_parser().parse_args(base + ["--inversion-guidance", "300"])).inversion_guidance == 300
+    for bad in ("2.5", "-1"):
+        with pytest.raises(LoceditError, match="a timestep, a whole number"):
+            parse_edit(build_parser().parse_args(base + ["--inversion-guidance", bad]))
+
+
+def test_every_edit_flag_is_read_or_refused_by_the_flow_route():
+    """Each of ``locedit edit``'s flags is, for a flow editor, read into its FlowSpec (listed here),
+    one of edit's own flags set as the editor's option (SHARED_FLAGS), an option in the table the route
+    checks (a flow editor's, or a UNet method's or inversion's - refused there), or a UNet-only flag
+    the route refuses: a new flag fails this test until it is placed, never accepted and ignored."""
+    import argparse
+
+    from locedit.cli import build_parser
+    from locedit.cli.edit import _edit_table
+    from locedit.cli.flow import SHARED_FLAGS, UNET_ONLY_FLAGS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices["edit"]._actions} - {"help"}
+    read = {"image", "source", "target", "method", "model", "vae", "device", "dtype", "seed", "fit", "mask", "mask_rule",
+            "blend_words", "quantize", "offload_text", "out", "panel", "max_image_pixels", "max_image_mb", "spec",
+            "json", "quiet", "debug", "verbose"}
+    options = {owners[0][1].dest for owners in _edit_table().values()}
+    assert dests - read - set(SHARED_FLAGS) - set(UNET_ONLY_FLAGS) - options == set()
 
 
 def test_locedit_edit_with_a_flow_editor_needs_a_model(saved, capsys):

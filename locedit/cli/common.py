@@ -29,7 +29,7 @@ def fraction(text: str) -> float:
     return v
 
 
-NO_VALUE = -1.0  # a float flag given without its optional value (``locedit edit --inversion-guidance``)
+NO_VALUE = float("inf")  # a float flag given without its optional value (no typed value is infinite: finite_float)
 
 
 def add_model_args(p: argparse.ArgumentParser, steps: int | None = 50, model_help: str = "") -> None:
@@ -51,6 +51,26 @@ def add_model_args(p: argparse.ArgumentParser, steps: int | None = 50, model_hel
     g.add_argument("--fit", default="pad", choices=["pad", "resize"],
                    help="how an image that is not the model's square size is fitted: pad the short side by "
                         "edge replication (default) or stretch; the result is returned at the input size")
+
+
+def check_outputs(args) -> None:
+    """``--out`` and, where the command has them and they are given, ``--panel`` and ``--save-attention``:
+    each writable, all different files; checked before the model loads."""
+    from pathlib import Path
+
+    from ..fileio import check_output
+
+    check_output(args.out)
+    given = {"--out": args.out}
+    for flag in ("--panel", "--save-attention"):
+        path = getattr(args, flag[2:].replace("-", "_"), None)
+        if path:
+            check_output(path, flag)
+            given[flag] = path
+    if getattr(args, "attention_words", None) and "--save-attention" not in given:
+        raise LoceditError("--attention-words needs --save-attention (the file its maps go to)")
+    if len({str(Path(p).resolve()) for p in given.values()}) < len(given):
+        raise LoceditError(f"{', '.join(given)} must be different files")
 
 
 def add_vae_flag(group) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import LoceditError
 from ..spec import DEFAULT_INVERSION
 from .common import (NO_VALUE, add_image_limit_flags, add_model_args, add_option_flags, add_output_flags,
-                     apply_option_flags, finite_float, limits, option_flag_table)
+                     apply_option_flags, check_outputs, finite_float, limits, option_flag_table)
 
 
 def _method_classes() -> dict[str, type]:
@@ -198,8 +198,10 @@ def _flow_model_flags(group) -> None:
 
 def _timestep(value) -> int | None:
     """SPDInv's ``--inversion-guidance T``: 400 when given without T; a whole number."""
-    if value is None or value == NO_VALUE:
-        return None if value is None else 400
+    if value is None:
+        return None
+    if value == NO_VALUE:
+        return 400
     if value != int(value) or value < 0:
         raise LoceditError(f"--inversion-guidance {value:g}: a timestep, a whole number >= 0")
     return int(value)
@@ -377,21 +379,6 @@ def parse_edit(args):
     return spec
 
 
-def _check_outputs(args) -> None:
-    from ..fileio import check_output
-
-    check_output(args.out)
-    if args.panel:
-        check_output(args.panel, "--panel")
-    if args.save_attention:
-        check_output(args.save_attention, "--save-attention")
-    elif args.attention_words:
-        raise LoceditError("--attention-words needs --save-attention (the file its maps go to)")
-    paths = [p for p in (args.out, args.panel, args.save_attention) if p]
-    if len({str(Path(p).resolve()) for p in paths}) < len(paths):
-        raise LoceditError("--out, --panel and --save-attention must be different files")
-
-
 def cmd_edit(args) -> dict:
     """``locedit edit``: the command line parsed into a spec, run by the library, its files written
     (all or none)."""
@@ -403,7 +390,7 @@ def cmd_edit(args) -> dict:
     if args.method in FLOW_EDITORS:  # the registry says which engine runs it
         from .flow import cmd_edit_flow
 
-        return cmd_edit_flow(args)
+        return cmd_edit_flow(args, _edit_table())
 
     def before_load():  # once the inputs are checked: a bad input is refused before these heavy imports
         import torch
@@ -411,7 +398,7 @@ def cmd_edit(args) -> dict:
         quiet_libraries(getattr(args, "verbose", False))
         torch.manual_seed(args.seed)  # the edge owns global state; the core takes explicit generators
 
-    _check_outputs(args)
+    check_outputs(args)
     spec = parse_edit(args)
     result = api.edit(spec, progress=progress(args), before_load=before_load)
     outputs = OutputSet()

@@ -95,17 +95,11 @@ def flow_spec(args, options, model: str, mask: str | None, vae: str | None):
 
 def run_flow_spec(spec, args) -> dict:
     """Run ``spec`` and write ``--out`` and ``--panel`` (checked before the model loads; both or none)."""
-    from pathlib import Path
-
     from .. import api
-    from ..fileio import OutputSet, check_output
-    from .common import progress, quiet_libraries
+    from ..fileio import OutputSet
+    from .common import check_outputs, progress, quiet_libraries
 
-    check_output(args.out)
-    if args.panel:
-        check_output(args.panel, "--panel")
-        if Path(args.panel).resolve() == Path(args.out).resolve():
-            raise LoceditError("--out and --panel must be different files")
+    check_outputs(args)
     result = api.flow_edit(spec, progress=progress(args), before_load=lambda: quiet_libraries(args.verbose))
     out = OutputSet()
     if args.panel:
@@ -128,10 +122,11 @@ def edit_table() -> dict:
     return {flag: owners for flag, owners in _table().items() if flag.replace("-", "_") not in SHARED_FLAGS}
 
 
-def cmd_edit_flow(args) -> dict:
+def cmd_edit_flow(args, table: dict) -> dict:
     """``locedit edit --method NAME`` with a flow editor: the same :class:`~locedit.spec.FlowSpec` as
     ``locedit flow``'s, from ``edit``'s flags (its ``--steps``, ``--guidance`` and
-    ``--inversion-guidance`` set the editor's options of those names)."""
+    ``--inversion-guidance`` set the editor's options of those names). ``table``: ``edit``'s whole
+    option-flag table, so that a UNet method's or inversion's option is refused too."""
     from dataclasses import fields, replace
 
     entry = _editors()[args.method]
@@ -147,7 +142,7 @@ def cmd_edit_flow(args) -> dict:
         raise LoceditError(f"{context} needs IMAGE and --source")
     if args.model is None:
         raise LoceditError(f"{context} needs --model: a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
-    options = apply_option_flags(args, edit_table(), {entry.name: entry.Options()}, context)[entry.name]
+    options = apply_option_flags(args, table, {entry.name: entry.Options()}, context)[entry.name]
     names = {f.name for f in fields(options)}
     for dest in SHARED_FLAGS:
         value, flag = getattr(args, dest), "--" + dest.replace("_", "-")
