@@ -710,11 +710,15 @@ def test_a_flow_spec_runs_in_the_library_and_its_command_reproduces_it(saved):
 
 def test_a_flow_folder_names_the_side_it_was_trained_at(tmp_path):
     """locedit's own training output (training.json's image_size, as shapes-flow's) sets the side images
-    are fitted to; any other folder keeps the pipeline's default."""
+    are fitted to, and its T5 tokenizer's length the prompts' (the tiny model's is shapes-flow's, 32);
+    any other folder keeps the pipeline's defaults (FLUX: 512 T5 tokens)."""
     from locedit.diffusion import load_model
 
     tiny_flux(0).save_pretrained(tmp_path / "m", safe_serialization=True)
-    default = load_model(str(tmp_path / "m"), "cpu", "fp32").image_size
-    assert default == 128 * 2  # FluxPipeline's default_sample_size x the tiny VAE's factor
+    plain = load_model(str(tmp_path / "m"), "cpu", "fp32")
+    assert plain.image_size == 128 * 2  # FluxPipeline's default_sample_size x the tiny VAE's factor
+    assert plain.encode_text(["a red circle"]).states.shape[1] == 512
     (tmp_path / "m" / "training.json").write_text(json.dumps({"image_size": 32}))
-    assert load_model(str(tmp_path / "m"), "cpu", "fp32").image_size == 32
+    trained = load_model(str(tmp_path / "m"), "cpu", "fp32")
+    assert trained.image_size == 32
+    assert trained.encode_text(["a red circle"]).states.shape[1] == trained.pipe.tokenizer_2.model_max_length == 32

@@ -120,3 +120,28 @@ def test_the_committed_checkpoint_holds_its_editing_gates_on_a_small_sample():
     assert f4["f4_kv_edit_oracle"] >= 3 / 8 and f4["f4_kv_edit_outside_psnr"] > 30.0
     f5 = TF.gate_blend_words(pipe, 8, 28)
     assert f5["f5_blend_words_oracle"] >= 5 / 8 and f5["f5_blend_words_outside_psnr"] > 27.0
+
+
+def test_a_folder_of_locedit_training_is_loaded_with_the_text_length_it_was_trained_at():
+    """The CLI's and bench's loader gives shapes-flow's T5 the 32 tokens it was trained with, as the gates
+    do, not FluxPipeline's default 512: with 480 padding tokens it never saw, FlowEdit on the committed
+    checkpoint made 2 of the 30 ShapesEdit edits (7%) where the gates' path makes 27 (90%, docs/methods.md).
+    Both paths now give the same text states and the same velocity."""
+    from pathlib import Path
+
+    import torch
+
+    from locedit.diffusion.flow_model import from_flow_pipeline
+    from locedit.diffusion.loading import load_model
+    from locedit.world import train_flow as TF
+
+    folder = str(Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-flow")
+    loaded = load_model(folder)
+    gates = from_flow_pipeline(TF.load_flow_pipeline(folder))
+    gates.max_sequence_length = TF.MAX_TOKENS
+    prompt = "a red circle and a blue striped square on a gray background"
+    a, b = loaded.encode_text([prompt]), gates.encode_text([prompt])
+    assert a.states.shape[1] == TF.MAX_TOKENS == 32
+    assert torch.equal(a.states, b.states) and torch.equal(a.pooled, b.pooled)
+    z = torch.randn(1, loaded.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loaded.velocity(z, 0.7, a), gates.velocity(z, 0.7, b), atol=1e-5)

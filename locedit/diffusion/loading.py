@@ -250,11 +250,23 @@ def _load_flow(model: str, folder: Path, dev: torch.device, dt: torch.dtype, vae
     for part in (pipe.transformer, pipe.vae, *([] if offload_text else encoders)):
         if part is not None:
             part.to(dev)
-    native = None
+    native = length = None
     if (folder / "training.json").is_file():  # locedit's own training output names its trained side
         size = read_json(folder / "training.json", folder).get("image_size")
         native = int(size) if isinstance(size, int) and size > 0 else None
-    return FlowBundle(pipe, family_of(index), name=model, offload_text=offload_text, native_size=native)
+        length = _trained_text_length(pipe)
+    return FlowBundle(pipe, family_of(index), name=model, offload_text=offload_text, native_size=native,
+                      max_sequence_length=length)
+
+
+def _trained_text_length(pipe) -> int | None:
+    """The T5 length a model of locedit's own training was trained at: its T5 tokenizer's
+    ``model_max_length`` (shapes-flow: 32). diffusers' pipelines pad T5 to their own default (FLUX 512,
+    SD3 256) whatever the tokenizer says, which would show such a model 480 padding tokens it never saw
+    in training; None (the pipeline's default) where there is no T5."""
+    tok = getattr(pipe, "tokenizer_3", None) or getattr(pipe, "tokenizer_2", None)
+    n = getattr(tok, "model_max_length", None) if type(tok).__name__.startswith("T5") else None
+    return int(n) if isinstance(n, int) and 0 < n <= 512 else None
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
