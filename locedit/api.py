@@ -691,6 +691,7 @@ def flow_edit(spec: FlowSpec, *, files: dict | None = None, bundle=None, progres
     options = spec.options if spec.options is not None else entry.Options()
     from .diffusion.flow_model import FlowBundle
     from .fileio import check_user_mask
+    from .flow.editors import refuse_inert_guidance
     from .imaging import Fit
 
     inputs = Files(files, _limits(spec))
@@ -711,6 +712,7 @@ def flow_edit(spec: FlowSpec, *, files: dict | None = None, bundle=None, progres
     if bundle.family not in entry.families:
         raise LoceditError(f"{entry.name} runs on {', '.join(entry.families)} models; {spec.model!r} is "
                            f"a {bundle.family} model")
+    refuse_inert_guidance(options, entry.Options(), bundle)
     resolved = entry.resolve(options, bundle.family)
     fit = Fit.plan(image.shape[-2], image.shape[-1], bundle.image_size, spec.fit)
     calls = bundle.unet_calls

@@ -722,3 +722,39 @@ def test_a_flow_folder_names_the_side_it_was_trained_at(tmp_path):
     trained = load_model(str(tmp_path / "m"), "cpu", "fp32")
     assert trained.image_size == 32
     assert trained.encode_text(["a red circle"]).states.shape[1] == trained.pipe.tokenizer_2.model_max_length == 32
+
+
+def test_a_guidance_scale_is_refused_where_no_guidance_acts(saved, capsys):
+    """On a FLUX transformer without the guidance embedding (FLUX.1-schnell, shapes-flow) the velocity
+    is the same at every guidance scale, so an editor's or inversion's guidance set away from its
+    default is refused in one line (exit 2, nothing written) instead of being accepted and ignored;
+    the defaults run, and the same setting runs on a model with the embedding."""
+    from locedit import api
+    from locedit.cli import main
+    from locedit.flow import FlowEditOptions
+    from locedit.flow.invert import check_inversion
+    from locedit.flow.options import FlowInversionOptions
+    from locedit.spec import FlowSpec
+
+    tiny_flux(0, guidance_embeds=False).save_pretrained(saved / "schnell", safe_serialization=True)
+    plain = from_flow_pipeline(tiny_flux(0, guidance_embeds=False), name="schnell")
+    x, text = _x(plain), plain.encode_text([SRC])
+    assert plain.guidance_inert and torch.equal(plain.velocity(x, 0.6, text, 1.0), plain.velocity(x, 0.6, text, 5.5))
+    spec = FlowSpec(str(saved / "img.png"), SRC, TGT, str(saved / "schnell"), method="kv-edit",
+                    options=KVEditOptions(steps=2, skip=0, guidance=3.0), mask=str(saved / "mask.png"))
+    with pytest.raises(LoceditError, match=r"^--guidance 3: .*no distilled guidance"):
+        api.flow_edit(spec)
+    assert api.flow_edit(spec.replace(options=KVEditOptions(steps=2, skip=0))).model_calls == 4
+    assert api.flow_edit(spec.replace(model=str(saved / "flux"))).model_calls == 4
+    out = saved / "refused.png"
+    argv = ["flow", str(saved / "img.png"), "--model", str(saved / "schnell"), "--source", SRC, "--target", TGT,
+            "--steps", "2", "--tar-guidance", "9", "--out", str(out), "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert "--tar-guidance 9" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(LoceditError, match="--guidance 2: "):
+        check_inversion(plain, "euler", FlowInversionOptions(guidance=2.0))
+    assert check_inversion(plain, "euler", None)[1] == FlowInversionOptions()
+    assert not from_flow_pipeline(tiny_flux(0), name="dev").guidance_inert
+    assert FlowEditOptions().tar_guidance is None  # FlowEdit's family defaults fill in later and pass

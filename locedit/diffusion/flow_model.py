@@ -78,6 +78,13 @@ class FlowBundle:
         return int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
 
     @property
+    def guidance_inert(self) -> bool:
+        """A FLUX model without the distilled guidance embedding (FLUX.1-schnell, locedit's shapes-flow):
+        a FLUX editor's or inversion's guidance scale reaches nothing there (:meth:`velocity` drops it, as
+        ``FluxPipeline`` drops ``guidance_scale``)."""
+        return self.family == "flux" and not self.transformer.config.guidance_embeds
+
+    @property
     def latent_channels(self) -> int:
         cfg = self.transformer.config
         return cfg.in_channels // 4 if self.family == "flux" else cfg.in_channels

@@ -25,6 +25,25 @@ def _load(ref: str):
     return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
+def refuse_inert_guidance(options, defaults, bundle) -> None:
+    """Refuse, in one line, each guidance field of ``options`` (a name with "guidance" in it) set away
+    from ``defaults`` when ``bundle`` is a FLUX model without the distilled guidance embedding, where no
+    guidance scale acts (:attr:`~locedit.diffusion.flow_model.FlowBundle.guidance_inert`): no setting
+    is accepted and then ignored. The defaults pass (they are the methods' own, and act on FLUX.1-dev)."""
+    from dataclasses import fields
+
+    from ..errors import LoceditError
+
+    if not getattr(bundle, "guidance_inert", False):
+        return
+    inert = [f"--{f.metadata.get('flag', f.name.replace('_', '-'))} {getattr(options, f.name):g}"
+             for f in fields(options) if "guidance" in f.name
+             and getattr(options, f.name) is not None and getattr(options, f.name) != getattr(defaults, f.name)]
+    if inert:
+        raise LoceditError(f"{' and '.join(inert)}: {bundle.name!r} has no distilled guidance (a FLUX transformer "
+                           "without the guidance embedding), so no guidance scale acts on it; leave it unset")
+
+
 class FlowEditor(Entry):
     families: ClassVar[tuple[str, ...]] = ("flux",)
     needs_mask: ClassVar[bool] = False  # the editor is defined by a mask (KV-Edit)

@@ -55,7 +55,8 @@ def _velocity(bundle, prompt: str, guidance: float):
 
 def check_inversion(bundle, inversion: str, options):
     """(registry entry, options with the entry's defaults) of ``inversion`` on ``bundle``, refused in one
-    line - an unknown name, a family it does not run on, another inversion's options - before any call."""
+    line - an unknown name, a family it does not run on, another inversion's options, a guidance scale
+    set on a FLUX model without the guidance embedding - before any call."""
     if inversion not in FLOW_INVERSIONS:
         raise LoceditError(f"unknown flow inversion {inversion!r}; choose from {', '.join(FLOW_INVERSIONS)}")
     entry = FLOW_INVERSIONS[inversion]
@@ -64,7 +65,11 @@ def check_inversion(bundle, inversion: str, options):
                            f"{bundle.name!r} is a {bundle.family} model")
     if options is not None and not isinstance(options, entry.Options):
         raise LoceditError(f"--inversion {inversion} takes {entry.Options.__name__}, not {type(options).__name__}")
-    return entry, options if options is not None else entry.Options()
+    options = options if options is not None else entry.Options()
+    from .editors import refuse_inert_guidance
+
+    refuse_inert_guidance(options, entry.Options(), bundle)
+    return entry, options
 
 
 def _ticks(progress, steps: int, desc: str):
