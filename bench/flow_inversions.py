@@ -3,7 +3,7 @@ beside the editors in docs/methods.md's ShapesEdit table): each image inverted u
 sampled back (``locedit.api.flow_invert``), the reconstruction's PSNR against the image, the VAE round
 trip's (what an exact inversion gives back), model calls and seconds.
 
-    python bench/flow_inversions.py --model checkpoints/shapes-flow --dataset shapes:n=30,seed=0,kinds=colour+shape
+    python bench/flow_inversions.py --model shapes-flow --dataset shapes:n=30,seed=0,kinds=colour+shape
     python bench/flow_inversions.py --model ... --inversions euler,rf-solver --steps 28 --json out.json
 
 Prints a Markdown table; ``--json`` also writes the figures.
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     from locedit.flow.inversions import FLOW_INVERSIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a FLUX or SD3 diffusers folder (shapes-flow: checkpoints/shapes-flow)")
+    p.add_argument("--model", required=True, help="a FLUX or SD3 diffusers folder or hub id, or shapes-flow (built in)")
     p.add_argument("--dataset", default="shapes:n=30,seed=0,kinds=colour+shape", help="as locedit bench's --dataset")
     p.add_argument("--inversions", default=",".join(FLOW_INVERSIONS), help="comma-separated (default: all)")
     p.add_argument("--steps", type=int, default=28)

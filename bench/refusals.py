@@ -120,6 +120,8 @@ def cases(f: dict[str, str]) -> list[tuple[str, list[str]]]:
         ("flow: --mask and --blend-words", flow + ["--mask", mask, "--blend-words", "circle", "circle"]),
         ("flow: blend word not in the prompt", flow + ["--blend-words", "diamond", "circle"]),
         ("flow: mask of another size", flow + ["--mask", f"{d}/small-mask.png"]),
+        ("flow: a word outside the world on shapes-flow", ["flow", img, "--source", SRC, "--target", "a green dog",
+                                                           "--model", "shapes-flow", "--out", f"{d}/o.png"]),
         ("edit: a flow editor with a UNet method's input", flow_edit + ["--method", "flowedit", "--region",
                                                                         f"circle={mask}"]),
         ("edit: --guidance with flowedit (two scales)", flow_edit + ["--method", "flowedit", "--guidance", "3"]),

@@ -4,9 +4,9 @@
     python bench/shapes_gates.py --n 20 --gates vae,t2i
     python bench/shapes_gates.py --gates flow-t2i --flow-model ~/.cache/locedit-train/shapes-flow/ema \
         --flow-vae locedit/models/shapes/vae   # F1 of shapes-flow (a FluxPipeline folder, or a run's ema/)
-    python bench/shapes_gates.py --gates flow-inversion --n 50 --flow-model checkpoints/shapes-flow   # F2
-    python bench/shapes_gates.py --gates flow-edit --n 100 --flow-model checkpoints/shapes-flow       # F3
-    python bench/shapes_gates.py --gates flow-kv-edit,flow-blend-words --n 100 --flow-model checkpoints/shapes-flow  # F4, F5
+    python bench/shapes_gates.py --gates flow-inversion --n 50 --flow-model locedit/models/shapes-flow   # F2
+    python bench/shapes_gates.py --gates flow-edit --n 100 --flow-model locedit/models/shapes-flow       # F3
+    python bench/shapes_gates.py --gates flow-kv-edit,flow-blend-words --n 100 --flow-model locedit/models/shapes-flow  # F4, F5
 
 Prints a Markdown table (measured, gate, met) and, with --json, the figures.
 """

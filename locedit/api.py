@@ -140,7 +140,9 @@ def check(spec: EditSpec) -> None:
             raise LoceditError(f"--bind {text!r} is not ADJ:NOUN")
 
 
-SHAPES_MODELS = ("shapes", "shapes-instruct")
+# the built-in shapes models, each with a real model of its kind to point to for other images
+SHAPES_MODELS = {"shapes": "CompVis/stable-diffusion-v1-4", "shapes-instruct": "timbrooks/instruct-pix2pix",
+                 "shapes-flow": "black-forest-labs/FLUX.1-dev"}
 
 
 def check_vocabulary(model: str, texts: dict[str, str]) -> None:
@@ -162,7 +164,7 @@ def check_vocabulary(model: str, texts: dict[str, str]) -> None:
         raise LoceditError(
             f"the built-in {model!r} model knows only the shapes world, not {', '.join(map(repr, unknown))} in "
             f"{flags}; it knows: {' '.join(sorted(known))}. For other images use a real model: --model with a "
-            "diffusers folder or hub id (e.g. --model CompVis/stable-diffusion-v1-4)")
+            f"diffusers folder or hub id (e.g. --model {SHAPES_MODELS[model]})")
 
 
 _MASK_NOT_READ = object()  # the light request's mask: given, not yet read (check_text tests ``is None`` only)
@@ -657,6 +659,7 @@ def check_flow(spec: FlowSpec, files: dict | None = None):
         raise LoceditError(f"--method {entry.name} needs --mask or --blend-words (the region to regenerate)")
     if spec.fit not in ("pad", "resize"):
         raise LoceditError(f"fit must be pad or resize, got {spec.fit!r}")
+    check_vocabulary(spec.model, {"source": spec.source, "target": spec.target})
     for prompt, word, flag in zip((spec.source, spec.target), spec.blend_words or (), ("--source", "--target")):
         words, parts = re.findall(r"[\w'-]+", prompt.lower()), re.findall(r"[\w'-]+", word.lower())
         if not parts or not any(words[i:i + len(parts)] == parts for i in range(len(words) - len(parts) + 1)):

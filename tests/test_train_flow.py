@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from locedit.diffusion.names import BUNDLED_DIR
 from locedit.world import train, train_flow as tf
 
 
@@ -85,18 +86,16 @@ def test_flow_trains_resumes_exactly_and_loads_in_fluxpipeline(tmp_path):
     assert meta["image_size"] == 64 and load_model(str(folder), "cpu", "fp32").image_size == 64  # not 1024
 
 
-def test_the_committed_checkpoint_loads_in_fluxpipeline_and_holds_its_gates_on_a_small_sample():
-    """checkpoints/shapes-flow (issue 34) is a FluxPipeline folder diffusers' own from_pretrained loads,
+def test_the_shipped_model_loads_in_fluxpipeline_and_holds_its_gates_on_a_small_sample():
+    """The shipped shapes-flow (issue 34) is a FluxPipeline folder diffusers' own from_pretrained loads,
     and at a small sample it does what its gates measure, with room below the figures of the step it was
-    committed at (14,213: F1 15 of these 16 captions, F2 29.1 dB on these 4 scenes): a change that breaks
-    sampling or inversion on it falls under these."""
-    from pathlib import Path
-
+    shipped at (17,706: F1 14 of these 16 captions, F2 28.9 dB on these 4 scenes; 15 and 29.1 dB at step
+    14,213): a change that breaks sampling or inversion on it falls under these."""
     from diffusers import FluxPipeline
 
     from locedit.world import train_flow as TF
 
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-flow"
+    folder = BUNDLED_DIR / "shapes-flow"
     pipe = TF.load_flow_pipeline(str(folder))
     assert isinstance(pipe, FluxPipeline)
     assert TF.gate_flow_t2i(pipe, 16, 28)["f1_oracle"] >= 12 / 16
@@ -104,16 +103,14 @@ def test_the_committed_checkpoint_loads_in_fluxpipeline_and_holds_its_gates_on_a
     assert f2["f2_inversion_psnr"] > 28.0 and f2["f2_vae_bound_psnr"] > f2["f2_inversion_psnr"]
 
 
-def test_the_committed_checkpoint_holds_its_editing_gates_on_a_small_sample():
-    """F3-F5 (issue 34) on 8 held-out edits each, with room below the committed step's figures on
-    these same edits (FlowEdit 7/8 seen, 31.4 dB outside; KV-Edit in the object's mask 5/8, 32.1 dB;
-    FlowEdit in the blend-words mask 6/8, 32.5 dB, at step 14,213): an editor that stops editing, or
-    one that spills outside its object, falls under these."""
-    from pathlib import Path
-
+def test_the_shipped_model_holds_its_editing_gates_on_a_small_sample():
+    """F3-F5 (issue 34) on 8 held-out edits each, with room below the shipped step's figures on these
+    same edits (FlowEdit 8/8 seen, 31.4 dB outside; KV-Edit in the object's mask 4/8, 32.1 dB; FlowEdit
+    in the blend-words mask 6/8, 31.7 dB, at step 17,706): an editor that stops editing, or one that
+    spills outside its object, falls under these."""
     from locedit.world import train_flow as TF
 
-    pipe = TF.load_flow_pipeline(str(Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-flow"))
+    pipe = TF.load_flow_pipeline(str(BUNDLED_DIR / "shapes-flow"))
     f3 = TF.gate_flow_edit(pipe, 8, 28)
     assert f3["f3_flowedit_oracle"] >= 5 / 8 and f3["f3_flowedit_outside_psnr"] > 27.0
     f4 = TF.gate_kv_edit(pipe, 8, 28)
@@ -124,19 +121,17 @@ def test_the_committed_checkpoint_holds_its_editing_gates_on_a_small_sample():
 
 def test_a_folder_of_locedit_training_is_loaded_with_the_text_length_it_was_trained_at():
     """The CLI's and bench's loader gives shapes-flow's T5 the 32 tokens it was trained with, as the gates
-    do, not FluxPipeline's default 512: with 480 padding tokens it never saw, FlowEdit on the committed
+    do, not FluxPipeline's default 512: with 480 padding tokens it never saw, FlowEdit on the step-14,213
     checkpoint made 2 of the 30 ShapesEdit edits (7%) where the gates' path makes 27 (90%, docs/methods.md).
     Both paths now give the same text states and the same velocity."""
-    from pathlib import Path
-
     import torch
 
     from locedit.diffusion.flow_model import from_flow_pipeline
     from locedit.diffusion.loading import load_model
     from locedit.world import train_flow as TF
 
-    folder = str(Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-flow")
-    loaded = load_model(folder)
+    folder = str(BUNDLED_DIR / "shapes-flow")
+    loaded = load_model("shapes-flow")
     gates = from_flow_pipeline(TF.load_flow_pipeline(folder))
     gates.max_sequence_length = TF.MAX_TOKENS
     prompt = "a red circle and a blue striped square on a gray background"
@@ -145,3 +140,52 @@ def test_a_folder_of_locedit_training_is_loaded_with_the_text_length_it_was_trai
     assert torch.equal(a.states, b.states) and torch.equal(a.pooled, b.pooled)
     z = torch.randn(1, loaded.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(loaded.velocity(z, 0.7, a), gates.velocity(z, 0.7, b), atol=1e-5)
+
+
+def test_shapes_flow_is_a_built_in_name_that_edits_from_the_command_line(tmp_path, capsys):
+    """``--model shapes-flow`` (issue 34) loads the shipped folder (fp16, within the issue's 20 MB) as a
+    FLUX bundle at its trained side and T5 length, and ``locedit flow`` edits with it: on 4 held-out
+    colour edits the oracle sees at least 3 (4 of 4 when shipped); a word outside the shapes world is
+    refused in one line before the model loads, and a guidance scale, which acts on no model without the
+    guidance embedding, after it."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+
+    from locedit.cli import main
+    from locedit.diffusion.flow_model import FlowBundle
+    from locedit.diffusion.loading import BUNDLED_DIR, load_model
+    from locedit.world.edits import sample_edit
+    from locedit.world.oracle import change_seen, read_scene
+
+    folder = BUNDLED_DIR / "shapes-flow"
+    weights = list(folder.glob("*/*.safetensors"))
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 20_000_000 and len(weights) == 4
+    for w in weights:
+        with safe_open(str(w), "pt") as f:
+            assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys()), w
+    bundle = load_model("shapes-flow")
+    assert isinstance(bundle, FlowBundle) and bundle.name == "shapes-flow" and bundle.family == "flux"
+    assert bundle.image_size == 64 and bundle.encode_text(["a red circle"]).states.shape[1] == 32
+    assert bundle.guidance_inert
+    rng = random.Random(7_000)
+    seen = 0
+    for k in range(4):
+        e = sample_edit(rng, "colour")
+        Image.fromarray(e.render_source(64)).save(tmp_path / f"{k}.png")
+        out = tmp_path / f"{k}-edited.png"
+        assert main(["flow", str(tmp_path / f"{k}.png"), "--model", "shapes-flow", "--source", e.source_caption,
+                     "--target", e.target_caption, "--out", str(out), "--quiet"]) == 0
+        seen += change_seen(read_scene(np.asarray(Image.open(out).convert("RGB"))), e)
+    assert seen >= 3
+    capsys.readouterr()
+    refused = tmp_path / "dog.png"
+    assert main(["flow", str(tmp_path / "0.png"), "--model", "shapes-flow", "--source", e.source_caption,
+                 "--target", "a dog on a gray background", "--out", str(refused), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "knows only the shapes world, not 'dog'" in err and "FLUX.1-dev" in err and len(err.splitlines()) == 1
+    assert main(["flow", str(tmp_path / "0.png"), "--model", "shapes-flow", "--source", e.source_caption,
+                 "--target", e.target_caption, "--tar-guidance", "7", "--out", str(refused), "--quiet"]) == 2
+    assert "no distilled guidance" in capsys.readouterr().err and not refused.exists()

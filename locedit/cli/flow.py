@@ -37,6 +37,8 @@ def register(sub) -> None:
                     "makes that mask from the words' attention maps.\n\n"
                     "editors:\n" + lines,
         epilog="examples:\n"
+               "  locedit flow scene.png --model shapes-flow --source 'a red circle on a gray background' "
+               "--target 'a blue circle on a gray background' --out blue.png\n"
                "  locedit flow cat.png --model black-forest-labs/FLUX.1-dev --source 'a cat on the grass' "
                "--target 'a dog on the grass' --mask cat-mask.png --out dog.png\n"
                "  locedit flow cat.png --method kv-edit --model black-forest-labs/FLUX.1-dev --source 'a cat' "
@@ -46,7 +48,8 @@ def register(sub) -> None:
     f.add_argument("--method", default="flowedit", choices=list(editors), help="the editor (default flowedit)")
     f.add_argument("--source", required=True, help="the prompt that describes the image")
     f.add_argument("--target", required=True, help="the prompt of the edit")
-    f.add_argument("--model", required=True, help="a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
+    f.add_argument("--model", required=True, help="a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id, or "
+                                                 "shapes-flow (built in: the shapes world's FLUX model)")
     add_vae_flag(f)
     f.add_argument("--mask", help="PNG mask (white = may change), the image's size: the outside stays the source's")
     f.add_argument("--blend-words", nargs=2, metavar=("SRC", "TGT"),
@@ -141,7 +144,8 @@ def cmd_edit_flow(args, table: dict) -> dict:
     if args.image is None or args.source is None:
         raise LoceditError(f"{context} needs IMAGE and --source")
     if args.model is None:
-        raise LoceditError(f"{context} needs --model: a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id")
+        raise LoceditError(f"{context} needs --model: a FLUX.1 or Stable Diffusion 3 diffusers folder or hub id, "
+                           "or shapes-flow")
     options = apply_option_flags(args, table, {entry.name: entry.Options()}, context)[entry.name]
     names = {f.name for f in fields(options)}
     for dest in SHARED_FLAGS:

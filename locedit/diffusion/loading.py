@@ -38,7 +38,8 @@ def _tiny_random(device, dtype) -> ModelBundle:
 
 
 def _bundled(name: str) -> Callable[[torch.device, torch.dtype], ModelBundle]:
-    """Loader for a model shipped inside the package (``locedit/models/<name>``)."""
+    """Loader for a model shipped inside the package (``locedit/models/<name>``): a UNet folder as a
+    :class:`ModelBundle`, a FLUX one (shapes-flow) as a :class:`~.flow_model.FlowBundle`."""
 
     def load(device, dtype):
         folder = BUNDLED_DIR / name
@@ -55,6 +56,7 @@ def _bundled(name: str) -> Callable[[torch.device, torch.dtype], ModelBundle]:
 BUILTIN_MODELS: dict[str, Callable[[torch.device, torch.dtype], ModelBundle]] = {
     "shapes": _bundled("shapes"),
     "shapes-instruct": _bundled("shapes-instruct"),
+    "shapes-flow": _bundled("shapes-flow"),  # a FluxPipeline folder: loaded as a FlowBundle
     "tiny-random": _tiny_random,
 }
 assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES and tuple(DTYPES) == DTYPE_NAMES  # the CLI's light copies
@@ -172,7 +174,8 @@ def load_model(model: str, device: str | torch.device = "cpu", dtype: str | torc
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     if model in BUILTIN_MODELS:
         if offload_text or quantize:
-            raise ModelLoadError(f"--quantize and --offload-text apply to FLUX and SD3 models, not {model!r}")
+            raise ModelLoadError(f"--quantize and --offload-text apply to FLUX and SD3 folders and hub ids, not the "
+                                 f"built-in {model!r}")
         if vae is not None:
             raise ModelLoadError(f"--vae replaces a model folder's VAE; the built-in model {model!r} has its own")
         return BUILTIN_MODELS[model](dev, dt)
