@@ -315,7 +315,8 @@ def _flow_edit_gate(pipe, n: int, steps: int, run, prefix: str, seed_offset: int
 
 def gate_kv_edit(pipe, n: int = 100, steps: int = 28) -> dict:
     """Gate F4: KV-Edit with the edited object's mask (its demo's settings at ``steps``: skip 4 of 28
-    scaled, guidance 1.5 / 5.5) on held-out colour edits."""
+    scaled, guidance 1.5 / 5.5 - which act on no model without FLUX's guidance embedding, so shapes-flow
+    inverts and samples on its conditional velocity alone) on held-out colour edits."""
     from ..flow import KVEditOptions
     from ..flow.kvedit import kv_edit, latent_mask
 
