@@ -156,7 +156,7 @@ def test_shapes_flow_is_a_built_in_name_that_edits_from_the_command_line(tmp_pat
 
     from locedit.cli import main
     from locedit.diffusion.flow_model import FlowBundle
-    from locedit.diffusion.loading import BUNDLED_DIR, load_model
+    from locedit.diffusion.loading import load_model
     from locedit.world.edits import sample_edit
     from locedit.world.oracle import change_seen, read_scene
 

@@ -20,6 +20,7 @@ import torch
 
 from ..diffusion import flow
 from ..errors import LoceditError
+from .editors import refuse_inert_guidance
 from .inversions import FLOW_INVERSIONS
 
 
@@ -66,8 +67,6 @@ def check_inversion(bundle, inversion: str, options):
     if options is not None and not isinstance(options, entry.Options):
         raise LoceditError(f"--inversion {inversion} takes {entry.Options.__name__}, not {type(options).__name__}")
     options = options if options is not None else entry.Options()
-    from .editors import refuse_inert_guidance
-
     refuse_inert_guidance(options, entry.Options(), bundle)
     return entry, options
 
